@@ -1,0 +1,8 @@
+//! Everything InterSync does only to match rsync. For now: rsync's exit codes,
+//! which every InterSync command uses so that scripts written for rsync can
+//! branch on them unchanged. Later: rsync's options, filter rules,
+//! rsyncd.conf, and its itemize and statistics output.
+
+pub mod exit;
+
+pub use exit::ExitCode;

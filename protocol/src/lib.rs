@@ -1,0 +1,18 @@
+//! Wire and on-disk formats of InterSync, with no I/O beyond byte slices and
+//! `std::io::Write`.
+//!
+//! - [`signature`]: librsync signature files (four formats, as `rdiff` writes them).
+//! - [`delta`]: librsync delta files, decoded command by command and encoded.
+//! - [`version`]: a file version, the BLAKE3 hash of its content, and its ETag form.
+//!
+//! Everything here parses bytes that may come from the network. Parsers return
+//! typed errors that name what was wrong and where; none panics, and none
+//! allocates more than a small multiple of its input.
+
+pub mod delta;
+pub mod signature;
+pub mod version;
+
+pub use delta::{DeltaCommand, DeltaError, DeltaReader, DeltaWriter, DELTA_MAGIC};
+pub use signature::{SignatureError, SignatureFormat, SignatureHeader, SignatureRef};
+pub use version::{Version, VersionParseError};

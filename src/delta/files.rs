@@ -1,0 +1,205 @@
+//! Signatures, deltas and patches over files, as `rdiff` does them: inputs
+//! are mapped (a 10 GiB file needs no 10 GiB of heap), outputs are installed
+//! atomically, and `-` names standard input or output.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::ops::Deref;
+use std::path::Path;
+
+use intersync_protocol::Version;
+use intersync_protocol::signature::{SignatureFormat, SignatureHeader, SignatureRef};
+use memmap2::Mmap;
+
+use super::diff::{DeltaStats, write_delta};
+use super::signature::{Signature, SignatureOptions};
+use super::{Error, patch};
+use crate::install::PendingFile;
+
+/// The bytes of an input file: mapped, or read whole from standard input.
+pub enum MappedFile {
+    /// Mapping a file of length 0 fails, so empty files are not mapped.
+    Empty,
+    Mapped(Mmap),
+    Read(Vec<u8>),
+}
+
+impl MappedFile {
+    /// Maps `path`, or reads standard input when it is `-`.
+    ///
+    /// The mapping trusts that nobody truncates the file meanwhile (the
+    /// usual contract of mapped I/O); whatever is read from it is verified
+    /// against a version before anything is installed.
+    pub fn open(path: &Path) -> Result<MappedFile, Error> {
+        if path == Path::new("-") {
+            let mut bytes = Vec::new();
+            io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .map_err(Error::io("standard input"))?;
+            return Ok(MappedFile::Read(bytes));
+        }
+        let file = File::open(path).map_err(Error::io(path))?;
+        let len = file.metadata().map_err(Error::io(path))?.len();
+        if len == 0 {
+            return Ok(MappedFile::Empty);
+        }
+        // SAFETY: see above; the map is read-only and lives as long as `self`.
+        let map = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
+        Ok(MappedFile::Mapped(map))
+    }
+}
+
+impl Deref for MappedFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            MappedFile::Empty => &[],
+            MappedFile::Mapped(map) => map,
+            MappedFile::Read(bytes) => bytes,
+        }
+    }
+}
+
+/// Where a command's output goes: a file installed when complete, or standard output.
+enum Sink {
+    File(PendingFile),
+    Stdout(io::StdoutLock<'static>),
+}
+
+impl Sink {
+    fn create(path: &Path) -> Result<Sink, Error> {
+        if path == Path::new("-") {
+            return Ok(Sink::Stdout(io::stdout().lock()));
+        }
+        Ok(Sink::File(PendingFile::create(path).map_err(Error::io(path))?))
+    }
+
+    fn finish(self, path: &Path) -> Result<(), Error> {
+        match self {
+            Sink::File(f) => f.install().map_err(Error::io(path)),
+            Sink::Stdout(mut s) => s.flush().map_err(Error::io("standard output")),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Stdout(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Stdout(s) => s.flush(),
+        }
+    }
+}
+
+/// Writes the signature of `base` to `out`; omitted lengths come from the
+/// block-size policy. Returns the header used and the base's version.
+pub fn signature_file(
+    base: &Path,
+    out: &Path,
+    format: SignatureFormat,
+    block_len: Option<u32>,
+    strong_len: Option<u32>,
+) -> Result<(SignatureHeader, Version), Error> {
+    let data = MappedFile::open(base)?;
+    let options = SignatureOptions::new(data.len() as u64, format, block_len, strong_len)?;
+    let (sig, version) = Signature::calculate(&data, options);
+    let mut sink = Sink::create(out)?;
+    sink.write_all(sig.as_bytes()).map_err(Error::io(out))?;
+    sink.finish(out)?;
+    Ok((sig.header(), version))
+}
+
+/// Writes to `out` a delta from the base that `sig` describes to `new`.
+/// Accepts signatures in all four of librsync's formats.
+pub fn delta_file(sig: &Path, new: &Path, out: &Path) -> Result<DeltaStats, Error> {
+    let sig_bytes = MappedFile::open(sig)?;
+    let sig = SignatureRef::parse(&sig_bytes)?;
+    let data = MappedFile::open(new)?;
+    let mut sink = Sink::create(out)?;
+    let stats = write_delta(sig, &data, &mut sink).map_err(Error::io(out))?;
+    sink.finish(out)?;
+    Ok(stats)
+}
+
+/// Bounds on what a patch may produce.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PatchLimits {
+    /// Most bytes the result may have; `None` for no limit beyond the disk's.
+    pub max_output: Option<u64>,
+    /// The version the result must have, or it is not installed.
+    pub expect: Option<Version>,
+}
+
+/// Applies `delta` to `base` and installs the result at `out`, but only if
+/// the delta is valid, stays within `limits` and gives the expected version.
+pub fn patch_file(
+    base: &Path,
+    delta: &Path,
+    out: &Path,
+    limits: PatchLimits,
+) -> Result<(DeltaStats, Version), Error> {
+    let base_bytes = MappedFile::open(base)?;
+    let delta_bytes = MappedFile::open(delta)?;
+    let mut sink = Sink::create(out)?;
+    if limits.expect.is_some() && matches!(sink, Sink::Stdout(_)) {
+        // Bytes written to a pipe cannot be taken back after a mismatch.
+        return Err(Error::io(out)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an expected version needs an output file, not standard output",
+        )));
+    }
+    let mut hashing = HashingWriter {
+        inner: &mut sink,
+        hasher: blake3::Hasher::new(),
+    };
+    let stats = patch::apply(
+        &base_bytes,
+        &delta_bytes,
+        &mut hashing,
+        limits.max_output.unwrap_or(u64::MAX),
+    )?;
+    let version = Version(*hashing.hasher.finalize().as_bytes());
+    if let Some(expected) = limits.expect
+        && expected != version
+    {
+        return Err(Error::WrongVersion {
+            expected,
+            actual: version,
+        });
+    }
+    sink.finish(out)?;
+    Ok((stats, version))
+}
+
+/// Passes writes through while hashing them into a version.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The version of a file's content.
+pub fn version_of(path: &Path) -> Result<Version, Error> {
+    let data = MappedFile::open(path)?;
+    Ok(Version(*blake3::hash(&data).as_bytes()))
+}

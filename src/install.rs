@@ -1,0 +1,94 @@
+//! Installing files so that a reader never sees a half-written or unverified
+//! one: write to a temporary file in the destination's folder, fsync it,
+//! rename it over the destination, fsync the folder. Until
+//! [`PendingFile::install`] succeeds, the destination is untouched, and a
+//! pending file that is dropped removes its temporary.
+
+use std::fs::{File, Permissions};
+use std::os::unix::fs::PermissionsExt;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+/// Prefix of temporary files, so a scan can recognise and skip them.
+pub const TEMP_PREFIX: &str = ".intersync-tmp-";
+
+/// A file being written, to be installed at `dest` when complete.
+pub struct PendingFile {
+    dest: PathBuf,
+    out: BufWriter<NamedTempFile>,
+}
+
+impl PendingFile {
+    pub fn create(dest: &Path) -> io::Result<PendingFile> {
+        let dir = parent_dir(dest);
+        // Created as an ordinary new file would be (0666 less the umask),
+        // not tempfile's private 0600.
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .permissions(Permissions::from_mode(0o666))
+            .tempfile_in(dir)?;
+        Ok(PendingFile {
+            dest: dest.to_owned(),
+            out: BufWriter::with_capacity(256 * 1024, temp),
+        })
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Makes the content durable and renames it into place.
+    pub fn install(self) -> io::Result<()> {
+        let temp = self.out.into_inner().map_err(|e| e.into_error())?;
+        temp.as_file().sync_all()?;
+        temp.persist(&self.dest).map_err(|e| e.error)?;
+        File::open(parent_dir(&self.dest))?.sync_all()
+    }
+}
+
+impl Write for PendingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_only_on_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        std::fs::write(&dest, b"old").unwrap();
+
+        let mut pending = PendingFile::create(&dest).unwrap();
+        pending.write_all(b"half").unwrap();
+        drop(pending);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp left behind");
+
+        let mut pending = PendingFile::create(&dest).unwrap();
+        pending.write_all(b"new").unwrap();
+        pending.install().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

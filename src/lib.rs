@@ -1,0 +1,16 @@
+//! InterSync keeps directory trees in sync over HTTP(S), moving only the
+//! blocks that changed.
+//!
+//! The main parts:
+//! - [`delta`]: signatures, deltas and patches in librsync's formats, and
+//!   BLAKE3 file versions; every transfer goes through it.
+//! - [`install`]: putting files in place atomically, never half-written.
+//! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
+//!
+//! Wire and on-disk formats live in the `intersync-protocol` crate, and what
+//! exists only to match rsync in `intersync-compat`. The library never
+//! prints; the `intersync` binary renders what it returns.
+
+pub mod delta;
+pub mod install;
+pub mod scenario;

@@ -1,0 +1,172 @@
+//! The `intersync` command: parses arguments, sets up tracing, calls the
+//! library and turns the outcome into rsync's exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode as ProcessExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use intersync::delta::{self, ErrorKind, PatchLimits};
+use intersync_compat::ExitCode;
+use intersync_protocol::Version;
+use intersync_protocol::signature::{SignatureFormat, StrongSumKind, WeakSumKind};
+
+#[derive(Parser)]
+#[command(name = "intersync", version, about = "Keep directory trees in sync over HTTP(S)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the signature of BASE to SIG (`-` or omitted: standard output), like `rdiff signature`.
+    Signature {
+        /// Block length in bytes (default: InterSync's block-size policy).
+        #[arg(short = 'b', long = "block-size")]
+        block_size: Option<u32>,
+        /// Strong-sum length in bytes (default: by file size).
+        #[arg(short = 'S', long = "sum-size")]
+        sum_size: Option<u32>,
+        /// Strong hash.
+        #[arg(short = 'H', long = "hash", value_enum, default_value = "md4")]
+        hash: Hash,
+        /// Rolling checksum.
+        #[arg(short = 'R', long = "rollsum", value_enum, default_value = "rollsum")]
+        rollsum: Rollsum,
+        base: PathBuf,
+        sig: Option<PathBuf>,
+    },
+    /// Write a delta from SIG's base to NEW, like `rdiff delta` (any of librsync's four signature formats).
+    Delta {
+        /// Print literal and matched byte counts to standard error.
+        #[arg(short = 's', long = "statistics")]
+        statistics: bool,
+        sig: PathBuf,
+        new: PathBuf,
+        delta: Option<PathBuf>,
+    },
+    /// Apply DELTA to BASE, writing OUT, like `rdiff patch`; nothing is written unless the delta is sound.
+    Patch {
+        /// Print literal and matched byte counts to standard error.
+        #[arg(short = 's', long = "statistics")]
+        statistics: bool,
+        /// Refuse a delta whose result would be larger than this many bytes.
+        #[arg(long = "max-output")]
+        max_output: Option<u64>,
+        /// Install OUT only if its BLAKE3 hash is this (64 hex digits).
+        #[arg(long = "expect-version")]
+        expect_version: Option<Version>,
+        base: PathBuf,
+        delta: PathBuf,
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hash {
+    Md4,
+    Blake2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Rollsum {
+    Rollsum,
+    Rabinkarp,
+}
+
+fn main() -> ProcessExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::Syntax.into()
+            } else {
+                ExitCode::Ok.into()
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("INTERSYNC_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::Ok.into(),
+        Err(e) => {
+            eprintln!("intersync: {e:#}");
+            exit_code(&e).into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let stdout = || PathBuf::from("-");
+    match cli.command {
+        Command::Signature {
+            block_size,
+            sum_size,
+            hash,
+            rollsum,
+            base,
+            sig,
+        } => {
+            let weak = match rollsum {
+                Rollsum::Rollsum => WeakSumKind::Rollsum,
+                Rollsum::Rabinkarp => WeakSumKind::RabinKarp,
+            };
+            let strong = match hash {
+                Hash::Md4 => StrongSumKind::Md4,
+                Hash::Blake2 => StrongSumKind::Blake2,
+            };
+            let format = SignatureFormat::from_sums(weak, strong);
+            delta::signature_file(&base, &sig.unwrap_or_else(stdout), format, block_size, sum_size)
+                .context("signature")?;
+        }
+        Command::Delta {
+            statistics,
+            sig,
+            new,
+            delta,
+        } => {
+            let stats = delta::delta_file(&sig, &new, &delta.unwrap_or_else(stdout)).context("delta")?;
+            if statistics {
+                eprintln!(
+                    "delta statistics: literal {} bytes, matched {} bytes, delta {} bytes",
+                    stats.literal_bytes, stats.matched_bytes, stats.delta_bytes
+                );
+            }
+        }
+        Command::Patch {
+            statistics,
+            max_output,
+            expect_version,
+            base,
+            delta,
+            out,
+        } => {
+            let limits = PatchLimits {
+                max_output,
+                expect: expect_version,
+            };
+            let (stats, version) = delta::patch_file(&base, &delta, &out.unwrap_or_else(stdout), limits)
+                .context("patch")?;
+            if statistics {
+                eprintln!(
+                    "patch statistics: literal {} bytes, matched {} bytes, result version {version}",
+                    stats.literal_bytes, stats.matched_bytes
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// rsync's exit code for an error: corrupt input is a protocol data stream
+/// error (12), anything else about files is file I/O (11).
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<delta::Error>().map(delta::Error::kind) {
+        Some(ErrorKind::Corrupt) => ExitCode::StreamIo,
+        Some(ErrorKind::Io) | None => ExitCode::FileIo,
+    }
+}

@@ -1,0 +1,169 @@
+//! The benchmark scenarios of DESIGN.md, generated deterministically from
+//! fixed seeds, so every benchmark, test and demo sees the same bytes.
+//!
+//! This module covers the single-file scenarios S1 to S5; each takes a
+//! length, so CI can run small versions of the 100 MiB originals.
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Full size of the single-file scenarios.
+pub const FULL_LEN: usize = 100 << 20;
+
+/// A single-file scenario: the old version is on the client, the new one on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileScenario {
+    /// Random data, 100 scattered in-place edits of 1 B to 4 KiB.
+    S1,
+    /// Random data, 1 MiB of new data inserted in the middle.
+    S2,
+    /// Random data, 1 MiB appended.
+    S3,
+    /// Random data replaced by unrelated random data.
+    S4,
+    /// Compressible text, about 50 scattered small text edits.
+    S5,
+}
+
+/// The two versions of a scenario's file.
+pub struct FilePair {
+    pub old: Vec<u8>,
+    pub new: Vec<u8>,
+    /// Bytes of new content the change introduced: the floor for any delta.
+    pub changed_bytes: u64,
+}
+
+impl FileScenario {
+    pub const ALL: [FileScenario; 5] = [
+        FileScenario::S1,
+        FileScenario::S2,
+        FileScenario::S3,
+        FileScenario::S4,
+        FileScenario::S5,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            FileScenario::S1 => "S1",
+            FileScenario::S2 => "S2",
+            FileScenario::S3 => "S3",
+            FileScenario::S4 => "S4",
+            FileScenario::S5 => "S5",
+        }
+    }
+
+    /// Generates the scenario with an old file of `len` bytes. Edit counts
+    /// and inserted sizes shrink with `len` (relative to 100 MiB), but never
+    /// below one edit of at least one byte.
+    pub fn generate(self, len: usize) -> FilePair {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x1a7e_5e9c ^ self as u64);
+        let scale = len as f64 / FULL_LEN as f64;
+        let scaled = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+        match self {
+            FileScenario::S1 => {
+                let old = random_bytes(&mut rng, len);
+                let mut new = old.clone();
+                let mut changed = 0;
+                for _ in 0..scaled(100) {
+                    let edit = rng.random_range(1..=4096usize).min(len);
+                    let at = rng.random_range(0..=len - edit);
+                    rng.fill_bytes(&mut new[at..at + edit]);
+                    changed += edit as u64;
+                }
+                FilePair {
+                    old,
+                    new,
+                    changed_bytes: changed,
+                }
+            }
+            FileScenario::S2 | FileScenario::S3 => {
+                let old = random_bytes(&mut rng, len);
+                let inserted = random_bytes(&mut rng, scaled(1 << 20));
+                let at = if self == FileScenario::S2 { len / 2 } else { len };
+                let new = [&old[..at], &inserted, &old[at..]].concat();
+                FilePair {
+                    old,
+                    new,
+                    changed_bytes: inserted.len() as u64,
+                }
+            }
+            FileScenario::S4 => FilePair {
+                old: random_bytes(&mut rng, len),
+                new: random_bytes(&mut rng, len),
+                changed_bytes: len as u64,
+            },
+            FileScenario::S5 => {
+                let old = text(&mut rng, len);
+                let mut new = old.clone();
+                let mut changed = 0;
+                for _ in 0..scaled(50) {
+                    let at = rng.random_range(0..new.len());
+                    // Replace a few words' worth of text with other words.
+                    let remove = rng.random_range(0..40usize).min(new.len() - at);
+                    let insert_len = rng.random_range(1..40);
+                    let insert = text(&mut rng, insert_len);
+                    changed += insert.len() as u64;
+                    new.splice(at..at + remove, insert);
+                }
+                FilePair {
+                    old,
+                    new,
+                    changed_bytes: changed,
+                }
+            }
+        }
+    }
+}
+
+pub fn random_bytes(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+/// English-like text from a small vocabulary: compresses about as well as prose.
+pub fn text(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the", "of", "and", "to", "in", "is", "that", "file", "block", "delta", "server",
+        "client", "sync", "tree", "change", "version", "journal", "record", "network", "laptop",
+        "offline", "conflict", "signature", "rolling", "checksum", "transfer", "byte", "folder",
+        "mirror", "cache", "request", "range", "window", "match", "literal", "copy", "patch",
+        "rename", "delete", "create", "with", "from", "over", "under", "every", "never", "always",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut words_in_line = 0;
+    while out.len() < len {
+        let word = WORDS[rng.random_range(0..WORDS.len())];
+        out.extend_from_slice(word.as_bytes());
+        words_in_line += 1;
+        if words_in_line == 12 {
+            out.push(b'\n');
+            words_in_line = 0;
+        } else {
+            out.push(b' ');
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_shaped() {
+        for s in FileScenario::ALL {
+            let a = s.generate(1 << 20);
+            let b = s.generate(1 << 20);
+            assert_eq!(a.old, b.old, "{s:?}");
+            assert_eq!(a.new, b.new, "{s:?}");
+            assert_eq!(a.old.len(), 1 << 20);
+            assert_ne!(a.old, a.new, "{s:?}");
+            assert!(a.changed_bytes > 0);
+        }
+        let s3 = FileScenario::S3.generate(1 << 20);
+        assert_eq!(&s3.new[..1 << 20], &s3.old[..]);
+        assert_eq!(s3.new.len() as u64, (1 << 20) + s3.changed_bytes);
+    }
+}
