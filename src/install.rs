@@ -5,8 +5,8 @@
 //! pending file that is dropped removes its temporary.
 
 use std::fs::{File, Permissions};
-use std::os::unix::fs::PermissionsExt;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -83,7 +83,11 @@ mod tests {
         pending.write_all(b"half").unwrap();
         drop(pending);
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp left behind"
+        );
 
         let mut pending = PendingFile::create(&dest).unwrap();
         pending.write_all(b"new").unwrap();

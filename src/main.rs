@@ -12,7 +12,11 @@ use intersync_protocol::Version;
 use intersync_protocol::signature::{SignatureFormat, StrongSumKind, WeakSumKind};
 
 #[derive(Parser)]
-#[command(name = "intersync", version, about = "Keep directory trees in sync over HTTP(S)")]
+#[command(
+    name = "intersync",
+    version,
+    about = "Keep directory trees in sync over HTTP(S)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,8 +124,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Hash::Blake2 => StrongSumKind::Blake2,
             };
             let format = SignatureFormat::from_sums(weak, strong);
-            delta::signature_file(&base, &sig.unwrap_or_else(stdout), format, block_size, sum_size)
-                .context("signature")?;
+            delta::signature_file(
+                &base,
+                &sig.unwrap_or_else(stdout),
+                format,
+                block_size,
+                sum_size,
+            )
+            .context("signature")?;
         }
         Command::Delta {
             statistics,
@@ -129,7 +139,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             new,
             delta,
         } => {
-            let stats = delta::delta_file(&sig, &new, &delta.unwrap_or_else(stdout)).context("delta")?;
+            let stats =
+                delta::delta_file(&sig, &new, &delta.unwrap_or_else(stdout)).context("delta")?;
             if statistics {
                 eprintln!(
                     "delta statistics: literal {} bytes, matched {} bytes, delta {} bytes",
@@ -149,8 +160,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_output,
                 expect: expect_version,
             };
-            let (stats, version) = delta::patch_file(&base, &delta, &out.unwrap_or_else(stdout), limits)
-                .context("patch")?;
+            let (stats, version) =
+                delta::patch_file(&base, &delta, &out.unwrap_or_else(stdout), limits)
+                    .context("patch")?;
             if statistics {
                 eprintln!(
                     "patch statistics: literal {} bytes, matched {} bytes, result version {version}",
@@ -163,10 +175,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// rsync's exit code for an error: corrupt input is a protocol data stream
-/// error (12), anything else about files is file I/O (11).
+/// error (12), impossible options a usage error (1), anything else about
+/// files is file I/O (11).
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<delta::Error>().map(delta::Error::kind) {
         Some(ErrorKind::Corrupt) => ExitCode::StreamIo,
+        Some(ErrorKind::Usage) => ExitCode::Syntax,
         Some(ErrorKind::Io) | None => ExitCode::FileIo,
     }
 }

@@ -79,7 +79,11 @@ impl FileScenario {
             FileScenario::S2 | FileScenario::S3 => {
                 let old = random_bytes(&mut rng, len);
                 let inserted = random_bytes(&mut rng, scaled(1 << 20));
-                let at = if self == FileScenario::S2 { len / 2 } else { len };
+                let at = if self == FileScenario::S2 {
+                    len / 2
+                } else {
+                    len
+                };
                 let new = [&old[..at], &inserted, &old[at..]].concat();
                 FilePair {
                     old,
@@ -124,11 +128,53 @@ pub fn random_bytes(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
 /// English-like text from a small vocabulary: compresses about as well as prose.
 pub fn text(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "the", "of", "and", "to", "in", "is", "that", "file", "block", "delta", "server",
-        "client", "sync", "tree", "change", "version", "journal", "record", "network", "laptop",
-        "offline", "conflict", "signature", "rolling", "checksum", "transfer", "byte", "folder",
-        "mirror", "cache", "request", "range", "window", "match", "literal", "copy", "patch",
-        "rename", "delete", "create", "with", "from", "over", "under", "every", "never", "always",
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "file",
+        "block",
+        "delta",
+        "server",
+        "client",
+        "sync",
+        "tree",
+        "change",
+        "version",
+        "journal",
+        "record",
+        "network",
+        "laptop",
+        "offline",
+        "conflict",
+        "signature",
+        "rolling",
+        "checksum",
+        "transfer",
+        "byte",
+        "folder",
+        "mirror",
+        "cache",
+        "request",
+        "range",
+        "window",
+        "match",
+        "literal",
+        "copy",
+        "patch",
+        "rename",
+        "delete",
+        "create",
+        "with",
+        "from",
+        "over",
+        "under",
+        "every",
+        "never",
+        "always",
     ];
     let mut out = Vec::with_capacity(len + 16);
     let mut words_in_line = 0;

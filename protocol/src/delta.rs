@@ -37,7 +37,9 @@ pub enum DeltaCommand<'a> {
 /// What is wrong with a delta, and where (`offset` is in the delta's bytes).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DeltaError {
-    #[error("delta truncated at offset {offset}: {what} needs {wanted} bytes, {available} available")]
+    #[error(
+        "delta truncated at offset {offset}: {what} needs {wanted} bytes, {available} available"
+    )]
     Truncated {
         offset: usize,
         what: &'static str,
@@ -268,7 +270,10 @@ mod tests {
         w.copy(1 << 40, 1).unwrap();
         let (bytes, n) = w.finish().unwrap();
         assert_eq!(n as usize, bytes.len());
-        assert_eq!(&bytes[..8], &[0x72, 0x73, 0x02, 0x36, 0x03, b'a', b'b', b'c']);
+        assert_eq!(
+            &bytes[..8],
+            &[0x72, 0x73, 0x02, 0x36, 0x03, b'a', b'b', b'c']
+        );
         assert_eq!(&bytes[8..11], &[0x42, 0x01, 0x2c]);
         let copies = &bytes[11 + 300..];
         assert_eq!(

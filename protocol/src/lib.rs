@@ -13,6 +13,6 @@ pub mod delta;
 pub mod signature;
 pub mod version;
 
-pub use delta::{DeltaCommand, DeltaError, DeltaReader, DeltaWriter, DELTA_MAGIC};
+pub use delta::{DELTA_MAGIC, DeltaCommand, DeltaError, DeltaReader, DeltaWriter};
 pub use signature::{SignatureError, SignatureFormat, SignatureHeader, SignatureRef};
 pub use version::{Version, VersionParseError};

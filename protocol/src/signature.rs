@@ -229,7 +229,8 @@ impl SignatureHeader {
         };
         let word = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
         let magic = word(0);
-        let format = SignatureFormat::from_magic(magic).ok_or(SignatureError::BadMagic { magic })?;
+        let format =
+            SignatureFormat::from_magic(magic).ok_or(SignatureError::BadMagic { magic })?;
         SignatureHeader::new(format, word(4), word(8))
     }
 }

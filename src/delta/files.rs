@@ -73,7 +73,9 @@ impl Sink {
         if path == Path::new("-") {
             return Ok(Sink::Stdout(io::stdout().lock()));
         }
-        Ok(Sink::File(PendingFile::create(path).map_err(Error::io(path))?))
+        Ok(Sink::File(
+            PendingFile::create(path).map_err(Error::io(path))?,
+        ))
     }
 
     fn finish(self, path: &Path) -> Result<(), Error> {
@@ -110,7 +112,8 @@ pub fn signature_file(
     strong_len: Option<u32>,
 ) -> Result<(SignatureHeader, Version), Error> {
     let data = MappedFile::open(base)?;
-    let options = SignatureOptions::new(data.len() as u64, format, block_len, strong_len)?;
+    let options = SignatureOptions::new(data.len() as u64, format, block_len, strong_len)
+        .map_err(Error::Options)?;
     let (sig, version) = Signature::calculate(&data, options);
     let mut sink = Sink::create(out)?;
     sink.write_all(sig.as_bytes()).map_err(Error::io(out))?;

@@ -33,13 +33,23 @@ pub struct BlockMatch {
     pub len: u32,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// No block has this weak sum.
+    Absent,
+    /// Blocks have this weak sum, but none has the window's strong sum.
+    Collision,
+    Found(u32),
+}
+
 /// A signature indexed by weak sum, ready to scan data with.
 pub struct BlockIndex<'a> {
     sig: SignatureRef<'a>,
     /// (weak sum, block number), sorted.
     entries: Vec<(u32, u32)>,
-    /// One bit per hash bucket of weak sums: a cheap "certainly absent" test
-    /// for the common case of a window that matches nothing.
+    /// A Bloom filter of weak sums (two bits each): a cheap "certainly
+    /// absent" for the common case, a window that matches nothing, that is
+    /// wrong about 0.4% of the time.
     filter: Vec<u64>,
     filter_shift: u32,
 }
@@ -52,8 +62,9 @@ impl<'a> BlockIndex<'a> {
             .map(|(i, (weak, _))| (weak, i as u32))
             .collect();
         entries.sort_unstable();
-        // About 16 filter bits per block, at least 2^12 bits.
-        let bits = (entries.len() * 16).next_power_of_two().max(1 << 12);
+        // 32 to 64 filter bits per block (the filter of a 100 MiB file's
+        // signature fits in L2), at least 2^16.
+        let bits = (entries.len() * 32).next_power_of_two().max(1 << 16);
         let filter_shift = 64 - bits.trailing_zeros();
         let mut index = BlockIndex {
             sig,
@@ -62,21 +73,28 @@ impl<'a> BlockIndex<'a> {
             filter_shift,
         };
         for i in 0..index.entries.len() {
-            let bucket = index.bucket(index.entries[i].0);
-            index.filter[bucket / 64] |= 1 << (bucket % 64);
+            for bit in index.filter_bits(index.entries[i].0) {
+                index.filter[bit / 64] |= 1 << (bit % 64);
+            }
         }
         index
     }
 
     #[inline(always)]
-    fn bucket(&self, weak: u32) -> usize {
-        (u64::from(weak).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.filter_shift) as usize
+    fn filter_bits(&self, weak: u32) -> [usize; 2] {
+        let h = u64::from(weak).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let second = (h ^ (h >> 29)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        [
+            (h >> self.filter_shift) as usize,
+            (second >> self.filter_shift) as usize,
+        ]
     }
 
     #[inline(always)]
     fn maybe_present(&self, weak: u32) -> bool {
-        let bucket = self.bucket(weak);
-        self.filter[bucket / 64] & (1 << (bucket % 64)) != 0
+        self.filter_bits(weak)
+            .iter()
+            .all(|&bit| self.filter[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
     fn candidates(&self, weak: u32) -> &[(u32, u32)] {
@@ -85,23 +103,36 @@ impl<'a> BlockIndex<'a> {
         &self.entries[start..end]
     }
 
-    /// The block whose strong sum matches `window`, preferring `preferred`
-    /// (the block after the previous match, so that copies coalesce).
-    fn find(&self, weak: u32, window: &[u8], preferred: u32) -> Option<u32> {
+    /// Looks `window` up: the block whose strong sum matches it, preferring
+    /// `preferred` (the block after the previous match, so copies coalesce).
+    /// Weak sums in `collisions` too often are treated as absent.
+    fn find(
+        &self,
+        weak: u32,
+        window: &[u8],
+        preferred: u32,
+        collisions: &HashMap<u32, u32>,
+    ) -> Lookup {
         let candidates = self.candidates(weak);
-        if candidates.is_empty() {
-            return None;
+        if candidates.is_empty()
+            || collisions
+                .get(&weak)
+                .is_some_and(|&n| n >= MAX_WEAK_COLLISIONS)
+        {
+            return Lookup::Absent;
         }
         let kind: StrongSumKind = self.sig.header.format.strong();
         let strong = strong_sum(kind, window);
         let strong = &strong[..self.sig.header.strong_len as usize];
-        let mut found = None;
+        let mut found = Lookup::Collision;
         for &(_, block) in candidates {
             if self.sig.block(block as usize).1 == strong {
                 if block == preferred {
-                    return Some(block);
+                    return Lookup::Found(block);
                 }
-                found.get_or_insert(block);
+                if found == Lookup::Collision {
+                    found = Lookup::Found(block);
+                }
             }
         }
         found
@@ -133,12 +164,10 @@ impl<'a> BlockIndex<'a> {
         };
         while here + block_len <= data.len() {
             let digest = weak.digest();
-            if self.maybe_present(digest)
-                && collisions.get(&digest).is_none_or(|&n| n < MAX_WEAK_COLLISIONS)
-            {
+            if self.maybe_present(digest) {
                 let window = &data[here..here + block_len];
-                match self.find(digest, window, preferred) {
-                    Some(block) => {
+                match self.find(digest, window, preferred, &collisions) {
+                    Lookup::Found(block) => {
                         on_match(BlockMatch {
                             data_offset: here as u64,
                             block,
@@ -152,7 +181,8 @@ impl<'a> BlockIndex<'a> {
                         }
                         continue;
                     }
-                    None => *collisions.entry(digest).or_insert(0) += 1,
+                    Lookup::Collision => *collisions.entry(digest).or_insert(0) += 1,
+                    Lookup::Absent => {}
                 }
             }
             if here + block_len < data.len() {
@@ -181,7 +211,8 @@ impl<'a> BlockIndex<'a> {
             weak.prepend(tail[tail.len() - len]);
             if weak.digest() == last_weak {
                 let window = &tail[tail.len() - len..];
-                if self.find(last_weak, window, last as u32) == Some(last as u32) {
+                let found = self.find(last_weak, window, last as u32, &HashMap::new());
+                if found == Lookup::Found(last as u32) {
                     best = Some(len);
                 }
             }

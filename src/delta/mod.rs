@@ -36,6 +36,8 @@ pub use signature::{Signature, SignatureOptions};
 pub enum Error {
     #[error("bad signature: {0}")]
     Signature(#[from] SignatureError),
+    #[error("bad signature options: {0}")]
+    Options(SignatureError),
     #[error("bad delta: {0}")]
     Delta(#[from] intersync_protocol::DeltaError),
     #[error(
@@ -58,13 +60,15 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// How a caller should treat an [`Error`].
+/// How a caller should treat an [`enum@Error`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The input was malformed or produced the wrong result: not worth retrying as is.
     Corrupt,
     /// Reading or writing a file failed.
     Io,
+    /// The caller asked for something impossible.
+    Usage,
 }
 
 impl Error {
@@ -76,6 +80,7 @@ impl Error {
             | Error::OutputTooLarge { .. }
             | Error::WrongVersion { .. } => ErrorKind::Corrupt,
             Error::Write(_) | Error::Io { .. } => ErrorKind::Io,
+            Error::Options(_) => ErrorKind::Usage,
         }
     }
 
@@ -84,3 +89,6 @@ impl Error {
         move |source| Error::Io { path, source }
     }
 }
+
+#[cfg(test)]
+mod tests;

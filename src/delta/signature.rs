@@ -4,11 +4,11 @@
 //! each chunk also feeds the file's BLAKE3 hash, so one pass over the bytes
 //! gives both the signature and the [`Version`].
 
+use intersync_protocol::Version;
 use intersync_protocol::signature::{
     SIGNATURE_HEADER_LEN, SignatureError, SignatureFormat, SignatureHeader, SignatureRef,
     StrongSumKind, WeakSumKind,
 };
-use intersync_protocol::Version;
 
 use super::strong::strong_sum;
 use super::weak::{RabinKarp, Rollsum, WeakSum};
@@ -57,7 +57,7 @@ impl SignatureOptions {
             .clamp(MIN_POLICY_BLOCK_LEN, MAX_POLICY_BLOCK_LEN);
         let blocks = len / u64::from(block_len) + 1;
         let bits = ilog2(len + (1 << 24)) + ilog2(blocks);
-        let strong_len = (2 + (bits + 7) / 8).min(format.max_strong_len());
+        let strong_len = (2 + bits.div_ceil(8)).min(format.max_strong_len());
         SignatureOptions {
             format,
             block_len,
@@ -183,7 +183,16 @@ mod tests {
 
     #[test]
     fn policy_stays_in_range() {
-        for len in [0, 1, 4096, 1 << 20, 100 << 20, 1 << 30, 1 << 40, u64::MAX / 2] {
+        for len in [
+            0,
+            1,
+            4096,
+            1 << 20,
+            100 << 20,
+            1 << 30,
+            1 << 40,
+            u64::MAX / 2,
+        ] {
             let o = SignatureOptions::for_len(len, SignatureFormat::Md4Rollsum);
             assert!(o.block_len.is_power_of_two(), "{len}: {o:?}");
             assert!((MIN_POLICY_BLOCK_LEN..=MAX_POLICY_BLOCK_LEN).contains(&o.block_len));
@@ -197,7 +206,8 @@ mod tests {
     fn all_formats_agree_on_shape() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         for format in SignatureFormat::ALL {
-            let options = SignatureOptions::new(data.len() as u64, format, Some(1000), None).unwrap();
+            let options =
+                SignatureOptions::new(data.len() as u64, format, Some(1000), None).unwrap();
             let (sig, version) = Signature::calculate(&data, options);
             assert_eq!(sig.view().block_count(), 10);
             assert_eq!(version.0, *blake3::hash(&data).as_bytes());
@@ -216,7 +226,8 @@ mod tests {
     fn chunking_does_not_change_the_signature() {
         // Block length that does not divide 1 MiB, over more than one chunk.
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i ^ (i >> 7)) as u8).collect();
-        let options = SignatureOptions::new(0, SignatureFormat::Md4Rollsum, Some(3000), Some(16)).unwrap();
+        let options =
+            SignatureOptions::new(0, SignatureFormat::Md4Rollsum, Some(3000), Some(16)).unwrap();
         let (sig, _) = Signature::calculate(&data, options);
         let whole = fast_rsync::Signature::calculate(
             &data,

@@ -42,7 +42,10 @@ impl WeakSum for Rollsum {
 
     #[inline(always)]
     fn rotate(&mut self, out: u8, inn: u8) {
-        self.s1 = self.s1.wrapping_add(u32::from(inn)).wrapping_sub(u32::from(out));
+        self.s1 = self
+            .s1
+            .wrapping_add(u32::from(inn))
+            .wrapping_sub(u32::from(out));
         self.s2 = self.s2.wrapping_add(self.s1).wrapping_sub(
             self.count
                 .wrapping_mul(u32::from(out) + ROLLSUM_CHAR_OFFSET),
@@ -94,13 +97,17 @@ impl WeakSum for RabinKarp {
             .hash
             .wrapping_mul(RABINKARP_MULT)
             .wrapping_add(u32::from(inn))
-            .wrapping_sub(self.mult.wrapping_mul(u32::from(out).wrapping_add(RABINKARP_ADJ)));
+            .wrapping_sub(
+                self.mult
+                    .wrapping_mul(u32::from(out).wrapping_add(RABINKARP_ADJ)),
+            );
     }
 
     fn prepend(&mut self, inn: u8) {
-        self.hash = self
-            .hash
-            .wrapping_add(self.mult.wrapping_mul(u32::from(inn).wrapping_add(RABINKARP_ADJ)));
+        self.hash = self.hash.wrapping_add(
+            self.mult
+                .wrapping_mul(u32::from(inn).wrapping_add(RABINKARP_ADJ)),
+        );
         self.mult = self.mult.wrapping_mul(RABINKARP_MULT);
     }
 

@@ -1,0 +1,7 @@
+//! Integration tests: the real `intersync` binary against real tools.
+//! One binary with a small harness (`util`) keeps the build fast.
+
+mod util;
+
+mod delta_cli;
+mod rdiff;
