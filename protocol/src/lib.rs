@@ -4,15 +4,24 @@
 //! - [`signature`]: librsync signature files (four formats, as `rdiff` writes them).
 //! - [`delta`]: librsync delta files, decoded command by command and encoded.
 //! - [`version`]: a file version, the BLAKE3 hash of its content, and its ETag form.
+//! - [`path`]: paths inside a tree, which cannot escape it.
+//! - [`kml`]: the modification log's segments and records.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
 //! typed errors that name what was wrong and where; none panics, and none
 //! allocates more than a small multiple of its input.
 
 pub mod delta;
+pub mod kml;
+pub mod path;
 pub mod signature;
 pub mod version;
 
 pub use delta::{DELTA_MAGIC, DeltaCommand, DeltaError, DeltaReader, DeltaWriter};
+pub use kml::{KmlError, KmlRecord, NodeId, Op};
+pub use path::{PathError, TreePath};
 pub use signature::{SignatureError, SignatureFormat, SignatureHeader, SignatureRef};
 pub use version::{Version, VersionParseError};
+
+#[cfg(test)]
+mod golden;

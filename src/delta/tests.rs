@@ -154,3 +154,26 @@ fn hostile_signature_stays_linear() {
     let stats = write_delta(sig.view(), &zeros, std::io::sink()).unwrap();
     assert_eq!(stats.literal_bytes, zeros.len() as u64);
 }
+
+#[test]
+fn signatures_equal_rdiffs_goldens() {
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocol/testdata");
+    let base = std::fs::read(testdata.join("base.bin")).unwrap();
+    for (name, format) in [
+        ("base.md4-rollsum.sig", SignatureFormat::Md4Rollsum),
+        ("base.blake2-rollsum.sig", SignatureFormat::Blake2Rollsum),
+        ("base.md4-rabinkarp.sig", SignatureFormat::Md4RabinKarp),
+        (
+            "base.blake2-rabinkarp.sig",
+            SignatureFormat::Blake2RabinKarp,
+        ),
+    ] {
+        let options = SignatureOptions::new(0, format, Some(1024), Some(8)).unwrap();
+        let (sig, _) = Signature::calculate(&base, options);
+        assert_eq!(
+            sig.as_bytes(),
+            std::fs::read(testdata.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+}
