@@ -5,6 +5,7 @@
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
 //! - [`install`]: putting files in place atomically, never half-written.
+//! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
 //! Wire and on-disk formats live in the `intersync-protocol` crate, and what
@@ -14,3 +15,4 @@
 pub mod delta;
 pub mod install;
 pub mod scenario;
+pub mod tree;

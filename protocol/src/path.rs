@@ -116,6 +116,26 @@ impl TreePath {
     }
 }
 
+impl serde::Serialize for TreePath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TreePath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TreePath, D::Error> {
+        let text = String::deserialize(d)?;
+        TreePath::new(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Lets ordered maps keyed by `TreePath` be searched by prefix strings.
+impl std::borrow::Borrow<str> for TreePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for TreePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -1,0 +1,579 @@
+//! Finding what changed in a folder since the last look: walk it, compare
+//! each path with the tree state and the stat cache (size, mtime, inode,
+//! ctime), hash only where those disagree, and turn the differences into KML
+//! operations that apply cleanly to the state, in order. A path that moved
+//! (same inode, same size and mtime, gone from where it was) is a rename,
+//! not a delete and a create. Folder mtimes are not followed: every change
+//! inside a folder moves its mtime, and journaling each would double the log.
+//!
+//! The scan trusts nothing it reads: names that are not valid tree paths
+//! (not UTF-8, too long) are skipped and reported, never journaled.
+
+use std::collections::HashMap;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use intersync_protocol::kml::{Attrs, KmlRecord, NodeId, Op};
+use intersync_protocol::path::STATE_DIR;
+use intersync_protocol::{TreePath, Version};
+use serde::{Deserialize, Serialize};
+
+use super::state::{Entry, EntryKind, TreeState};
+use crate::delta::MappedFile;
+use crate::install::TEMP_PREFIX;
+
+/// What identifies a file's content on disk without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl StatKey {
+    pub fn of(meta: &Metadata) -> StatKey {
+        StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+/// The tree state plus what the disk looked like when each path was last
+/// seen: the index a scan compares against. Persisted between runs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Index {
+    pub state: TreeState,
+    /// Stat of each path when last hashed. A path missing here is hashed.
+    pub stats: HashMap<TreePath, StatKey>,
+}
+
+/// A path the scan could not journal, and why.
+#[derive(Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    /// Operations that bring the index's state to the folder's, in order.
+    pub ops: Vec<Op>,
+    /// Files hashed because their stat did not settle the question.
+    pub hashed_files: u64,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One path as found on disk.
+struct Found {
+    meta: Metadata,
+    kind: FoundKind,
+}
+
+enum FoundKind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+}
+
+/// Scans `root` against `index`, and updates `index` (state and stats) to
+/// what it found. The returned operations, journaled in order, take any
+/// copy of the old state to the new one.
+pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
+    let mut outcome = ScanOutcome::default();
+    let mut found = Vec::new();
+    walk(root, None, &mut found, &mut outcome.skipped)?;
+    let found: HashMap<TreePath, Found> = found.into_iter().collect();
+    let mut paths: Vec<&TreePath> = found.keys().collect();
+    paths.sort();
+
+    // Where each inode was, for rename detection.
+    let mut by_inode: HashMap<(u64, u64), TreePath> = index
+        .stats
+        .iter()
+        .map(|(p, s)| ((s.dev, s.ino), p.clone()))
+        .collect();
+    // Stats within this window of the scan are not trusted next time: the
+    // file may change again within the filesystem's timestamp granularity.
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+
+    let mut push = |index: &mut Index, op: Op, ops: &mut Vec<Op>| {
+        let rec = KmlRecord {
+            seq: index.state.seq + 1,
+            time_ns: now_ns,
+            node: NodeId(0),
+            op: op.clone(),
+        };
+        index
+            .state
+            .apply(&rec)
+            .map(|()| ops.push(op))
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    let start_seq = index.state.seq;
+
+    for path in paths {
+        let f = &found[path];
+        let key = StatKey::of(&f.meta);
+        // A rename: this inode was elsewhere, and that place no longer holds it.
+        if index.stats.get(path).is_none_or(|s| (s.dev, s.ino) != (key.dev, key.ino))
+            && let Some(from) = by_inode.get(&(key.dev, key.ino)).cloned()
+            && &from != path
+            && found.get(&from).is_none_or(|g| (g.meta.dev(), g.meta.ino()) != (key.dev, key.ino))
+            && let Some(old) = index.state.get(&from)
+            && same_kind(old, &f.kind)
+            // A folder's mtime moves with its contents; its inode is enough.
+            && (matches!(f.kind, FoundKind::Dir)
+                || index.stats.get(&from).is_some_and(|s| s.size == key.size && s.mtime_ns == key.mtime_ns))
+        {
+            let mut trial = index.state.clone();
+            let rec = KmlRecord {
+                seq: trial.seq + 1,
+                time_ns: now_ns,
+                node: NodeId(0),
+                op: Op::Rename {
+                    from: from.clone(),
+                    to: path.clone(),
+                },
+            };
+            if trial.apply(&rec).is_ok() {
+                push(
+                    index,
+                    Op::Rename {
+                        from: from.clone(),
+                        to: path.clone(),
+                    },
+                    &mut outcome.ops,
+                )?;
+                move_stats(&mut index.stats, &from, path);
+                by_inode.remove(&(key.dev, key.ino));
+                continue;
+            }
+        }
+        let existing = index.state.get(path).cloned();
+        if existing.as_ref().is_some_and(|e| !same_kind(e, &f.kind)) {
+            remove(index, path, &mut outcome.ops, &mut push)?;
+        }
+        let existing = index.state.get(path).cloned();
+        let mode = f.meta.mode() & 0o7777;
+        match (&f.kind, existing) {
+            (FoundKind::Dir, None) => push(
+                index,
+                Op::Mkdir {
+                    path: path.clone(),
+                    mode,
+                },
+                &mut outcome.ops,
+            )?,
+            (FoundKind::Dir, Some(_)) => {}
+            (FoundKind::Symlink(target), None) => push(
+                index,
+                Op::Symlink {
+                    path: path.clone(),
+                    target: target.clone(),
+                },
+                &mut outcome.ops,
+            )?,
+            (FoundKind::Symlink(target), Some(e)) => {
+                if e.kind
+                    != (EntryKind::Symlink {
+                        target: target.clone(),
+                    })
+                {
+                    push(index, Op::Unlink { path: path.clone() }, &mut outcome.ops)?;
+                    push(
+                        index,
+                        Op::Symlink {
+                            path: path.clone(),
+                            target: target.clone(),
+                        },
+                        &mut outcome.ops,
+                    )?;
+                }
+            }
+            (FoundKind::File, existing) => {
+                let trusted = index.stats.get(path) == Some(&key) && existing.is_some();
+                if !trusted {
+                    let version = match hash_file(&root.join(path.as_str())) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            // Vanished or unreadable since the walk: next scan will see.
+                            outcome.skipped.push(Skipped {
+                                path: root.join(path.as_str()),
+                                reason: e.to_string(),
+                            });
+                            continue;
+                        }
+                    };
+                    outcome.hashed_files += 1;
+                    if existing.is_none() {
+                        push(
+                            index,
+                            Op::Create {
+                                path: path.clone(),
+                                mode,
+                            },
+                            &mut outcome.ops,
+                        )?;
+                    }
+                    let entry = index.state.get(path).cloned().expect("present");
+                    if entry.version() != Some(version) {
+                        push(
+                            index,
+                            Op::Write {
+                                path: path.clone(),
+                                version,
+                                size: key.size,
+                                mtime_ns: key.mtime_ns,
+                            },
+                            &mut outcome.ops,
+                        )?;
+                    }
+                }
+            }
+        }
+        // Attributes: mode, and mtime for files and symlinks.
+        let entry = index
+            .state
+            .get(path)
+            .cloned()
+            .expect("present after the above");
+        let mut attrs = Attrs::default();
+        if entry.mode != mode && !matches!(f.kind, FoundKind::Symlink(_)) {
+            attrs.mode = Some(mode);
+        }
+        if !entry.is_dir() && entry.mtime_ns != key.mtime_ns {
+            attrs.mtime_ns = Some(key.mtime_ns);
+        }
+        if entry.uid != f.meta.uid() {
+            attrs.uid = Some(f.meta.uid());
+        }
+        if entry.gid != f.meta.gid() {
+            attrs.gid = Some(f.meta.gid());
+        }
+        if attrs != Attrs::default() {
+            push(
+                index,
+                Op::Setattr {
+                    path: path.clone(),
+                    attrs,
+                },
+                &mut outcome.ops,
+            )?;
+        }
+        if matches!(f.kind, FoundKind::File) && key.mtime_ns < now_ns - 2_000_000_000 {
+            index.stats.insert(path.clone(), key);
+        } else if matches!(f.kind, FoundKind::File) {
+            index.stats.remove(path);
+        } else {
+            index.stats.insert(path.clone(), key);
+        }
+    }
+
+    // Whatever the state still has that the disk does not: children first.
+    let gone: Vec<TreePath> = index
+        .state
+        .iter()
+        .map(|(p, _)| p.clone())
+        .filter(|p| !found.contains_key(p))
+        .collect();
+    for path in gone.iter().rev() {
+        if index.state.get(path).is_some() {
+            remove(index, path, &mut outcome.ops, &mut push)?;
+        }
+    }
+    debug_assert_eq!(index.state.seq - start_seq, outcome.ops.len() as u64);
+    Ok(outcome)
+}
+
+fn same_kind(e: &Entry, f: &FoundKind) -> bool {
+    matches!(
+        (&e.kind, f),
+        (EntryKind::File { .. }, FoundKind::File)
+            | (EntryKind::Dir, FoundKind::Dir)
+            | (EntryKind::Symlink { .. }, FoundKind::Symlink(_))
+    )
+}
+
+/// Removes `path` (and, for a folder, all inside it, deepest first).
+fn remove(
+    index: &mut Index,
+    path: &TreePath,
+    ops: &mut Vec<Op>,
+    push: &mut impl FnMut(&mut Index, Op, &mut Vec<Op>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut doomed: Vec<(TreePath, bool)> = index
+        .state
+        .descendants(path)
+        .map(|(p, e)| (p.clone(), e.is_dir()))
+        .collect();
+    doomed.insert(
+        0,
+        (
+            path.clone(),
+            index.state.get(path).is_some_and(Entry::is_dir),
+        ),
+    );
+    for (p, is_dir) in doomed.into_iter().rev() {
+        let op = if is_dir {
+            Op::Rmdir { path: p.clone() }
+        } else {
+            Op::Unlink { path: p.clone() }
+        };
+        push(index, op, ops)?;
+        index.stats.remove(&p);
+    }
+    Ok(())
+}
+
+fn move_stats(stats: &mut HashMap<TreePath, StatKey>, from: &TreePath, to: &TreePath) {
+    let moved: Vec<TreePath> = stats
+        .keys()
+        .filter(|p| p.starts_with(from))
+        .cloned()
+        .collect();
+    for p in moved {
+        let key = stats.remove(&p).expect("listed");
+        let new = if &p == from {
+            to.clone()
+        } else {
+            match to.join(&p.as_str()[from.as_str().len() + 1..]) {
+                Ok(n) => n,
+                Err(_) => continue,
+            }
+        };
+        stats.insert(new, key);
+    }
+}
+
+pub fn hash_file(path: &Path) -> Result<Version, crate::delta::Error> {
+    let data = MappedFile::open(path)?;
+    Ok(Version(*blake3::hash(&data).as_bytes()))
+}
+
+fn walk(
+    dir: &Path,
+    prefix: Option<&TreePath>,
+    out: &mut Vec<(TreePath, Found)>,
+    skipped: &mut Vec<Skipped>,
+) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        // A folder that vanished mid-walk is simply gone.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_some() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let full = entry.path();
+        let Some(name) = name.to_str() else {
+            skipped.push(Skipped {
+                path: full,
+                reason: "name is not UTF-8".into(),
+            });
+            continue;
+        };
+        if (prefix.is_none() && name == STATE_DIR) || name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let path = match prefix.map_or_else(|| TreePath::new(name), |p| p.join(name)) {
+            Ok(p) => p,
+            Err(e) => {
+                skipped.push(Skipped {
+                    path: full,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let meta = match fs::symlink_metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            FoundKind::Dir
+        } else if ft.is_file() {
+            FoundKind::File
+        } else if ft.is_symlink() {
+            match fs::read_link(&full) {
+                Ok(t) => FoundKind::Symlink(t.into_os_string().into_encoded_bytes()),
+                Err(_) => continue,
+            }
+        } else {
+            skipped.push(Skipped {
+                path: full,
+                reason: "not a file, folder or symlink".into(),
+            });
+            continue;
+        };
+        let is_dir = matches!(kind, FoundKind::Dir);
+        out.push((path.clone(), Found { meta, kind }));
+        if is_dir {
+            walk(&full, Some(&path), out, skipped)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn p(s: &str) -> TreePath {
+        TreePath::new(s).unwrap()
+    }
+
+    /// Files older than the trust window, so stats are cached as they would
+    /// be for a settled tree.
+    fn age(path: &Path) {
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[test]
+    fn finds_creates_edits_renames_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d/e")).unwrap();
+        fs::create_dir(root.join(STATE_DIR)).unwrap();
+        fs::write(root.join(STATE_DIR).join("ignored"), b"x").unwrap();
+        for (name, body) in [
+            ("a", "alpha"),
+            ("d/b", "beta"),
+            ("d/e/c", "gamma"),
+            ("big", "0123456789"),
+        ] {
+            fs::write(root.join(name), body).unwrap();
+            age(&root.join(name));
+        }
+        std::os::unix::fs::symlink("d/b", root.join("link")).unwrap();
+        let mut index = Index::default();
+        let first = scan(root, &mut index).unwrap();
+        assert_eq!(first.hashed_files, 4);
+        let creates = first
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::Create { .. }))
+            .count();
+        assert_eq!(creates, 4, "{:?}", first.ops);
+        assert!(index.state.get(&p("link")).is_some());
+        assert!(
+            !index
+                .state
+                .iter()
+                .any(|(p, _)| p.as_str().starts_with(".intersync"))
+        );
+
+        // Nothing changed: nothing to say, nothing hashed.
+        let again = scan(root, &mut index).unwrap();
+        assert!(again.ops.is_empty(), "{:?}", again.ops);
+        assert_eq!(again.hashed_files, 0);
+
+        fs::rename(root.join("big"), root.join("d/e/big2")).unwrap();
+        fs::rename(root.join("d/e"), root.join("f")).unwrap();
+        fs::write(root.join("a"), "ALPHA!").unwrap();
+        fs::remove_file(root.join("d/b")).unwrap();
+        fs::set_permissions(root.join("f/c"), fs::Permissions::from_mode(0o600)).unwrap();
+        let changes = scan(root, &mut index).unwrap();
+        let ops = &changes.ops;
+        assert!(
+            ops.contains(&Op::Rename {
+                from: p("d/e"),
+                to: p("f")
+            }),
+            "{ops:?}"
+        );
+        assert!(
+            ops.contains(&Op::Rename {
+                from: p("big"),
+                to: p("f/big2")
+            }),
+            "{ops:?}"
+        );
+        assert!(ops.contains(&Op::Unlink { path: p("d/b") }), "{ops:?}");
+        assert!(
+            ops.iter()
+                .any(|o| matches!(o, Op::Write { path, size: 6, .. } if path == &p("a")))
+        );
+        assert!(ops.iter().any(
+            |o| matches!(o, Op::Setattr { path, attrs } if path == &p("f/c") && attrs.mode == Some(0o600))
+        ));
+        assert!(
+            !ops.iter().any(|o| matches!(o, Op::Create { .. })),
+            "renames are not creates: {ops:?}"
+        );
+        // Only the edited file and the chmod-ed one (its ctime moved) were read.
+        assert_eq!(changes.hashed_files, 2);
+
+        // A fresh scan of the folder agrees with the incrementally kept
+        // state, but for folder mtimes, which scans do not follow.
+        let mut fresh = Index::default();
+        scan(root, &mut fresh).unwrap();
+        let listing = |s: &TreeState| -> Vec<(TreePath, Entry)> {
+            s.iter()
+                .map(|(p, e)| {
+                    let mut e = e.clone();
+                    if e.is_dir() {
+                        e.mtime_ns = 0;
+                    }
+                    (p.clone(), e)
+                })
+                .collect()
+        };
+        assert_eq!(listing(&fresh.state), listing(&index.state));
+    }
+
+    #[test]
+    fn kind_changes_and_deep_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("x/y/z")).unwrap();
+        fs::write(root.join("x/y/z/f"), "f").unwrap();
+        fs::write(root.join("k"), "file").unwrap();
+        let mut index = Index::default();
+        scan(root, &mut index).unwrap();
+        fs::remove_dir_all(root.join("x")).unwrap();
+        fs::remove_file(root.join("k")).unwrap();
+        fs::create_dir(root.join("k")).unwrap();
+        let out = scan(root, &mut index).unwrap();
+        assert_eq!(
+            out.ops,
+            vec![
+                Op::Unlink { path: p("k") },
+                Op::Mkdir {
+                    path: p("k"),
+                    mode: 0o755
+                },
+                Op::Unlink { path: p("x/y/z/f") },
+                Op::Rmdir { path: p("x/y/z") },
+                Op::Rmdir { path: p("x/y") },
+                Op::Rmdir { path: p("x") },
+            ]
+        );
+    }
+}

@@ -1,0 +1,472 @@
+//! The state of a tree at a point in its KML: every path with its kind,
+//! content version and attributes. Replaying records onto a state is how a
+//! server recovers its tree, how a checkpoint is written and read, and how a
+//! client knows what it last synced.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use intersync_protocol::kml::{Attrs, KmlRecord, Op};
+use intersync_protocol::{TreePath, Version};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// What kind of thing is at a path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    File { version: Version, size: u64 },
+    Dir,
+    Symlink { target: Vec<u8> },
+}
+
+/// One path of a tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// Permission bits (and setuid, setgid, sticky), without the file type.
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Entry {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        match self.kind {
+            EntryKind::File { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+}
+
+/// A record that does not fit the state it is applied to.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("KML record {seq} does not fit the tree: {reason}")]
+pub struct TreeError {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Every path of a tree, ordered so that a folder comes before what it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeState {
+    /// Sequence number of the last record applied (0: none).
+    pub seq: u64,
+    entries: BTreeMap<TreePath, Entry>,
+}
+
+impl TreeState {
+    pub fn get(&self, path: &TreePath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&TreePath, &Entry)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The paths strictly inside `dir`.
+    pub fn descendants<'a>(
+        &'a self,
+        dir: &'a TreePath,
+    ) -> impl Iterator<Item = (&'a TreePath, &'a Entry)> {
+        // "a/" sorts after "a" and "a.txt" but before "a/b": start there.
+        let prefix = format!("{dir}/");
+        self.entries
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(move |(p, _)| p.starts_with(dir))
+    }
+
+    /// A path with the same content, if any: a local copy beats a download.
+    pub fn find_version(&self, version: Version) -> Option<&TreePath> {
+        self.entries
+            .iter()
+            .find(|(_, e)| e.version() == Some(version))
+            .map(|(p, _)| p)
+    }
+
+    /// Applies one record. Records must come in sequence order.
+    pub fn apply(&mut self, rec: &KmlRecord) -> Result<(), TreeError> {
+        let fail = |reason: String| TreeError {
+            seq: rec.seq,
+            reason,
+        };
+        if rec.seq <= self.seq {
+            return Err(fail(format!("already at sequence {}", self.seq)));
+        }
+        match &rec.op {
+            Op::Create { path, mode } => {
+                self.need_parent(path).map_err(fail)?;
+                self.entries.insert(
+                    path.clone(),
+                    new_entry(
+                        EntryKind::File {
+                            version: empty_version(),
+                            size: 0,
+                        },
+                        *mode,
+                        rec.time_ns,
+                    ),
+                );
+            }
+            Op::Write {
+                path,
+                version,
+                size,
+                mtime_ns,
+            } => {
+                self.need_parent(path).map_err(fail)?;
+                let kind = EntryKind::File {
+                    version: *version,
+                    size: *size,
+                };
+                match self.entries.get_mut(path) {
+                    Some(e) if !e.is_dir() => {
+                        e.kind = kind;
+                        e.mtime_ns = *mtime_ns;
+                    }
+                    Some(_) => return Err(fail(format!("write to folder {path}"))),
+                    None => {
+                        self.entries
+                            .insert(path.clone(), new_entry(kind, 0o644, *mtime_ns));
+                    }
+                }
+            }
+            Op::Mkdir { path, mode } => {
+                self.need_parent(path).map_err(fail)?;
+                if self.entries.get(path).is_some_and(|e| !e.is_dir()) {
+                    return Err(fail(format!("mkdir over a file at {path}")));
+                }
+                self.entries
+                    .insert(path.clone(), new_entry(EntryKind::Dir, *mode, rec.time_ns));
+            }
+            Op::Unlink { path } => match self.entries.get(path) {
+                Some(e) if !e.is_dir() => {
+                    self.entries.remove(path);
+                }
+                Some(_) => return Err(fail(format!("unlink of folder {path}"))),
+                None => return Err(fail(format!("unlink of missing {path}"))),
+            },
+            Op::Rmdir { path } => {
+                if !self.entries.get(path).is_some_and(Entry::is_dir) {
+                    return Err(fail(format!("rmdir of non-folder {path}")));
+                }
+                if self.descendants(path).next().is_some() {
+                    return Err(fail(format!("rmdir of non-empty {path}")));
+                }
+                self.entries.remove(path);
+            }
+            Op::Rename { from, to } => self.rename(from, to).map_err(fail)?,
+            Op::Setattr { path, attrs } => {
+                let Some(e) = self.entries.get_mut(path) else {
+                    return Err(fail(format!("setattr of missing {path}")));
+                };
+                set_attrs(e, attrs);
+            }
+            Op::Symlink { path, target } => {
+                self.need_parent(path).map_err(fail)?;
+                self.entries.insert(
+                    path.clone(),
+                    new_entry(
+                        EntryKind::Symlink {
+                            target: target.clone(),
+                        },
+                        0o777,
+                        rec.time_ns,
+                    ),
+                );
+            }
+            Op::Link { path, target } => {
+                self.need_parent(path).map_err(fail)?;
+                let Some(e) = self.entries.get(target).filter(|e| !e.is_dir()).cloned() else {
+                    return Err(fail(format!("link to missing file {target}")));
+                };
+                self.entries.insert(path.clone(), e);
+            }
+        }
+        self.seq = rec.seq;
+        Ok(())
+    }
+
+    fn need_parent(&self, path: &TreePath) -> Result<(), String> {
+        match path.parent() {
+            None => Ok(()),
+            Some(parent) if self.entries.get(&parent).is_some_and(Entry::is_dir) => Ok(()),
+            Some(parent) => Err(format!("{path} has no folder {parent}")),
+        }
+    }
+
+    fn rename(&mut self, from: &TreePath, to: &TreePath) -> Result<(), String> {
+        if from == to {
+            return Ok(());
+        }
+        self.need_parent(to)?;
+        let Some(entry) = self.entries.get(from).cloned() else {
+            return Err(format!("rename of missing {from}"));
+        };
+        if to.starts_with(from) {
+            return Err(format!("rename of {from} into itself"));
+        }
+        if let Some(existing) = self.entries.get(to) {
+            if existing.is_dir() != entry.is_dir() {
+                return Err(format!("rename of {from} over {to} of another kind"));
+            }
+            if existing.is_dir() && self.descendants(to).next().is_some() {
+                return Err(format!("rename over non-empty folder {to}"));
+            }
+        }
+        let moved: Vec<(TreePath, Entry)> = self
+            .descendants(from)
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        self.entries.remove(from);
+        self.entries.insert(to.clone(), entry);
+        for (path, e) in moved {
+            self.entries.remove(&path);
+            let rest = &path.as_str()[from.as_str().len() + 1..];
+            let new_path = to.join(rest).map_err(|e| format!("rename to {to}: {e}"))?;
+            self.entries.insert(new_path, e);
+        }
+        Ok(())
+    }
+
+    /// The operations that rebuild this state from nothing, folders first:
+    /// the body of a checkpoint.
+    pub fn rebuild_ops(&self) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(self.entries.len() * 2);
+        let mut dir_times = Vec::new();
+        for (path, e) in &self.entries {
+            let path = path.clone();
+            match &e.kind {
+                EntryKind::Dir => {
+                    ops.push(Op::Mkdir {
+                        path: path.clone(),
+                        mode: e.mode,
+                    });
+                    dir_times.push((path, e));
+                    continue;
+                }
+                EntryKind::File { version, size } => {
+                    ops.push(Op::Create {
+                        path: path.clone(),
+                        mode: e.mode,
+                    });
+                    ops.push(Op::Write {
+                        path: path.clone(),
+                        version: *version,
+                        size: *size,
+                        mtime_ns: e.mtime_ns,
+                    });
+                }
+                EntryKind::Symlink { target } => ops.push(Op::Symlink {
+                    path: path.clone(),
+                    target: target.clone(),
+                }),
+            }
+            ops.push(Op::Setattr {
+                path,
+                attrs: Attrs {
+                    mode: None,
+                    mtime_ns: Some(e.mtime_ns),
+                    uid: Some(e.uid),
+                    gid: Some(e.gid),
+                },
+            });
+        }
+        // Folder times last, since filling a folder changes its mtime.
+        for (path, e) in dir_times {
+            ops.push(Op::Setattr {
+                path,
+                attrs: Attrs {
+                    mode: None,
+                    mtime_ns: Some(e.mtime_ns),
+                    uid: Some(e.uid),
+                    gid: Some(e.gid),
+                },
+            });
+        }
+        ops
+    }
+}
+
+fn new_entry(kind: EntryKind, mode: u32, mtime_ns: i64) -> Entry {
+    Entry {
+        kind,
+        mode,
+        mtime_ns,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+fn set_attrs(e: &mut Entry, attrs: &Attrs) {
+    if let Some(mode) = attrs.mode {
+        e.mode = mode;
+    }
+    if let Some(mtime) = attrs.mtime_ns {
+        e.mtime_ns = mtime;
+    }
+    if let Some(uid) = attrs.uid {
+        e.uid = uid;
+    }
+    if let Some(gid) = attrs.gid {
+        e.gid = gid;
+    }
+}
+
+/// The version of an empty file.
+pub fn empty_version() -> Version {
+    Version(*blake3::hash(b"").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use intersync_protocol::NodeId;
+
+    use super::*;
+
+    fn p(s: &str) -> TreePath {
+        TreePath::new(s).unwrap()
+    }
+
+    fn replay(state: &mut TreeState, ops: Vec<Op>) -> Result<(), TreeError> {
+        for op in ops {
+            let rec = KmlRecord {
+                seq: state.seq + 1,
+                time_ns: 5,
+                node: NodeId(1),
+                op,
+            };
+            state.apply(&rec)?;
+        }
+        Ok(())
+    }
+
+    fn write(path: &str, byte: u8) -> Op {
+        Op::Write {
+            path: p(path),
+            version: Version([byte; 32]),
+            size: 1,
+            mtime_ns: 9,
+        }
+    }
+
+    #[test]
+    fn rename_moves_a_subtree() {
+        let mut s = TreeState::default();
+        replay(
+            &mut s,
+            vec![
+                Op::Mkdir {
+                    path: p("a"),
+                    mode: 0o755,
+                },
+                Op::Mkdir {
+                    path: p("a/b"),
+                    mode: 0o755,
+                },
+                write("a/b/f", 1),
+                write("a.txt", 2),
+                write("ab", 3),
+                Op::Rename {
+                    from: p("a"),
+                    to: p("z"),
+                },
+            ],
+        )
+        .unwrap();
+        let paths: Vec<&str> = s.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["a.txt", "ab", "z", "z/b", "z/b/f"]);
+        assert_eq!(
+            s.get(&p("z/b/f")).unwrap().version(),
+            Some(Version([1; 32]))
+        );
+        assert_eq!(s.seq, 6);
+    }
+
+    #[test]
+    fn refuses_records_that_do_not_fit() {
+        let mut s = TreeState::default();
+        replay(
+            &mut s,
+            vec![
+                Op::Mkdir {
+                    path: p("d"),
+                    mode: 0o755,
+                },
+                write("d/f", 1),
+            ],
+        )
+        .unwrap();
+        for (op, says) in [
+            (write("nowhere/f", 1), "has no folder nowhere"),
+            (Op::Rmdir { path: p("d") }, "non-empty"),
+            (Op::Unlink { path: p("d") }, "unlink of folder"),
+            (Op::Unlink { path: p("x") }, "missing x"),
+            (
+                Op::Rename {
+                    from: p("d"),
+                    to: p("d/e"),
+                },
+                "into itself",
+            ),
+            (
+                Op::Link {
+                    path: p("l"),
+                    target: p("d"),
+                },
+                "link to missing file d",
+            ),
+        ] {
+            let mut t = s.clone();
+            let err = replay(&mut t, vec![op]).unwrap_err();
+            assert!(err.reason.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn rebuild_ops_rebuild_the_state() {
+        let mut s = TreeState::default();
+        replay(
+            &mut s,
+            vec![
+                Op::Mkdir {
+                    path: p("d"),
+                    mode: 0o700,
+                },
+                Op::Create {
+                    path: p("d/f"),
+                    mode: 0o600,
+                },
+                write("d/f", 7),
+                Op::Symlink {
+                    path: p("l"),
+                    target: b"d/f".to_vec(),
+                },
+                Op::Setattr {
+                    path: p("d"),
+                    attrs: Attrs {
+                        mtime_ns: Some(77),
+                        uid: Some(1000),
+                        ..Attrs::default()
+                    },
+                },
+            ],
+        )
+        .unwrap();
+        let mut rebuilt = TreeState::default();
+        replay(&mut rebuilt, s.rebuild_ops()).unwrap();
+        assert_eq!(rebuilt.entries, s.entries);
+    }
+}
