@@ -5,6 +5,8 @@
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
 //! - [`install`]: putting files in place atomically, never half-written.
+//! - [`kml`]: the modification log on disk: durable appends, segments,
+//!   checkpoints, recovery from torn writes.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
@@ -14,5 +16,6 @@
 
 pub mod delta;
 pub mod install;
+pub mod kml;
 pub mod scenario;
 pub mod tree;
