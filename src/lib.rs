@@ -7,6 +7,7 @@
 //! - [`install`]: putting files in place atomically, never half-written.
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
+//! - [`server`]: `intersync serve`, the HTTP(S) service of an export.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
@@ -18,4 +19,5 @@ pub mod delta;
 pub mod install;
 pub mod kml;
 pub mod scenario;
+pub mod server;
 pub mod tree;

@@ -7,6 +7,7 @@ use std::process::ExitCode as ProcessExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use intersync::delta::{self, ErrorKind, PatchLimits};
+use intersync::server;
 use intersync_compat::ExitCode;
 use intersync_protocol::Version;
 use intersync_protocol::signature::{SignatureFormat, StrongSumKind, WeakSumKind};
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Export DIR over HTTP(S): files, the modification log, signatures, deltas and writes.
+    Serve(ServeArgs),
     /// Write the signature of BASE to SIG (`-` or omitted: standard output), like `rdiff signature`.
     Signature {
         /// Block length in bytes (default: InterSync's block-size policy).
@@ -67,6 +70,33 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The folder to export.
+    dir: PathBuf,
+    /// Address to listen on (port 0 picks a free one; the URL is printed).
+    #[arg(long, default_value = "127.0.0.1:8740")]
+    listen: std::net::SocketAddr,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// File holding the bearer token every request must carry; with it, writes are allowed.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Without a token, accept writes from anyone (default: read-only).
+    #[arg(long)]
+    allow_anonymous_writes: bool,
+    /// Do not watch the folder for changes made by other programs (scan only at start).
+    #[arg(long)]
+    no_watch: bool,
+    /// Longest a head long-poll may be held, in seconds.
+    #[arg(long, default_value_t = 300)]
+    max_wait: u64,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Hash {
     Md4,
@@ -107,6 +137,7 @@ fn main() -> ProcessExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = || PathBuf::from("-");
     match cli.command {
+        Command::Serve(args) => serve(args)?,
         Command::Signature {
             block_size,
             sum_size,
@@ -174,10 +205,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(!token.is_empty(), "{} holds no token", path.display());
+            Some(token)
+        }
+        None => None,
+    };
+    let config = server::ServeConfig {
+        root: args.dir.clone(),
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
+        options: server::ServeOptions {
+            token,
+            allow_anonymous_writes: args.allow_anonymous_writes,
+            max_wait: std::time::Duration::from_secs(args.max_wait),
+        },
+        watch: !args.no_watch,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(server::run(
+        config,
+        |_, url| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "intersync: serving {} at {url}", args.dir.display());
+            let _ = out.flush();
+        },
+        shutdown_signal(),
+    ))?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// rsync's exit code for an error: corrupt input is a protocol data stream
 /// error (12), impossible options a usage error (1), anything else about
 /// files is file I/O (11).
 fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<server::StartError>().is_some() {
+        return ExitCode::StartClient;
+    }
     match e.downcast_ref::<delta::Error>().map(delta::Error::kind) {
         Some(ErrorKind::Corrupt) => ExitCode::StreamIo,
         Some(ErrorKind::Usage) => ExitCode::Syntax,

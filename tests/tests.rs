@@ -5,3 +5,4 @@ mod util;
 
 mod delta_cli;
 mod rdiff;
+mod server;

@@ -79,3 +79,150 @@ impl Dir {
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+/// A real `intersync serve` process on 127.0.0.1:0, killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts a server on `root` with extra arguments, and waits for its URL.
+    pub fn start(root: &Path, args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = intersync()
+            .arg("serve")
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start intersync serve");
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the ready line");
+        let url = line
+            .trim()
+            .rsplit(" at ")
+            .next()
+            .filter(|u| u.starts_with("http"))
+            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+            .to_owned();
+        Server { child, url }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (TLS when `tls` is given).
+pub fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+    tls: Option<&rustls::RootCertStore>,
+) -> Reply {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use http_body_util::{BodyExt, Full};
+        let uri: hyper::Uri = url.parse().expect("url");
+        let authority = uri.authority().expect("authority").clone();
+        let tcp = tokio::net::TcpStream::connect(authority.as_str())
+            .await
+            .expect("connect");
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header("host", authority.as_str());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
+        macro_rules! exchange {
+            ($io:expr) => {{
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new($io))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(conn);
+                let resp = send.send_request(req).await.expect("request");
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes()
+                    .to_vec();
+                Reply {
+                    status,
+                    headers,
+                    body,
+                }
+            }};
+        }
+        match tls {
+            None => exchange!(tcp),
+            Some(roots) => {
+                let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+                exchange!(stream)
+            }
+        }
+    })
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    http("GET", url, headers, Vec::new(), None)
+}

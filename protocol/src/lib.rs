@@ -6,11 +6,13 @@
 //! - [`version`]: a file version, the BLAKE3 hash of its content, and its ETag form.
 //! - [`path`]: paths inside a tree, which cannot escape it.
 //! - [`kml`]: the modification log's segments and records.
+//! - [`api`]: the HTTP API's documents, header names and media types.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
 //! typed errors that name what was wrong and where; none panics, and none
 //! allocates more than a small multiple of its input.
 
+pub mod api;
 pub mod delta;
 pub mod kml;
 pub mod path;

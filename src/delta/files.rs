@@ -40,13 +40,16 @@ impl MappedFile {
             return Ok(MappedFile::Read(bytes));
         }
         let file = File::open(path).map_err(Error::io(path))?;
-        let len = file.metadata().map_err(Error::io(path))?.len();
-        if len == 0 {
+        MappedFile::map(&file).map_err(Error::io(path))
+    }
+
+    /// Maps an open file (same contract as [`MappedFile::open`]).
+    pub fn map(file: &File) -> io::Result<MappedFile> {
+        if file.metadata()?.len() == 0 {
             return Ok(MappedFile::Empty);
         }
-        // SAFETY: see above; the map is read-only and lives as long as `self`.
-        let map = unsafe { Mmap::map(&file) }.map_err(Error::io(path))?;
-        Ok(MappedFile::Mapped(map))
+        // SAFETY: see `open`; the map is read-only and lives as long as `self`.
+        Ok(MappedFile::Mapped(unsafe { Mmap::map(file) }?))
     }
 }
 

@@ -51,13 +51,35 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
     meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 
+/// A path's stat as last seen, and when it was seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedStat {
+    pub key: StatKey,
+    pub seen_ns: i64,
+}
+
+impl CachedStat {
+    /// Whether an unchanged stat proves unchanged content. A file modified
+    /// within the filesystem's timestamp granularity of being looked at may
+    /// change again without its stat moving, so such a stat is not trusted.
+    pub fn vouches_for(&self, key: &StatKey) -> bool {
+        self.key == *key && self.key.mtime_ns < self.seen_ns - 2_000_000_000
+    }
+}
+
 /// The tree state plus what the disk looked like when each path was last
 /// seen: the index a scan compares against. Persisted between runs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Index {
     pub state: TreeState,
-    /// Stat of each path when last hashed. A path missing here is hashed.
-    pub stats: HashMap<TreePath, StatKey>,
+    /// Stat of each path when last looked at. A path missing here is hashed.
+    pub stats: HashMap<TreePath, CachedStat>,
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// A path the scan could not journal, and why.
@@ -104,13 +126,9 @@ pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
     let mut by_inode: HashMap<(u64, u64), TreePath> = index
         .stats
         .iter()
-        .map(|(p, s)| ((s.dev, s.ino), p.clone()))
+        .map(|(p, s)| ((s.key.dev, s.key.ino), p.clone()))
         .collect();
-    // Stats within this window of the scan are not trusted next time: the
-    // file may change again within the filesystem's timestamp granularity.
-    let now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
+    let now_ns = now_ns();
 
     let mut push = |index: &mut Index, op: Op, ops: &mut Vec<Op>| {
         let rec = KmlRecord {
@@ -131,7 +149,7 @@ pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
         let f = &found[path];
         let key = StatKey::of(&f.meta);
         // A rename: this inode was elsewhere, and that place no longer holds it.
-        if index.stats.get(path).is_none_or(|s| (s.dev, s.ino) != (key.dev, key.ino))
+        if index.stats.get(path).is_none_or(|s| (s.key.dev, s.key.ino) != (key.dev, key.ino))
             && let Some(from) = by_inode.get(&(key.dev, key.ino)).cloned()
             && &from != path
             && found.get(&from).is_none_or(|g| (g.meta.dev(), g.meta.ino()) != (key.dev, key.ino))
@@ -139,7 +157,10 @@ pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
             && same_kind(old, &f.kind)
             // A folder's mtime moves with its contents; its inode is enough.
             && (matches!(f.kind, FoundKind::Dir)
-                || index.stats.get(&from).is_some_and(|s| s.size == key.size && s.mtime_ns == key.mtime_ns))
+                || index
+                    .stats
+                    .get(&from)
+                    .is_some_and(|s| s.key.size == key.size && s.key.mtime_ns == key.mtime_ns))
         {
             let mut trial = index.state.clone();
             let rec = KmlRecord {
@@ -207,7 +228,8 @@ pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
                 }
             }
             (FoundKind::File, existing) => {
-                let trusted = index.stats.get(path) == Some(&key) && existing.is_some();
+                let trusted = existing.is_some()
+                    && index.stats.get(path).is_some_and(|s| s.vouches_for(&key));
                 if !trusted {
                     let version = match hash_file(&root.join(path.as_str())) {
                         Ok(v) => v,
@@ -276,13 +298,13 @@ pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
                 &mut outcome.ops,
             )?;
         }
-        if matches!(f.kind, FoundKind::File) && key.mtime_ns < now_ns - 2_000_000_000 {
-            index.stats.insert(path.clone(), key);
-        } else if matches!(f.kind, FoundKind::File) {
-            index.stats.remove(path);
-        } else {
-            index.stats.insert(path.clone(), key);
-        }
+        index.stats.insert(
+            path.clone(),
+            CachedStat {
+                key,
+                seen_ns: now_ns,
+            },
+        );
     }
 
     // Whatever the state still has that the disk does not: children first.
@@ -341,7 +363,7 @@ fn remove(
     Ok(())
 }
 
-fn move_stats(stats: &mut HashMap<TreePath, StatKey>, from: &TreePath, to: &TreePath) {
+fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &TreePath) {
     let moved: Vec<TreePath> = stats
         .keys()
         .filter(|p| p.starts_with(from))

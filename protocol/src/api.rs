@@ -1,0 +1,53 @@
+//! Types and names of the HTTP API (see `SPEC.md`): the head document,
+//! header names and media types.
+
+use serde::{Deserialize, Serialize};
+
+/// Format version of the head document and the KML.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Request header: the version a write must produce (64 hex digits).
+pub const HEADER_RESULT_VERSION: &str = "x-intersync-version";
+/// Request header: the size a delta write must produce.
+pub const HEADER_RESULT_SIZE: &str = "x-intersync-size";
+/// Response header: the node id of the server.
+pub const HEADER_SERVER_ID: &str = "x-intersync-server";
+/// Media type of a librsync delta body.
+pub const MEDIA_DELTA: &str = "application/x-librsync-delta";
+/// Media type of a librsync signature body.
+pub const MEDIA_SIGNATURE: &str = "application/x-librsync-signature";
+
+/// `GET /.intersync/head`: where the journal stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub format: u32,
+    /// The server's node id, 16 hex digits.
+    pub server_id: String,
+    /// Sequence number of the newest record (0: none yet).
+    pub latest_seq: u64,
+    /// The segments still kept, oldest first; the last is open and grows.
+    pub segments: Vec<SegmentRef>,
+    /// The newest checkpoint, if any.
+    pub checkpoint: Option<CheckpointRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRef {
+    /// File name under `/.intersync/kml/`.
+    pub name: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Bytes in the segment now, header included.
+    pub length: u64,
+    /// A sealed segment never changes again.
+    pub sealed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// File name under `/.intersync/checkpoints/`.
+    pub name: String,
+    /// The checkpoint is the tree after this record.
+    pub seq: u64,
+    pub length: u64,
+}

@@ -1,0 +1,326 @@
+//! An exported tree: its folder, its journal, and the index that says what
+//! the journal last recorded. Every change, whether it came through the API
+//! or was made in the folder by another program, goes through here to be
+//! journaled before anyone is told it happened.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use intersync_protocol::api::{CheckpointRef, FORMAT_VERSION, Head, SegmentRef};
+use intersync_protocol::kml::{NodeId, Op};
+use intersync_protocol::path::STATE_DIR;
+use intersync_protocol::{TreePath, Version};
+use rand::RngCore;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::install::PendingFile;
+use crate::kml::{Journal, JournalError, JournalOptions};
+use crate::tree::scan::{self, CachedStat, Index, StatKey};
+use crate::tree::{Entry, TreeState};
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The exported tree.
+pub struct Export {
+    root: PathBuf,
+    state_dir: PathBuf,
+    node: NodeId,
+    inner: Mutex<Inner>,
+    /// The latest sequence number, for long-polls of the head document.
+    seq: watch::Sender<u64>,
+}
+
+pub struct Inner {
+    pub journal: Journal,
+    pub index: Index,
+    /// The index changed since it was last saved.
+    index_dirty: bool,
+}
+
+/// What a scan of the folder added to the journal.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    pub records: usize,
+    pub hashed_files: u64,
+}
+
+impl Export {
+    /// Opens `root` for export: recovers the journal, reconciles the folder
+    /// with it (journaling what changed while nobody watched), and is ready
+    /// to serve.
+    pub fn open(root: &Path, options: JournalOptions) -> Result<Export, ExportError> {
+        let root = root.canonicalize().map_err(io_err(root))?;
+        let state_dir = root.join(STATE_DIR);
+        fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        let node = node_id(&state_dir)?;
+        // Only a crashed write leaves temporaries, and nothing is in flight yet.
+        sweep_temporaries(&root);
+        let (journal, state, recovery) = Journal::open(&state_dir, options)?;
+        if let Some((path, offset, bytes)) = &recovery.truncated {
+            tracing::warn!(path = %path.display(), offset, bytes, "KML recovered from a torn write");
+        }
+        let index = load_index(&state_dir.join("index.json"), state);
+        let seq = watch::Sender::new(journal.last_seq());
+        let export = Export {
+            root,
+            state_dir,
+            node,
+            inner: Mutex::new(Inner {
+                journal,
+                index,
+                index_dirty: false,
+            }),
+            seq,
+        };
+        export.rescan()?;
+        export.save_index();
+        Ok(export)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq.subscribe()
+    }
+
+    /// Scans the folder and journals whatever changed behind our back.
+    pub fn rescan(&self) -> Result<ScanReport, ExportError> {
+        let mut inner = self.lock();
+        self.rescan_locked(&mut inner)
+    }
+
+    pub fn rescan_locked(&self, inner: &mut Inner) -> Result<ScanReport, ExportError> {
+        let before = inner.index.state.clone();
+        let outcome = scan::scan(&self.root, &mut inner.index).map_err(io_err(&self.root))?;
+        for skipped in &outcome.skipped {
+            tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "not exported");
+        }
+        let records = outcome.ops.len();
+        let mut state = before;
+        let appended = inner.journal.append(self.node, outcome.ops, &mut state);
+        if let Err(e) = appended {
+            // The index ran ahead of the journal: forget its stats so the
+            // next scan looks at everything again.
+            inner.index = Index {
+                state,
+                stats: Default::default(),
+            };
+            inner.index_dirty = true;
+            return Err(e.into());
+        }
+        inner.index.state = state;
+        if records > 0 {
+            self.committed(inner);
+        }
+        inner.index_dirty |= outcome.hashed_files > 0;
+        Ok(ScanReport {
+            records,
+            hashed_files: outcome.hashed_files,
+        })
+    }
+
+    /// Journals `ops` (already carried out on disk) and tells long-polls.
+    pub fn journal_ops(&self, inner: &mut Inner, ops: Vec<Op>) -> Result<(), ExportError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut state = inner.index.state.clone();
+        inner.journal.append(self.node, ops, &mut state)?;
+        inner.index.state = state;
+        self.committed(inner);
+        Ok(())
+    }
+
+    fn committed(&self, inner: &mut Inner) {
+        self.seq.send_replace(inner.journal.last_seq());
+        inner.index_dirty = true;
+    }
+
+    /// Saves the index if it changed. The index only spares the next start
+    /// some hashing (the journal is the truth), so this runs now and then
+    /// and at shutdown, not on every change.
+    pub fn save_index(&self) {
+        let mut inner = self.lock();
+        if !inner.index_dirty {
+            return;
+        }
+        match save_index(&self.state_dir.join("index.json"), &inner.index) {
+            Ok(()) => inner.index_dirty = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not save the index; the next start rescans")
+            }
+        }
+    }
+
+    /// The head document.
+    pub fn head(&self) -> Head {
+        let inner = self.lock();
+        let j = &inner.journal;
+        Head {
+            format: FORMAT_VERSION,
+            server_id: self.node.to_string(),
+            latest_seq: j.last_seq(),
+            segments: j
+                .segments()
+                .iter()
+                .map(|s| SegmentRef {
+                    name: s.name(),
+                    first_seq: s.first_seq,
+                    last_seq: s.last_seq,
+                    length: s.len,
+                    sealed: s.sealed,
+                })
+                .collect(),
+            checkpoint: j.checkpoint().map(|c| CheckpointRef {
+                name: c.name(),
+                seq: c.seq,
+                length: c.len,
+            }),
+        }
+    }
+
+    /// Writes a checkpoint of the current tree.
+    pub fn checkpoint(&self) -> Result<(), ExportError> {
+        let mut inner = self.lock();
+        let Inner { journal, index, .. } = &mut *inner;
+        journal.write_checkpoint(&index.state)?;
+        Ok(())
+    }
+
+    /// The entry at `path` as journaled, after making sure the journal is
+    /// not behind the disk for it (a changed stat triggers a rescan first).
+    pub fn current(
+        &self,
+        inner: &mut Inner,
+        path: &TreePath,
+    ) -> Result<Option<Entry>, ExportError> {
+        let on_disk = fs::symlink_metadata(path.under(&self.root))
+            .ok()
+            .map(|m| StatKey::of(&m));
+        let known = inner.index.stats.get(path).map(|c| c.key);
+        let settled = match (&on_disk, inner.index.state.get(path)) {
+            (None, None) => true,
+            (Some(stat), Some(entry)) if entry.is_dir() || Some(*stat) == known => true,
+            _ => false,
+        };
+        if !settled {
+            self.rescan_locked(inner)?;
+        }
+        Ok(inner.index.state.get(path).cloned())
+    }
+
+    /// The state as journaled.
+    pub fn state(&self) -> TreeState {
+        self.lock().index.state.clone()
+    }
+
+    pub fn kml_path(&self, name: &str) -> PathBuf {
+        self.lock().journal.segment_path(name)
+    }
+
+    pub fn checkpoint_path(&self, name: &str) -> PathBuf {
+        self.lock().journal.checkpoint_path(name)
+    }
+
+    /// Where signatures of versions are cached.
+    pub fn sig_cache(&self, version: &Version) -> PathBuf {
+        self.state_dir.join("sigs").join(format!("{version}.sig"))
+    }
+
+    /// Records a file's stat after the API wrote it, so that serving it
+    /// does not rescan (a later scan still hashes it while its mtime is too
+    /// recent to trust).
+    pub fn remember_stat(&self, inner: &mut Inner, path: &TreePath) {
+        if let Ok(meta) = fs::symlink_metadata(path.under(&self.root)) {
+            let cached = CachedStat {
+                key: StatKey::of(&meta),
+                seen_ns: scan::now_ns(),
+            };
+            inner.index.stats.insert(path.clone(), cached);
+            inner.index_dirty = true;
+        }
+    }
+}
+
+fn sweep_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(ft) = entry.file_type() else { continue };
+        if name
+            .to_string_lossy()
+            .starts_with(crate::install::TEMP_PREFIX)
+            && ft.is_file()
+        {
+            tracing::info!(path = %entry.path().display(), "removing a temporary left by a crash");
+            let _ = fs::remove_file(entry.path());
+        } else if ft.is_dir() {
+            sweep_temporaries(&entry.path());
+        }
+    }
+}
+
+fn node_id(state_dir: &Path) -> Result<NodeId, ExportError> {
+    let path = state_dir.join("node-id");
+    if let Ok(text) = fs::read_to_string(&path)
+        && let Ok(id) = u64::from_str_radix(text.trim(), 16)
+    {
+        return Ok(NodeId(id));
+    }
+    let id = NodeId(rand::rng().next_u64());
+    let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
+    writeln!(file, "{id}").map_err(io_err(&path))?;
+    file.install().map_err(io_err(&path))?;
+    Ok(id)
+}
+
+/// The saved index, if it describes the journal's state; otherwise the
+/// journal's state with no stats, so that the first scan hashes everything.
+fn load_index(path: &Path, state: TreeState) -> Index {
+    let saved: Option<Index> = File::open(path)
+        .ok()
+        .and_then(|f| serde_json::from_reader(io::BufReader::new(f)).ok());
+    match saved {
+        Some(index) if index.state == state => index,
+        _ => Index {
+            state,
+            stats: Default::default(),
+        },
+    }
+}
+
+fn save_index(path: &Path, index: &Index) -> io::Result<()> {
+    let mut file = PendingFile::create(path)?;
+    serde_json::to_writer(&mut file, index).map_err(io::Error::other)?;
+    file.install()
+}

@@ -1,0 +1,299 @@
+//! Serving files: whole, by one range or several (multipart/byteranges),
+//! with ETag, Last-Modified, If-None-Match, If-Range and 416. Tree files are
+//! opened without following symbolic links, and only below the export's root.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use http_range_header::RangeUnsatisfiableError;
+use hyper::body::{Frame, Incoming};
+use hyper::header;
+use hyper::{Method, Request, Response, StatusCode};
+use intersync_protocol::TreePath;
+use tokio_util::io::ReaderStream;
+
+use super::export::Export;
+use super::{Body, Refusal, full};
+use crate::tree::EntryKind;
+
+/// Most bytes a multi-range answer carries; past this, ask for fewer ranges.
+const MAX_MULTIRANGE_BYTES: u64 = 64 << 20;
+/// Most ranges in one request.
+const MAX_RANGES: usize = 256;
+
+/// A file ready to be answered with.
+pub struct Served {
+    pub file: File,
+    pub len: u64,
+    pub etag: String,
+    pub modified: Option<SystemTime>,
+    pub cache_control: &'static str,
+}
+
+pub async fn serve_tree_file(
+    export: &Arc<Export>,
+    req: &Request<Incoming>,
+    path: TreePath,
+) -> Result<Response<Body>, Refusal> {
+    let export = export.clone();
+    let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
+        let mut inner = export.lock();
+        let entry = export
+            .current(&mut inner, &path)?
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
+        let version = match entry.kind {
+            EntryKind::File { version, .. } => version,
+            EntryKind::Dir => {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, "a folder, not a file"));
+            }
+            EntryKind::Symlink { .. } => {
+                return Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "a symbolic link, not a file",
+                ));
+            }
+        };
+        let file = open_beneath(export.root(), &path)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        Ok(Served {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            file,
+            etag: version.etag(),
+            cache_control: "no-cache",
+        })
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    respond(req, served).await
+}
+
+/// Serves a journal segment or checkpoint: immutable once sealed.
+pub async fn serve_state_file(
+    req: &Request<Incoming>,
+    path: &Path,
+    growing: bool,
+) -> Result<Response<Body>, Refusal> {
+    let file = File::open(path)
+        .map_err(|_| Refusal::new(StatusCode::NOT_FOUND, "no such journal file"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?
+        .len();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kml");
+    let (etag, cache_control) = if growing {
+        // The open segment only grows: a length names its content.
+        (format!("\"{name}-{len}\""), "no-cache")
+    } else {
+        (format!("\"{name}\""), "public, max-age=31536000, immutable")
+    };
+    respond(
+        req,
+        Served {
+            file,
+            len,
+            etag,
+            modified: None,
+            cache_control,
+        },
+    )
+    .await
+}
+
+/// Opens `path` below `root` for reading, refusing symbolic links anywhere
+/// on the way, so that no link can lead out of the tree.
+pub fn open_beneath(root: &Path, path: &TreePath) -> Result<File, Refusal> {
+    check_folders(root, path)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(path.under(root))
+        .map_err(|e| match e.raw_os_error() {
+            Some(40) => Refusal::new(StatusCode::FORBIDDEN, "a symbolic link, not a file"),
+            _ => Refusal::new(StatusCode::NOT_FOUND, "no such file"),
+        })?;
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Every folder on the way to `path` is a real folder, not a symbolic link.
+pub fn check_folders(root: &Path, path: &TreePath) -> Result<(), Refusal> {
+    let mut dir = root.to_path_buf();
+    if let Some(parent) = path.parent() {
+        for name in parent.as_str().split('/') {
+            dir.push(name);
+            let meta = fs::symlink_metadata(&dir)
+                .map_err(|_| Refusal::new(StatusCode::NOT_FOUND, "no such folder"))?;
+            if !meta.is_dir() {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "path goes through a symbolic link",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// O_NOFOLLOW on Linux.
+fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t == etag)
+}
+
+/// Answers a GET or HEAD for a file, honouring the conditional and range headers.
+pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response<Body>, Refusal> {
+    let headers = req.headers();
+    let mut builder = Response::builder()
+        .header(header::ETAG, &served.etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, served.cache_control);
+    if let Some(m) = served.modified {
+        builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(m));
+    }
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && etag_matches(inm, &served.etag)
+    {
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(full(Bytes::new()))
+            .expect("valid response"));
+    }
+    let head_only = req.method() == Method::HEAD;
+    // If-Range: ranges only if the client still has this version.
+    let range_applies = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(tag) if tag.starts_with('"') || tag.starts_with("W/") => tag == served.etag,
+        Some(date) => match (httpdate::parse_http_date(date), served.modified) {
+            (Ok(d), Some(m)) => httpdate::fmt_http_date(d) == httpdate::fmt_http_date(m),
+            _ => false,
+        },
+    };
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| range_applies);
+    let ranges = match range.map(|r| {
+        http_range_header::parse_range_header_with_max_ranges(
+            r,
+            MAX_RANGES.try_into().expect("nonzero"),
+        )
+        .and_then(|p| p.validate(served.len))
+    }) {
+        None | Some(Err(RangeUnsatisfiableError::Invalid(_))) => None,
+        Some(Ok(r)) if r.is_empty() => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(_)) => {
+            return Ok(builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{}", served.len))
+                .body(full(Bytes::new()))
+                .expect("valid response"));
+        }
+    };
+    let Served { mut file, len, .. } = served;
+    match ranges {
+        None => {
+            let body = if head_only {
+                full(Bytes::new())
+            } else {
+                stream(file, 0, len)
+            };
+            Ok(builder
+                .status(StatusCode::OK)
+                .header(header::CONTENT_LENGTH, len)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .expect("valid response"))
+        }
+        Some(r) if r.len() == 1 => {
+            let (start, end) = (*r[0].start(), *r[0].end());
+            let body = if head_only {
+                full(Bytes::new())
+            } else {
+                stream(file, start, end - start + 1)
+            };
+            Ok(builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
+                .header(header::CONTENT_LENGTH, end - start + 1)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .expect("valid response"))
+        }
+        Some(r) => {
+            let total: u64 = r.iter().map(|x| x.end() - x.start() + 1).sum();
+            if total > MAX_MULTIRANGE_BYTES {
+                return Err(Refusal::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "too many bytes in one multi-range request",
+                ));
+            }
+            let boundary = "intersync-byteranges-4e2b1c";
+            let body = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+                let mut out = Vec::with_capacity(total as usize + r.len() * 100);
+                for range in &r {
+                    let (start, end) = (*range.start(), *range.end());
+                    out.extend_from_slice(
+                        format!(
+                            "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    );
+                    file.seek(SeekFrom::Start(start))?;
+                    let at = out.len();
+                    out.resize(at + (end - start + 1) as usize, 0);
+                    file.read_exact(&mut out[at..])?;
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+                Ok(out)
+            })
+            .await
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            Ok(builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(
+                    header::CONTENT_TYPE,
+                    format!("multipart/byteranges; boundary={boundary}"),
+                )
+                .header(header::CONTENT_LENGTH, body.len())
+                .body(if head_only {
+                    full(Bytes::new())
+                } else {
+                    full(body)
+                })
+                .expect("valid response"))
+        }
+    }
+}
+
+/// The `len` bytes of `file` from `start`, as a streamed body.
+pub fn stream(mut file: File, start: u64, len: u64) -> Body {
+    if let Err(e) = file.seek(SeekFrom::Start(start)) {
+        let err = futures_util::stream::once(async move { Err::<Frame<Bytes>, _>(e) });
+        return StreamBody::new(err).boxed();
+    }
+    let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+    let frames = ReaderStream::with_capacity(reader, 256 * 1024).map_ok(Frame::data);
+    StreamBody::new(frames).boxed()
+}

@@ -1,0 +1,178 @@
+//! The InterSync resources under `/.intersync/`: the head document (with
+//! long-poll), signatures of versions, and deltas against a client's signature.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self};
+use hyper::{Request, Response, StatusCode};
+use intersync_protocol::api::{HEADER_RESULT_SIZE, MEDIA_DELTA, MEDIA_SIGNATURE};
+use intersync_protocol::{TreePath, Version};
+
+use super::export::Export;
+use super::files::{open_beneath, stream};
+use super::{Body, Refusal, full};
+use crate::delta::{MappedFile, Signature, SignatureOptions, write_delta};
+use crate::install::PendingFile;
+use intersync_protocol::signature::SignatureFormat;
+
+/// Largest signature a client may upload: that of a file of about 20 GiB.
+pub const MAX_SIGNATURE_BYTES: usize = 64 << 20;
+
+/// `GET /.intersync/head[?wait=SECONDS]`. With `If-None-Match` naming the
+/// current head and a wait, the answer is held until the journal moves or
+/// the wait runs out (then 304).
+pub async fn head(
+    export: &Arc<Export>,
+    req: &Request<Incoming>,
+    max_wait: Duration,
+) -> Result<Response<Body>, Refusal> {
+    let wait = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("wait="))
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "wait is whole seconds"))
+        })
+        .transpose()?
+        .map_or(Duration::ZERO, |s| Duration::from_secs(s).min(max_wait));
+    let known = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tag = |seq: u64| format!("\"seq-{seq}\"");
+    let mut rx = export.subscribe();
+    let current = *rx.borrow_and_update();
+    if known.as_deref() == Some(&tag(current)) {
+        if !wait.is_zero() {
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+        if *rx.borrow() == current {
+            return Ok(Response::builder()
+                .status(StatusCode::NOT_MODIFIED)
+                .header(header::ETAG, tag(current))
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(full(Bytes::new()))
+                .expect("valid response"));
+        }
+    }
+    let head = export.head();
+    let body = serde_json::to_vec(&head).expect("head serializes");
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ETAG, tag(head.latest_seq))
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(full(body))
+        .expect("valid response"))
+}
+
+/// `GET /.intersync/sig/<version>`: the signature of a version the export
+/// holds, computed once and kept. Immutable, like the version it describes.
+pub async fn signature(export: &Arc<Export>, version: &str) -> Result<Response<Body>, Refusal> {
+    let version: Version = version
+        .parse()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))?;
+    let export = export.clone();
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Refusal> {
+        let cache = export.sig_cache(&version);
+        if let Ok(bytes) = std::fs::read(&cache) {
+            return Ok(bytes);
+        }
+        let path = export
+            .state()
+            .find_version(version)
+            .cloned()
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no file has that version"))?;
+        let file = open_beneath(export.root(), &path)?;
+        let data = MappedFile::map(&file)
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        let options = SignatureOptions::for_len(data.len() as u64, SignatureFormat::Md4Rollsum);
+        let (sig, actual) = Signature::calculate(&data, options);
+        if actual != version {
+            // Changed on disk since it was journaled: the next scan will say so.
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "that version has just changed",
+            ));
+        }
+        let bytes = sig.into_bytes();
+        if let Some(dir) = cache.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(mut pending) = PendingFile::create(&cache)
+            && pending.write_all(&bytes).is_ok()
+        {
+            let _ = pending.install();
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, MEDIA_SIGNATURE)
+        .header(header::ETAG, format!("\"sig-{version}\""))
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(full(bytes))
+        .expect("valid response"))
+}
+
+/// `POST /.intersync/delta/PATH` with a signature: a delta from that base to
+/// the file's current content. The ETag is the version of exactly the bytes
+/// the delta was made from, hashed in the same pass.
+pub async fn delta(
+    export: &Arc<Export>,
+    path: TreePath,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let body = Limited::new(req.into_body(), MAX_SIGNATURE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("signature body: {e}"),
+            )
+        })?
+        .to_bytes();
+    let sig = Signature::from_bytes(body.to_vec())
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
+    let export = export.clone();
+    let (file, len, version, size) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let mut inner = export.lock();
+        export
+            .current(&mut inner, &path)?
+            .filter(|e| e.version().is_some())
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
+        drop(inner);
+        let file = open_beneath(export.root(), &path)?;
+        let data = MappedFile::map(&file)
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        let version = Version(*blake3::hash(&data).as_bytes());
+        let mut out = tempfile::tempfile()
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let stats = write_delta(sig.view(), &data, std::io::BufWriter::new(&mut out))
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        out.seek(SeekFrom::Start(0))
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok((out, stats.delta_bytes, version, data.len() as u64))
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, MEDIA_DELTA)
+        .header(header::ETAG, version.etag())
+        .header(HEADER_RESULT_SIZE, size)
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(stream(file, 0, len))
+        .expect("valid response"))
+}

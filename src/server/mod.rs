@@ -1,0 +1,393 @@
+//! `intersync serve`: the HTTP(S) service of an export. Files by GET (with
+//! ranges and conditions), the journal and its head, signatures and deltas,
+//! and writes with preconditions. Built on hyper 1.x; takes a bound listener
+//! and a shutdown future so tests can run it on `127.0.0.1:0`.
+//!
+//! Every request path is checked as a [`TreePath`] before it touches the
+//! disk; every refusal is a 4xx with a one-line reason.
+
+pub mod export;
+mod files;
+mod meta;
+mod watch;
+mod writes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use intersync_protocol::TreePath;
+use intersync_protocol::api::HEADER_SERVER_ID;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use export::{Export, ExportError};
+
+/// Everything `intersync serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub root: std::path::PathBuf,
+    pub listen: SocketAddr,
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub options: ServeOptions,
+    /// Watch the folder for changes made by other programs.
+    pub watch: bool,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("watching the folder: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// Opens the export, listens, calls `ready` with the bound address and the
+/// URL to give clients, and serves until `shutdown` completes.
+pub async fn run(
+    config: ServeConfig,
+    ready: impl FnOnce(SocketAddr, String),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let root = config.root.clone();
+    let export = tokio::task::spawn_blocking(move || Export::open(&root, Default::default()))
+        .await
+        .map_err(|e| StartError::Tls(e.to_string()))??;
+    let export = Arc::new(export);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_acceptor(cert, key))
+        .transpose()?;
+    let _watcher = if config.watch {
+        Some(watch::watch(export.clone())?)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    ready(addr, format!("{scheme}://{addr}/"));
+    serve(listener, tls, export, config.options, shutdown)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// A TLS acceptor from PEM files: a certificate chain and its private key.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<TlsAcceptor, StartError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect())
+        .map_err(|e| StartError::Tls(format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// How an export is served.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// With a token, every request must carry `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+    /// Without a token, writes are refused unless this is set.
+    pub allow_anonymous_writes: bool,
+    /// Longest a head long-poll may wait.
+    pub max_wait: Duration,
+}
+
+struct Service {
+    export: Arc<Export>,
+    options: ServeOptions,
+}
+
+/// Serves `export` on `listener` (through TLS when `tls` is given) until
+/// `shutdown` completes; connections in flight are then dropped.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    export: Arc<Export>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let service = Arc::new(Service { export, options });
+    let background = tokio::spawn(maintain(service.export.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.handle(req, peer).await) }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let result = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    background.abort();
+    let export = service.export.clone();
+    let _ = tokio::task::spawn_blocking(move || export.save_index()).await;
+    Ok(())
+}
+
+/// Background work: save the index now and then.
+async fn maintain(export: Arc<Export>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let export = export.clone();
+        let _ = tokio::task::spawn_blocking(move || export.save_index()).await;
+    }
+}
+
+impl Service {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut response = match self.route(req).await {
+            Ok(r) => r,
+            Err(refusal) => refusal.into_response(),
+        };
+        response.headers_mut().insert(
+            HEADER_SERVER_ID,
+            HeaderValue::from_str(&self.export.node().to_string()).expect("hex"),
+        );
+        tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+        self.authorize(&req)?;
+        let raw = req.uri().path().to_owned();
+        let method = req.method().clone();
+        if let Some(rest) = raw.strip_prefix("/.intersync/") {
+            return match (&method, rest.split_once('/').unwrap_or((rest, ""))) {
+                (&Method::GET, ("head", "")) => {
+                    meta::head(&self.export, &req, self.options.max_wait).await
+                }
+                (&Method::GET | &Method::HEAD, ("kml", name)) => {
+                    let path = self.export.kml_path(check_name(name)?);
+                    files::serve_state_file(&req, &path, name.ends_with(&self.open_segment_name()))
+                        .await
+                }
+                (&Method::GET | &Method::HEAD, ("checkpoints", name)) => {
+                    let path = self.export.checkpoint_path(check_name(name)?);
+                    files::serve_state_file(&req, &path, false).await
+                }
+                (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
+                (&Method::POST, ("delta", path)) => {
+                    let path = tree_path(path)?;
+                    meta::delta(&self.export, path, req).await
+                }
+                (&Method::POST, ("ops", "")) => {
+                    self.may_write()?;
+                    writes::ops(&self.export, req).await
+                }
+                _ => Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    "no such InterSync resource",
+                )),
+            };
+        }
+        let path = tree_path(raw.strip_prefix('/').unwrap_or(&raw))?;
+        match method {
+            Method::GET | Method::HEAD => files::serve_tree_file(&self.export, &req, path).await,
+            Method::PUT => {
+                self.may_write()?;
+                writes::put(&self.export, req, path).await
+            }
+            _ => Err(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+            )),
+        }
+    }
+
+    fn open_segment_name(&self) -> String {
+        self.export
+            .head()
+            .segments
+            .last()
+            .map(|s| s.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Refusal> {
+        let Some(token) = &self.options.token else {
+            return Ok(());
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Refusal::new(StatusCode::FORBIDDEN, "wrong token")),
+            None => Err(
+                Refusal::new(StatusCode::UNAUTHORIZED, "a bearer token is required")
+                    .with_header(header::WWW_AUTHENTICATE, "Bearer"),
+            ),
+        }
+    }
+
+    fn may_write(&self) -> Result<(), Refusal> {
+        if self.options.token.is_some() || self.options.allow_anonymous_writes {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "this export is read-only",
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request path, percent-decoded and checked.
+fn tree_path(raw: &str) -> Result<TreePath, Refusal> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "path is not UTF-8"))?;
+    TreePath::new(&decoded)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad path: {e}")))
+}
+
+/// A journal or checkpoint file name: 16 hex digits and `.kml`.
+fn check_name(name: &str) -> Result<&str, Refusal> {
+    let ok = name.len() == 20
+        && name.ends_with(".kml")
+        && name[..16]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    if ok {
+        Ok(name)
+    } else {
+        Err(Refusal::new(StatusCode::NOT_FOUND, "no such journal file"))
+    }
+}
+
+/// A request refused, with the status and a one-line reason for the body.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    reason: String,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: &str) -> Refusal {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let mut r = text(self.status, format!("{}\n", self.reason));
+        for (k, v) in self.headers {
+            r.headers_mut().insert(k, v);
+        }
+        r
+    }
+}
+
+impl From<ExportError> for Refusal {
+    fn from(e: ExportError) -> Refusal {
+        tracing::error!(error = %e, "export failed");
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("server error: {e}"),
+        )
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

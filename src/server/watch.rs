@@ -1,0 +1,58 @@
+//! Noticing changes that other programs make in the exported folder: a
+//! notify watcher wakes a rescan, debounced so that a burst of events (an
+//! unpacked archive) costs one scan. The scan, not the events, decides what
+//! changed, so a missed or reordered event loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use intersync_protocol::path::STATE_DIR;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+use super::export::Export;
+
+/// Quiet time after the last event before scanning.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Watches the export's folder until the returned watcher is dropped.
+pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> {
+    let wake = Arc::new(Notify::new());
+    let state_dir = export.root().join(STATE_DIR);
+    let tx = wake.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(e) => e.paths.iter().any(|p| !p.starts_with(&state_dir)),
+            Err(_) => true,
+        };
+        if relevant {
+            tx.notify_one();
+        }
+    })?;
+    watcher.watch(export.root(), RecursiveMode::Recursive)?;
+    tokio::spawn(async move {
+        loop {
+            wake.notified().await;
+            // Let the burst finish.
+            while tokio::time::timeout(DEBOUNCE, wake.notified())
+                .await
+                .is_ok()
+            {}
+            let export = export.clone();
+            let scanned = tokio::task::spawn_blocking(move || export.rescan()).await;
+            match scanned {
+                Ok(Ok(report)) if report.records > 0 => {
+                    tracing::info!(
+                        records = report.records,
+                        hashed = report.hashed_files,
+                        "journaled changes made in the folder"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "rescan failed"),
+                Err(e) => tracing::error!(error = %e, "rescan panicked"),
+            }
+        }
+    });
+    Ok(watcher)
+}

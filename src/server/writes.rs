@@ -1,0 +1,511 @@
+//! Writes: `PUT /PATH` with a whole body or a librsync delta against the
+//! version named in `If-Match`, and `POST /.intersync/ops` for batches of
+//! everything else. Each write checks its precondition before the body is
+//! read and again, under the export's lock, just before installing; a
+//! result is verified before it is installed, installed atomically, and
+//! journaled before the answer goes out.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Limited};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
+use intersync_protocol::api::{HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA};
+use intersync_protocol::kml::{Attrs, Op};
+use intersync_protocol::{TreePath, Version};
+use serde::{Deserialize, Serialize};
+
+use super::export::{Export, Inner};
+use super::{Body, Refusal, full};
+use crate::delta::{self, MappedFile};
+use crate::install::PendingFile;
+use crate::tree::{Entry, EntryKind};
+
+/// Largest delta body accepted.
+const MAX_DELTA_BYTES: usize = 1 << 30;
+
+/// What a write requires of the current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Precondition {
+    /// `If-None-Match: *`: the path must not exist.
+    Absent,
+    /// `If-Match: "b3-…"`: the file must have this version.
+    Version(Version),
+    None,
+}
+
+impl Precondition {
+    fn from_request(req: &Request<Incoming>) -> Result<Precondition, Refusal> {
+        let h = req.headers();
+        if let Some(v) = h.get(header::IF_NONE_MATCH) {
+            return match v.to_str() {
+                Ok("*") => Ok(Precondition::Absent),
+                _ => Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "a write takes If-None-Match: * only",
+                )),
+            };
+        }
+        match h.get(header::IF_MATCH).map(|v| v.to_str()) {
+            None => Ok(Precondition::None),
+            Some(Ok(tag)) => Version::from_etag(tag)
+                .map(Precondition::Version)
+                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("If-Match: {e}"))),
+            Some(Err(_)) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "If-Match is not text",
+            )),
+        }
+    }
+
+    fn check(self, current: Option<&Entry>) -> Result<(), Refusal> {
+        let failed = |why: &str| Err(Refusal::new(StatusCode::PRECONDITION_FAILED, why));
+        match (self, current) {
+            (_, Some(e)) if e.is_dir() => {
+                Err(Refusal::new(StatusCode::CONFLICT, "a folder is there"))
+            }
+            (_, Some(e)) if matches!(e.kind, EntryKind::Symlink { .. }) => Err(Refusal::new(
+                StatusCode::CONFLICT,
+                "a symbolic link is there",
+            )),
+            (Precondition::None, _) => Ok(()),
+            (Precondition::Absent, None) => Ok(()),
+            (Precondition::Absent, Some(_)) => failed("the path exists"),
+            (Precondition::Version(v), Some(e)) if e.version() == Some(v) => Ok(()),
+            (Precondition::Version(_), Some(_)) => failed("the file has changed"),
+            (Precondition::Version(_), None) => failed("the file does not exist"),
+        }
+    }
+}
+
+fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+pub async fn put(
+    export: &Arc<Export>,
+    req: Request<Incoming>,
+    path: TreePath,
+) -> Result<Response<Body>, Refusal> {
+    let precondition = Precondition::from_request(&req)?;
+    let is_delta =
+        header_str(&req, header::CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(MEDIA_DELTA));
+    let expected = header_str(&req, HEADER_RESULT_VERSION)
+        .map(|v| {
+            v.parse::<Version>().map_err(|e| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{HEADER_RESULT_VERSION}: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let expected_size = header_str(&req, HEADER_RESULT_SIZE)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{HEADER_RESULT_SIZE} is a byte count"),
+                )
+            })
+        })
+        .transpose()?;
+    if is_delta
+        && (expected.is_none()
+            || expected_size.is_none()
+            || !matches!(precondition, Precondition::Version(_)))
+    {
+        return Err(Refusal::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            format!(
+                "a delta needs If-Match (its base), {HEADER_RESULT_VERSION} and {HEADER_RESULT_SIZE}"
+            ),
+        ));
+    }
+    // Fail fast, before reading a body that could not be used.
+    {
+        let export = export.clone();
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), Refusal> {
+            let mut inner = export.lock();
+            let current = export.current(&mut inner, &path)?;
+            precondition.check(current.as_ref())?;
+            need_folder(&inner, export.root(), &path)
+        })
+        .await
+        .map_err(internal)??;
+    }
+    let dest = path.under(export.root());
+    let pending = PendingFile::create(&dest)
+        .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))?;
+    let (pending, version, size) = if is_delta {
+        let body = Limited::new(req.into_body(), MAX_DELTA_BYTES)
+            .collect()
+            .await
+            .map_err(|e| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("delta body: {e}")))?
+            .to_bytes();
+        let export = export.clone();
+        let base_path = path.clone();
+        let limit = expected_size.expect("checked above");
+        tokio::task::spawn_blocking(move || apply_delta(&export, &base_path, &body, pending, limit))
+            .await
+            .map_err(internal)??
+    } else {
+        receive_whole(req.into_body(), pending).await?
+    };
+    if let Some(want) = expected
+        && want != version
+    {
+        return Err(Refusal::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the result has version {version}, not the {want} announced; nothing was written"
+            ),
+        ));
+    }
+    let export = export.clone();
+    let created = tokio::task::spawn_blocking(move || -> Result<bool, Refusal> {
+        let mut inner = export.lock();
+        let current = export.current(&mut inner, &path)?;
+        precondition.check(current.as_ref())?;
+        need_folder(&inner, export.root(), &path)?;
+        pending.install().map_err(internal)?;
+        let meta = fs::symlink_metadata(path.under(export.root())).map_err(internal)?;
+        let mtime_ns = crate::tree::scan::mtime_ns(&meta);
+        let mut ops = Vec::new();
+        let created = current.is_none();
+        if created {
+            ops.push(Op::Create {
+                path: path.clone(),
+                mode: meta.permissions().mode() & 0o7777,
+            });
+        }
+        ops.push(Op::Write {
+            path: path.clone(),
+            version,
+            size,
+            mtime_ns,
+        });
+        export.journal_ops(&mut inner, ops)?;
+        export.remember_stat(&mut inner, &path);
+        Ok(created)
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Response::builder()
+        .status(if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NO_CONTENT
+        })
+        .header(header::ETAG, version.etag())
+        .body(full(Bytes::new()))
+        .expect("valid response"))
+}
+
+/// The folder that will hold `path` must exist, as the journal knows it
+/// and on disk, and be reached through no symbolic link.
+fn need_folder(inner: &Inner, root: &std::path::Path, path: &TreePath) -> Result<(), Refusal> {
+    match path.parent() {
+        None => Ok(()),
+        Some(p) if inner.index.state.get(&p).is_some_and(Entry::is_dir) => {
+            super::files::check_folders(root, path)
+        }
+        Some(p) => Err(Refusal::new(StatusCode::CONFLICT, format!("no folder {p}"))),
+    }
+}
+
+/// Streams a request body into `pending`, hashing it on the way.
+async fn receive_whole(
+    body: Incoming,
+    mut pending: PendingFile,
+) -> Result<(PendingFile, Version, u64), Refusal> {
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut frames = BodyStream::new(body);
+    while let Some(frame) = frames.next().await {
+        let frame =
+            frame.map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            hasher.update(&data);
+            size += data.len() as u64;
+            // Small blocking writes into the page cache; fsync happens at install.
+            pending.write_all(&data).map_err(internal)?;
+        }
+    }
+    Ok((pending, Version(*hasher.finalize().as_bytes()), size))
+}
+
+fn apply_delta(
+    export: &Export,
+    path: &TreePath,
+    delta: &[u8],
+    mut pending: PendingFile,
+    limit: u64,
+) -> Result<(PendingFile, Version, u64), Refusal> {
+    let file = super::files::open_beneath(export.root(), path)?;
+    let base = MappedFile::map(&file).map_err(internal)?;
+    let mut hashing = HashWriter {
+        inner: &mut pending,
+        hasher: blake3::Hasher::new(),
+        size: 0,
+    };
+    delta::apply(&base, delta, &mut hashing, limit).map_err(|e| match e.kind() {
+        delta::ErrorKind::Corrupt => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+        _ => internal(e),
+    })?;
+    let (version, size) = (Version(*hashing.hasher.finalize().as_bytes()), hashing.size);
+    Ok((pending, version, size))
+}
+
+struct HashWriter<'a> {
+    inner: &'a mut PendingFile,
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One operation of a batch.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum BatchOp {
+    Mkdir {
+        path: TreePath,
+        mode: Option<u32>,
+    },
+    Unlink {
+        path: TreePath,
+        if_match: Option<String>,
+    },
+    Rmdir {
+        path: TreePath,
+    },
+    Rename {
+        from: TreePath,
+        to: TreePath,
+        if_match: Option<String>,
+        #[serde(default)]
+        if_absent: bool,
+    },
+    Setattr {
+        path: TreePath,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    },
+    Symlink {
+        path: TreePath,
+        target: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+/// The outcome of one operation of a batch.
+#[derive(Debug, Serialize)]
+pub struct OpResult {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    results: Vec<OpResult>,
+    latest_seq: u64,
+}
+
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// `POST /.intersync/ops`: operations applied in order, each on its own
+/// (all or nothing), each with its own result.
+pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+    let body = Limited::new(req.into_body(), MAX_BATCH_BYTES)
+        .collect()
+        .await
+        .map_err(|e| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("batch body: {e}")))?
+        .to_bytes();
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
+    let export = export.clone();
+    let result = tokio::task::spawn_blocking(move || -> Result<BatchResult, Refusal> {
+        let mut inner = export.lock();
+        export.rescan_locked(&mut inner)?;
+        let results = batch
+            .ops
+            .into_iter()
+            .map(|op| match apply_op(&export, &mut inner, op) {
+                Ok(()) => OpResult {
+                    status: 200,
+                    reason: None,
+                },
+                Err(r) => OpResult {
+                    status: r.status.as_u16(),
+                    reason: Some(r.reason),
+                },
+            })
+            .collect();
+        Ok(BatchResult {
+            results,
+            latest_seq: inner.journal.last_seq(),
+        })
+    })
+    .await
+    .map_err(internal)??;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(serde_json::to_vec(&result).expect("serializes")))
+        .expect("valid response"))
+}
+
+fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refusal> {
+    let root = export.root();
+    let state = &inner.index.state;
+    let conflict = |why: String| Refusal::new(StatusCode::CONFLICT, why);
+    let precondition_failed =
+        |why: &str| Refusal::new(StatusCode::PRECONDITION_FAILED, why.to_owned());
+    let check_version = |entry: Option<&Entry>, tag: &Option<String>| -> Result<(), Refusal> {
+        match tag {
+            None => Ok(()),
+            Some(tag) => {
+                let v = Version::from_etag(tag)
+                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+                match entry {
+                    Some(e) if e.version() == Some(v) => Ok(()),
+                    _ => Err(precondition_failed("the file has changed")),
+                }
+            }
+        }
+    };
+    let io = |e: std::io::Error| conflict(e.to_string());
+    let journal_op = match op {
+        BatchOp::Mkdir { path, mode } => {
+            if state.get(&path).is_some() {
+                return Err(precondition_failed("the path exists"));
+            }
+            need_folder(inner, root, &path)?;
+            let mode = mode.unwrap_or(0o755) & 0o7777;
+            fs::create_dir(path.under(root)).map_err(io)?;
+            fs::set_permissions(path.under(root), fs::Permissions::from_mode(mode)).map_err(io)?;
+            Op::Mkdir { path, mode }
+        }
+        BatchOp::Unlink { path, if_match } => {
+            let entry = state.get(&path);
+            match entry {
+                None => return Err(Refusal::new(StatusCode::NOT_FOUND, "no such file")),
+                Some(e) if e.is_dir() => return Err(conflict("a folder: use rmdir".into())),
+                _ => {}
+            }
+            check_version(entry, &if_match)?;
+            fs::remove_file(path.under(root)).map_err(io)?;
+            Op::Unlink { path }
+        }
+        BatchOp::Rmdir { path } => {
+            if !state.get(&path).is_some_and(Entry::is_dir) {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, "no such folder"));
+            }
+            fs::remove_dir(path.under(root)).map_err(io)?;
+            Op::Rmdir { path }
+        }
+        BatchOp::Rename {
+            from,
+            to,
+            if_match,
+            if_absent,
+        } => {
+            let entry = state.get(&from);
+            if entry.is_none() {
+                return Err(Refusal::new(StatusCode::NOT_FOUND, "nothing to rename"));
+            }
+            check_version(entry, &if_match)?;
+            if if_absent && state.get(&to).is_some() {
+                return Err(precondition_failed("the destination exists"));
+            }
+            need_folder(inner, root, &to)?;
+            // Check against the state before touching the disk.
+            let mut trial = state.clone();
+            let probe = intersync_protocol::KmlRecord {
+                seq: trial.seq + 1,
+                time_ns: 0,
+                node: export.node(),
+                op: Op::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                },
+            };
+            trial.apply(&probe).map_err(|e| conflict(e.reason))?;
+            fs::rename(from.under(root), to.under(root)).map_err(io)?;
+            Op::Rename { from, to }
+        }
+        BatchOp::Setattr {
+            path,
+            mode,
+            mtime_ns,
+        } => {
+            let entry = state
+                .get(&path)
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such path"))?;
+            if matches!(entry.kind, EntryKind::Symlink { .. }) {
+                return Err(conflict("attributes of symbolic links are not set".into()));
+            }
+            let full = path.under(root);
+            if let Some(mode) = mode {
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(io)?;
+            }
+            if let Some(ns) = mtime_ns {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+                fs::File::open(&full)
+                    .and_then(|f| f.set_modified(t))
+                    .map_err(io)?;
+            }
+            Op::Setattr {
+                path,
+                attrs: Attrs {
+                    mode: mode.map(|m| m & 0o7777),
+                    mtime_ns,
+                    ..Attrs::default()
+                },
+            }
+        }
+        BatchOp::Symlink { path, target } => {
+            if state.get(&path).is_some() {
+                return Err(precondition_failed("the path exists"));
+            }
+            need_folder(inner, root, &path)?;
+            std::os::unix::fs::symlink(&target, path.under(root)).map_err(io)?;
+            Op::Symlink {
+                path,
+                target: target.into_bytes(),
+            }
+        }
+    };
+    let touched = journal_op.path().clone();
+    export.journal_ops(inner, vec![journal_op])?;
+    export.remember_stat(inner, &touched);
+    Ok(())
+}
