@@ -95,6 +95,12 @@ struct ServeArgs {
     /// Longest a head long-poll may be held, in seconds.
     #[arg(long, default_value_t = 300)]
     max_wait: u64,
+    /// Write a checkpoint of the tree every this many journal records.
+    #[arg(long, default_value_t = 10_000)]
+    checkpoint_every: u64,
+    /// Seal a journal segment once it is this many bytes long.
+    #[arg(long, default_value_t = 4 << 20)]
+    segment_bytes: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -226,6 +232,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_wait: std::time::Duration::from_secs(args.max_wait),
         },
         watch: !args.no_watch,
+        journal: intersync::kml::JournalOptions {
+            seal_bytes: args.segment_bytes,
+            checkpoint_every: args.checkpoint_every.max(1),
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(server::run(

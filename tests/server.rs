@@ -637,3 +637,84 @@ fn sigkill_loses_no_acknowledged_write() {
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
 }
+
+#[test]
+fn checkpoints_let_new_clients_skip_history() {
+    let dir = Dir::new();
+    let server = Server::start(
+        &dir.path(""),
+        &[
+            "--allow-anonymous-writes",
+            "--checkpoint-every",
+            "10",
+            "--segment-bytes",
+            "300",
+        ],
+    );
+    for i in 0..12 {
+        let put = http(
+            "PUT",
+            &server.url(&format!("f{i}")),
+            &[],
+            vec![i as u8; 10],
+            None,
+        );
+        assert_eq!(put.status, 201);
+    }
+    let head: serde_json::Value =
+        serde_json::from_slice(&get(&server.url(".intersync/head"), &[]).body).unwrap();
+    let checkpoint = &head["checkpoint"];
+    let seq = checkpoint["seq"]
+        .as_u64()
+        .expect("a checkpoint was written");
+    assert!(seq >= 10, "{head}");
+    // Sealed segments wholly before the checkpoint are gone from the head.
+    let first = head["segments"][0]["first_seq"].as_u64().unwrap();
+    assert!(first > 1, "{head}");
+    let name = checkpoint["name"].as_str().unwrap();
+    let reply = get(&server.url(&format!(".intersync/checkpoints/{name}")), &[]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.header("cache-control").contains("immutable"));
+    // Its records rebuild the tree: every file written before it.
+    let files: Vec<String> = SegmentReader::new(&reply.body)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter_map(|r| match r.op {
+            Op::Write { path, .. } => Some(path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(files.len() as u64, seq / 2, "{files:?}");
+}
+
+#[test]
+fn deltas_of_text_are_compressed_when_asked() {
+    let dir = Dir::new();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let text = intersync::scenario::text(&mut rng, 400_000);
+    fs::write(dir.path("book.txt"), &text).unwrap();
+    let server = Server::start(&dir.path(""), &[]);
+    // A client with nothing useful: all literal, very compressible.
+    let (sig, _) = Signature::calculate(
+        b"",
+        SignatureOptions::for_len(0, SignatureFormat::Md4Rollsum),
+    );
+    let url = server.url(".intersync/delta/book.txt");
+    let plain = http("POST", &url, &[], sig.as_bytes().to_vec(), None);
+    assert_eq!(plain.header("content-encoding"), "");
+    let packed = http(
+        "POST",
+        &url,
+        &[("accept-encoding", "gzip, zstd")],
+        sig.as_bytes().to_vec(),
+        None,
+    );
+    assert_eq!(packed.header("content-encoding"), "zstd");
+    assert!(
+        packed.body.len() * 3 < plain.body.len(),
+        "{} vs {}",
+        packed.body.len(),
+        plain.body.len()
+    );
+    assert_eq!(zstd::decode_all(&packed.body[..]).unwrap(), plain.body);
+}

@@ -24,17 +24,21 @@ use thiserror::Error;
 use crate::install::PendingFile;
 use crate::tree::{TreeError, TreeState};
 
-/// When to seal segments.
+/// When to seal segments and write checkpoints.
 #[derive(Clone, Copy, Debug)]
 pub struct JournalOptions {
     /// Seal the open segment once it is at least this long.
     pub seal_bytes: u64,
+    /// Write a checkpoint once this many records follow the last one, so a
+    /// new client reads one file of the tree instead of all of history.
+    pub checkpoint_every: u64,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
             seal_bytes: 4 << 20,
+            checkpoint_every: 10_000,
         }
     }
 }
@@ -205,6 +209,12 @@ impl Journal {
 
     pub fn checkpoint(&self) -> Option<&CheckpointInfo> {
         self.checkpoint.as_ref()
+    }
+
+    /// Whether enough has happened since the last checkpoint to write another.
+    pub fn wants_checkpoint(&self) -> bool {
+        let since = self.last_seq() - self.checkpoint.as_ref().map_or(0, |c| c.seq);
+        since >= self.options.checkpoint_every
     }
 
     pub fn segment_path(&self, name: &str) -> PathBuf {

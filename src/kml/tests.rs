@@ -22,7 +22,14 @@ fn ops(n: usize) -> Vec<Op> {
 
 /// A journal of `n` records, sealed every ~400 bytes, appended in small batches.
 fn journal(dir: &Path, n: usize) -> TreeState {
-    let (mut j, mut state, _) = Journal::open(dir, JournalOptions { seal_bytes: 400 }).unwrap();
+    let (mut j, mut state, _) = Journal::open(
+        dir,
+        JournalOptions {
+            seal_bytes: 400,
+            checkpoint_every: 1000,
+        },
+    )
+    .unwrap();
     for chunk in ops(n).chunks(3) {
         j.append(NodeId(7), chunk.to_vec(), &mut state).unwrap();
     }
@@ -30,7 +37,13 @@ fn journal(dir: &Path, n: usize) -> TreeState {
 }
 
 fn reopen(dir: &Path) -> Result<(Journal, TreeState, Recovery), JournalError> {
-    Journal::open(dir, JournalOptions { seal_bytes: 400 })
+    Journal::open(
+        dir,
+        JournalOptions {
+            seal_bytes: 400,
+            checkpoint_every: 1000,
+        },
+    )
 }
 
 #[test]

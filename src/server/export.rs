@@ -160,6 +160,13 @@ impl Export {
     }
 
     fn committed(&self, inner: &mut Inner) {
+        if inner.journal.wants_checkpoint() {
+            let Inner { journal, index, .. } = &mut *inner;
+            if let Err(e) = journal.write_checkpoint(&index.state) {
+                // The journal itself is intact; a later commit tries again.
+                tracing::warn!(error = %e, "could not write a checkpoint");
+            }
+        }
         self.seq.send_replace(inner.journal.last_seq());
         inner.index_dirty = true;
     }
@@ -205,14 +212,6 @@ impl Export {
                 length: c.len,
             }),
         }
-    }
-
-    /// Writes a checkpoint of the current tree.
-    pub fn checkpoint(&self) -> Result<(), ExportError> {
-        let mut inner = self.lock();
-        let Inner { journal, index, .. } = &mut *inner;
-        journal.write_checkpoint(&index.state)?;
-        Ok(())
     }
 
     /// The entry at `path` as journaled, after making sure the journal is

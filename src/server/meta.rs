@@ -20,6 +20,9 @@ use crate::delta::{MappedFile, Signature, SignatureOptions, write_delta};
 use crate::install::PendingFile;
 use intersync_protocol::signature::SignatureFormat;
 
+/// Literal bytes below which compressing a delta is not worth a round of zstd.
+const MIN_COMPRESSIBLE: u64 = 4096;
+
 /// Largest signature a client may upload: that of a file of about 20 GiB.
 pub const MAX_SIGNATURE_BYTES: usize = 64 << 20;
 
@@ -133,6 +136,14 @@ pub async fn delta(
     path: TreePath,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
+    let zstd_ok = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.trim().split(';').next() == Some("zstd"))
+        });
     let body = Limited::new(req.into_body(), MAX_SIGNATURE_BYTES)
         .collect()
         .await
@@ -146,28 +157,46 @@ pub async fn delta(
     let sig = Signature::from_bytes(body.to_vec())
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
     let export = export.clone();
-    let (file, len, version, size) = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
-        let mut inner = export.lock();
-        export
-            .current(&mut inner, &path)?
-            .filter(|e| e.version().is_some())
-            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
-        drop(inner);
-        let file = open_beneath(export.root(), &path)?;
-        let data = MappedFile::map(&file)
-            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-        let version = Version(*blake3::hash(&data).as_bytes());
-        let mut out = tempfile::tempfile()
-            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let stats = write_delta(sig.view(), &data, std::io::BufWriter::new(&mut out))
-            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        out.seek(SeekFrom::Start(0))
-            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        Ok((out, stats.delta_bytes, version, data.len() as u64))
-    })
-    .await
-    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(Response::builder()
+    let (file, len, version, size, compressed) =
+        tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+            let mut inner = export.lock();
+            export
+                .current(&mut inner, &path)?
+                .filter(|e| e.version().is_some())
+                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
+            drop(inner);
+            let file = open_beneath(export.root(), &path)?;
+            let data = MappedFile::map(&file)
+                .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+            let version = Version(*blake3::hash(&data).as_bytes());
+            let mut out = tempfile::tempfile()
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let stats = write_delta(sig.view(), &data, std::io::BufWriter::new(&mut out))
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let internal =
+                |e: std::io::Error| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            out.seek(SeekFrom::Start(0)).map_err(internal)?;
+            // Literal data compresses when the file does; copies never need to.
+            if zstd_ok && stats.literal_bytes >= MIN_COMPRESSIBLE {
+                let mut packed = tempfile::tempfile().map_err(internal)?;
+                zstd::stream::copy_encode(&mut out, &mut packed, 3).map_err(internal)?;
+                let packed_len = packed.stream_position().map_err(internal)?;
+                if packed_len < stats.delta_bytes * 9 / 10 {
+                    packed.seek(SeekFrom::Start(0)).map_err(internal)?;
+                    return Ok((packed, packed_len, version, data.len() as u64, true));
+                }
+                out.seek(SeekFrom::Start(0)).map_err(internal)?;
+            }
+            Ok((out, stats.delta_bytes, version, data.len() as u64, false))
+        })
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let mut builder = Response::builder();
+    if compressed {
+        builder = builder.header(header::CONTENT_ENCODING, "zstd");
+    }
+    Ok(builder
+        .header(header::VARY, "accept-encoding")
         .header(header::CONTENT_TYPE, MEDIA_DELTA)
         .header(header::ETAG, version.etag())
         .header(HEADER_RESULT_SIZE, size)

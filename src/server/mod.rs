@@ -42,6 +42,7 @@ pub struct ServeConfig {
     pub options: ServeOptions,
     /// Watch the folder for changes made by other programs.
     pub watch: bool,
+    pub journal: crate::kml::JournalOptions,
 }
 
 /// Why a server could not start.
@@ -68,7 +69,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let root = config.root.clone();
-    let export = tokio::task::spawn_blocking(move || Export::open(&root, Default::default()))
+    let journal = config.journal;
+    let export = tokio::task::spawn_blocking(move || Export::open(&root, journal))
         .await
         .map_err(|e| StartError::Tls(e.to_string()))??;
     let export = Arc::new(export);
@@ -171,7 +173,9 @@ pub async fn serve(
                 let service = service.clone();
                 async move { Ok::<_, Infallible>(service.handle(req, peer).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // Bounds what one request's headers may make us buffer.
+            builder.max_buf_size(256 * 1024);
             let result = match tls {
                 Some(tls) => match tls.accept(stream).await {
                     Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
