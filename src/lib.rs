@@ -2,12 +2,14 @@
 //! blocks that changed.
 //!
 //! The main parts:
+//! - [`client`]: a working copy kept in sync both ways: pull, push, conflicts.
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
 //! - [`install`]: putting files in place atomically, never half-written.
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
 //! - [`server`]: `intersync serve`, the HTTP(S) service of an export.
+//! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
@@ -15,9 +17,11 @@
 //! exists only to match rsync in `intersync-compat`. The library never
 //! prints; the `intersync` binary renders what it returns.
 
+pub mod client;
 pub mod delta;
 pub mod install;
 pub mod kml;
 pub mod scenario;
 pub mod server;
+pub mod transport;
 pub mod tree;

@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Export DIR over HTTP(S): files, the modification log, signatures, deltas and writes.
     Serve(ServeArgs),
+    /// One sync round between the export at URL and the working copy DIR, both ways.
+    Sync(SyncArgs),
+    /// Show a working copy's last sync, pending local changes and conflicts.
+    Status { dir: PathBuf },
     /// Write the signature of BASE to SIG (`-` or omitted: standard output), like `rdiff signature`.
     Signature {
         /// Block length in bytes (default: InterSync's block-size policy).
@@ -103,6 +107,36 @@ struct ServeArgs {
     segment_bytes: u64,
 }
 
+#[derive(clap::Args)]
+struct SyncArgs {
+    /// The export, e.g. http://host:8740/
+    url: String,
+    /// The working copy (created on first use).
+    dir: PathBuf,
+    /// Only bring the server's changes here.
+    #[arg(long, conflicts_with = "push_only")]
+    pull_only: bool,
+    /// Only send local changes to the server.
+    #[arg(long)]
+    push_only: bool,
+    /// List what changed.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print rsync-style transfer statistics.
+    #[arg(long)]
+    stats: bool,
+    /// File holding the server's bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM certificate of a CA to trust besides the system's.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Limit the receiving rate, like rsync: a number of KiB/s, or with a
+    /// suffix (K, M, G: powers of 1024; KB, MB, GB: of 1000), e.g. 1.5M.
+    #[arg(long, value_parser = intersync_compat::bwlimit::parse)]
+    bwlimit: Option<u64>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Hash {
     Md4,
@@ -144,6 +178,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = || PathBuf::from("-");
     match cli.command {
         Command::Serve(args) => serve(args)?,
+        Command::Sync(args) => return sync(args),
+        Command::Status { dir } => status(&dir)?,
         Command::Signature {
             block_size,
             sum_size,
@@ -251,6 +287,127 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(text.trim().to_owned()))
+}
+
+fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    use intersync::client::{SyncOptions, WorkingCopy};
+    let token = read_token(&args.token_file)?;
+    let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
+        .with_bwlimit(args.bwlimit);
+    let mut wc = WorkingCopy::open_or_create(&args.dir, &args.url)?;
+    let options = SyncOptions {
+        pull: !args.push_only,
+        push: !args.pull_only,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    let report = runtime.block_on(wc.sync(&remote, options))?;
+    if args.verbose {
+        for c in &report.pulled {
+            println!("<  {}  {}", c.path, c.what);
+        }
+        for c in &report.pushed {
+            println!(">  {}  {}", c.path, c.what);
+        }
+        for c in &report.deferred {
+            println!("!  {}  {}", c.path, c.what);
+        }
+    }
+    for c in &report.conflicts {
+        match &c.kept_as {
+            Some(aside) => eprintln!(
+                "intersync: conflict: {}: {} (local version kept as {aside})",
+                c.path, c.what
+            ),
+            None => eprintln!("intersync: conflict: {}: {}", c.path, c.what),
+        }
+    }
+    if args.stats {
+        print_stats(&report, started.elapsed());
+    }
+    if report.is_partial() {
+        return Err(Partial.into());
+    }
+    Ok(())
+}
+
+/// Some changes were not carried out (conflicts or deferred writes): rsync's 23.
+#[derive(Debug, thiserror::Error)]
+#[error("some changes were not synced (see above)")]
+struct Partial;
+
+fn print_stats(r: &intersync::client::SyncReport, elapsed: std::time::Duration) {
+    let t = r.traffic;
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let moved = t.sent_bytes + t.received_bytes;
+    println!();
+    println!("Number of files: {}", r.files);
+    println!(
+        "Number of regular files transferred: {}",
+        r.files_local + r.files_delta + r.files_whole + r.pushed.len() as u64
+    );
+    println!("Total file size: {} bytes", r.total_size);
+    println!("Total transferred file size: {} bytes", r.full_fetch_bytes);
+    println!("Literal data: {} bytes", r.literal_bytes);
+    println!("Matched data: {} bytes", r.matched_bytes);
+    println!("Total bytes sent: {}", t.sent_bytes);
+    println!("Total bytes received: {}", t.received_bytes);
+    println!("HTTP requests: {}", t.requests);
+    println!();
+    println!(
+        "sent {} bytes  received {} bytes  {:.2} bytes/sec",
+        t.sent_bytes,
+        t.received_bytes,
+        moved as f64 / secs
+    );
+    println!(
+        "total size is {}  speedup is {:.2}",
+        r.total_size,
+        r.total_size as f64 / moved.max(1) as f64
+    );
+    println!("A full fetch would have moved {} bytes", r.full_fetch_bytes);
+}
+
+fn status(dir: &std::path::Path) -> anyhow::Result<()> {
+    let wc = intersync::client::WorkingCopy::open(dir)?;
+    println!("working copy of {}", wc.saved.url);
+    match wc.saved.last_sync_ns {
+        Some(ns) => println!(
+            "last sync: {} (journal sequence {})",
+            httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64)
+            ),
+            wc.saved.base.state.seq
+        ),
+        None => println!("never synced"),
+    }
+    let pending = wc.pending()?;
+    println!("pending local changes: {}", pending.len());
+    for op in &pending {
+        println!("  {op:?}");
+    }
+    println!("conflicts: {}", wc.saved.conflicts.len());
+    for c in &wc.saved.conflicts {
+        println!(
+            "  {}: {}{}",
+            c.path,
+            c.what,
+            c.kept_as
+                .as_ref()
+                .map(|a| format!(" (kept as {a})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -267,6 +424,21 @@ async fn shutdown_signal() {
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<server::StartError>().is_some() {
         return ExitCode::StartClient;
+    }
+    if e.downcast_ref::<Partial>().is_some() {
+        return ExitCode::Partial;
+    }
+    if let Some(sync) = e.downcast_ref::<intersync::client::SyncError>() {
+        return if sync.is_unreachable() {
+            ExitCode::SocketIo
+        } else {
+            ExitCode::FileIo
+        };
+    }
+    if e.downcast_ref::<intersync::transport::TransportError>()
+        .is_some()
+    {
+        return ExitCode::Syntax;
     }
     match e.downcast_ref::<delta::Error>().map(delta::Error::kind) {
         Some(ErrorKind::Corrupt) => ExitCode::StreamIo,

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod client;
 mod delta_cli;
 mod rdiff;
 mod server;

@@ -87,13 +87,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server on `root` with extra arguments, and waits for its URL.
+    /// Starts a server on `root` with extra arguments (on 127.0.0.1:0 unless
+    /// they say `--listen`), and waits for its URL.
     pub fn start(root: &Path, args: &[&str]) -> Server {
         use std::io::BufRead;
         let mut child = intersync()
             .arg("serve")
             .arg(root)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())

@@ -10,6 +10,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_RESULT_VERSION: &str = "x-intersync-version";
 /// Request header: the size a delta write must produce.
 pub const HEADER_RESULT_SIZE: &str = "x-intersync-size";
+/// Request header: the mtime (ns since the epoch) a written file takes.
+pub const HEADER_MTIME: &str = "x-intersync-mtime";
+/// Request header: the permission bits (octal) a written file takes.
+pub const HEADER_MODE: &str = "x-intersync-mode";
 /// Response header: the node id of the server.
 pub const HEADER_SERVER_ID: &str = "x-intersync-server";
 /// Media type of a librsync delta body.

@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, BodyStream, Limited};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
-use intersync_protocol::api::{HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA};
+use intersync_protocol::api::{
+    HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA,
+};
 use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
 use serde::{Deserialize, Serialize};
@@ -98,6 +100,29 @@ pub async fn put(
     path: TreePath,
 ) -> Result<Response<Body>, Refusal> {
     let precondition = Precondition::from_request(&req)?;
+    let mtime_ns = header_str(&req, HEADER_MTIME)
+        .map(|v| {
+            v.parse::<i64>().map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{HEADER_MTIME} is nanoseconds"),
+                )
+            })
+        })
+        .transpose()?;
+    let mode = header_str(&req, HEADER_MODE)
+        .map(|v| {
+            u32::from_str_radix(v, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{HEADER_MODE} is octal permission bits"),
+                    )
+                })
+        })
+        .transpose()?;
     let is_delta =
         header_str(&req, header::CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(MEDIA_DELTA));
     let expected = header_str(&req, HEADER_RESULT_VERSION)
@@ -180,7 +205,17 @@ pub async fn put(
         precondition.check(current.as_ref())?;
         need_folder(&inner, export.root(), &path)?;
         pending.install().map_err(internal)?;
-        let meta = fs::symlink_metadata(path.under(export.root())).map_err(internal)?;
+        let full_path = path.under(export.root());
+        if let Some(mode) = mode {
+            fs::set_permissions(&full_path, fs::Permissions::from_mode(mode)).map_err(internal)?;
+        }
+        if let Some(ns) = mtime_ns {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+            fs::File::open(&full_path)
+                .and_then(|f| f.set_modified(t))
+                .map_err(internal)?;
+        }
+        let meta = fs::symlink_metadata(&full_path).map_err(internal)?;
         let mtime_ns = crate::tree::scan::mtime_ns(&meta);
         let mut ops = Vec::new();
         let created = current.is_none();

@@ -88,6 +88,16 @@ impl TreeState {
             .take_while(move |(p, _)| p.starts_with(dir))
     }
 
+    /// Puts an entry in place, outside the journal (a client's own bookkeeping).
+    pub fn insert(&mut self, path: TreePath, entry: Entry) {
+        self.entries.insert(path, entry);
+    }
+
+    /// Takes an entry out, outside the journal.
+    pub fn remove(&mut self, path: &TreePath) -> Option<Entry> {
+        self.entries.remove(path)
+    }
+
     /// A path with the same content, if any: a local copy beats a download.
     pub fn find_version(&self, version: Version) -> Option<&TreePath> {
         self.entries

@@ -1,0 +1,687 @@
+//! Pull: read the journal from the cursor, fold it into the server's tree,
+//! resolve conflicts with local changes, and bring the disk to that tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use intersync_protocol::kml::{KmlRecord, SEGMENT_HEADER_LEN, SegmentReader, parse_segment_header};
+use intersync_protocol::signature::SignatureFormat;
+use intersync_protocol::{TreePath, Version};
+
+use super::working_copy::{Conflict, Cursor, WorkingCopy, WorkingCopyError};
+use super::{Change, SyncError, SyncReport};
+use crate::delta::{self, MappedFile, Signature, SignatureOptions};
+use crate::install::PendingFile;
+use crate::transport::{Remote, TransportError};
+use crate::tree::scan::{self, CachedStat, Index, StatKey};
+use crate::tree::{Entry, EntryKind, TreeState};
+
+/// Whether two entries describe the same thing for syncing: kind and
+/// content, permissions, and the mtime of files (folder mtimes and
+/// ownership are not synced).
+pub fn same(a: Option<&Entry>, b: Option<&Entry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.kind == b.kind
+                && (matches!(a.kind, EntryKind::Symlink { .. }) || a.mode == b.mode)
+                && (!matches!(a.kind, EntryKind::File { .. }) || a.mtime_ns == b.mtime_ns)
+        }
+        _ => false,
+    }
+}
+
+fn same_content(a: Option<&Entry>, b: Option<&Entry>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.kind == b.kind,
+        _ => false,
+    }
+}
+
+/// The server's tree as the journal says, and where reading stopped.
+async fn server_tree(
+    wc: &WorkingCopy,
+    remote: &impl Remote,
+) -> Result<(TreeState, Cursor), SyncError> {
+    let head = remote
+        .head(None, 0)
+        .await?
+        .ok_or_else(|| SyncError::Journal("no head document".into()))?;
+    match &wc.saved.server_id {
+        Some(id) if *id != head.server_id => {
+            return Err(WorkingCopyError::OtherServer {
+                url: wc.saved.url.clone(),
+                expected: id.clone(),
+                found: head.server_id,
+            }
+            .into());
+        }
+        _ => {}
+    }
+    let base = &wc.saved.base.state;
+    let first_kept = head
+        .segments
+        .first()
+        .map_or(head.latest_seq + 1, |s| s.first_seq);
+    let use_checkpoint = head
+        .checkpoint
+        .as_ref()
+        .is_some_and(|c| c.seq > base.seq && (base.seq + 1 < first_kept || base.seq == 0));
+    let (mut tree, mut cursor) = if use_checkpoint {
+        let cp = head.checkpoint.as_ref().expect("checked");
+        let bytes = remote.checkpoint(&cp.name).await?;
+        let mut tree = TreeState::default();
+        for rec in SegmentReader::new(&bytes)
+            .map_err(|e| SyncError::Journal(format!("checkpoint: {e}")))?
+        {
+            let rec = rec.map_err(|e| SyncError::Journal(format!("checkpoint: {e}")))?;
+            tree.apply(&rec)
+                .map_err(|e| SyncError::Journal(format!("checkpoint: {e}")))?;
+        }
+        tree.seq = cp.seq;
+        (tree, Cursor::default())
+    } else if base.seq + 1 < first_kept {
+        return Err(SyncError::Journal(format!(
+            "the server dropped the journal past sequence {} and has no checkpoint to start from",
+            base.seq
+        )));
+    } else {
+        (base.clone(), wc.saved.cursor.clone())
+    };
+    for seg in &head.segments {
+        if seg.last_seq <= tree.seq {
+            continue;
+        }
+        let offset = match &cursor.segment {
+            Some(name) if *name == seg.name && cursor.offset <= seg.length => cursor.offset,
+            _ => 0,
+        };
+        let bytes = remote.segment(&seg.name, offset).await?;
+        let bad =
+            |e: intersync_protocol::KmlError| SyncError::Journal(format!("{}: {e}", seg.name));
+        let mut pos = 0usize;
+        if offset == 0 {
+            parse_segment_header(&bytes).map_err(bad)?;
+            pos = SEGMENT_HEADER_LEN;
+        }
+        while pos < bytes.len() {
+            match KmlRecord::decode(&bytes[pos..], offset + pos as u64) {
+                Ok((rec, len)) => {
+                    pos += len;
+                    if rec.seq <= tree.seq {
+                        continue;
+                    }
+                    if rec.seq != tree.seq + 1 {
+                        return Err(SyncError::Journal(format!(
+                            "record {} follows {}",
+                            rec.seq, tree.seq
+                        )));
+                    }
+                    tree.apply(&rec)
+                        .map_err(|e| SyncError::Journal(e.to_string()))?;
+                }
+                // A record still being appended: read it next time.
+                Err(e) if e.is_incomplete() => break,
+                Err(e) => return Err(bad(e)),
+            }
+        }
+        cursor = Cursor {
+            segment: Some(seg.name.clone()),
+            offset: offset + pos as u64,
+        };
+    }
+    if wc.saved.server_id.is_none() {
+        // Remembered once the first pull succeeds (below, by the caller).
+    }
+    Ok((tree, cursor))
+}
+
+/// A file the pull must bring in.
+struct Wanted<'a> {
+    path: &'a TreePath,
+    entry: &'a Entry,
+    version: Version,
+    size: u64,
+}
+
+/// One pull (see the module documentation of `client`).
+pub async fn pull(
+    wc: &mut WorkingCopy,
+    remote: &impl Remote,
+    resolve_conflicts: bool,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let (mut server, cursor) = server_tree(wc, remote).await?;
+    let head_id = remote.head(None, 0).await?.map(|h| h.server_id);
+    let root = wc.root().to_owned();
+    let base = wc.saved.base.state.clone();
+    // The disk as it is, against the base.
+    let mut local_index = wc.saved.base.clone();
+    scan::scan(&root, &mut local_index).map_err(|e| SyncError::local(root.display(), e))?;
+    let mut local = local_index.state.clone();
+
+    let mut paths: Vec<TreePath> = base.iter().map(|(p, _)| p.clone()).collect();
+    paths.extend(server.iter().map(|(p, _)| p.clone()));
+    paths.extend(local.iter().map(|(p, _)| p.clone()));
+    paths.sort();
+    paths.dedup();
+    let changed_on_server: HashSet<TreePath> = paths
+        .iter()
+        .filter(|p| !same(base.get(p), server.get(p)))
+        .cloned()
+        .collect();
+    let server_changed = |p: &TreePath| changed_on_server.contains(p);
+    let locally_changed: HashSet<TreePath> = paths
+        .iter()
+        .filter(|p| !same(base.get(p), local.get(p)))
+        .cloned()
+        .collect();
+
+    // Conflicts: both sides changed, to different things.
+    let mut keep_local: HashSet<TreePath> = HashSet::new();
+    for p in &paths {
+        if !server_changed(p)
+            || !locally_changed.contains(p)
+            || same_content(local.get(p), server.get(p))
+        {
+            continue;
+        }
+        if keep_local.iter().any(|k| p.starts_with(k)) {
+            continue;
+        }
+        let (l, s) = (local.get(p).cloned(), server.get(p).cloned());
+        match (&l, &s) {
+            (Some(l), Some(s)) if l.is_dir() && s.is_dir() => {}
+            (Some(_), Some(_)) if resolve_conflicts => {
+                let aside = conflict_name(p, wc.node().0)?;
+                fs::rename(p.under(&root), aside.under(&root))
+                    .map_err(|e| SyncError::local(p, e))?;
+                move_in_state(&mut local, p, &aside);
+                report.conflicts.push(Conflict {
+                    path: p.clone(),
+                    kept_as: Some(aside.clone()),
+                    what: "changed on both sides: the server's version keeps the name".into(),
+                });
+            }
+            (Some(_), None) => {
+                keep_local.insert(p.clone());
+                if resolve_conflicts && base.get(p).is_some() {
+                    report.conflicts.push(Conflict {
+                        path: p.clone(),
+                        kept_as: None,
+                        what: "deleted on the server but changed here: the local version is kept"
+                            .into(),
+                    });
+                }
+            }
+            (None, Some(_)) => report.conflicts.push(Conflict {
+                path: p.clone(),
+                kept_as: None,
+                what: "deleted here but changed on the server: the server's version is restored"
+                    .into(),
+            }),
+            _ => {
+                keep_local.insert(p.clone());
+            }
+        }
+    }
+    let kept = |p: &TreePath| keep_local.iter().any(|k| p.starts_with(k));
+
+    // Kind changes and removals of what the server no longer has, deepest first.
+    let mut removed: HashSet<TreePath> = HashSet::new();
+    let mut sources_going: HashMap<Version, TreePath> = HashMap::new();
+    for p in paths.iter().rev() {
+        if kept(p) || !server_changed(p) {
+            continue;
+        }
+        let (Some(l), s) = (local.get(p).cloned(), server.get(p)) else {
+            continue;
+        };
+        let kind_changes =
+            s.is_some_and(|s| std::mem::discriminant(&s.kind) != std::mem::discriminant(&l.kind));
+        if s.is_some() && !kind_changes {
+            continue;
+        }
+        if locally_changed.contains(p) && !l.is_dir() {
+            continue;
+        }
+        if let (EntryKind::File { version, .. }, false) = (&l.kind, kind_changes) {
+            // Content that may be wanted elsewhere (a rename): move it, later.
+            sources_going.insert(*version, p.clone());
+            continue;
+        }
+        let full = p.under(&root);
+        let gone = if l.is_dir() {
+            fs::remove_dir(&full)
+        } else {
+            fs::remove_file(&full)
+        };
+        match gone {
+            Ok(()) => {
+                removed.insert(p.clone());
+                local_remove(&mut local, p);
+                report.pulled.push(Change {
+                    path: p.clone(),
+                    what: "deleted".into(),
+                });
+            }
+            // A folder that still holds local files stays, to be pushed.
+            Err(e) if e.raw_os_error() == Some(39) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SyncError::local(p, e)),
+        }
+    }
+
+    // Folders, then files and symlinks, in tree order.
+    let mut skipped: Vec<TreePath> = Vec::new();
+    for (p, s) in server.iter() {
+        // What the server did not change is the working copy's business
+        // (a local edit or delete, pushed later).
+        if kept(p) || !server_changed(p) || same_content(local.get(p), Some(s)) {
+            continue;
+        }
+        let full = p.under(&root);
+        match &s.kind {
+            EntryKind::Dir => {
+                fs::create_dir(&full)
+                    .or_else(|e| if full.is_dir() { Ok(()) } else { Err(e) })
+                    .map_err(|e| SyncError::local(p, e))?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(s.mode))
+                    .map_err(|e| SyncError::local(p, e))?;
+                report.pulled.push(Change {
+                    path: p.clone(),
+                    what: "folder created".into(),
+                });
+            }
+            EntryKind::Symlink { target } => {
+                let _ = fs::remove_file(&full);
+                let target = std::ffi::OsStr::from_bytes_compat(target);
+                std::os::unix::fs::symlink(target, &full).map_err(|e| SyncError::local(p, e))?;
+                report.pulled.push(Change {
+                    path: p.clone(),
+                    what: "symlink".into(),
+                });
+            }
+            EntryKind::File { version, size } => {
+                let want = Wanted {
+                    path: p,
+                    entry: s,
+                    version: *version,
+                    size: *size,
+                };
+                match fetch(wc, remote, &local, &mut sources_going, &want, report).await {
+                    Ok(got) => {
+                        if got != *version {
+                            skipped.push(p.clone());
+                        }
+                    }
+                    Err(SyncError::Transport(TransportError::Changed { .. })) => {
+                        skipped.push(p.clone())
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    // Sources that were going away and were not wanted elsewhere.
+    for (_, p) in sources_going.drain() {
+        match fs::remove_file(p.under(&root)) {
+            Ok(()) => report.pulled.push(Change {
+                path: p.clone(),
+                what: "deleted".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SyncError::local(&p, e)),
+        }
+    }
+    // Attributes of what did not change content.
+    for (p, s) in server.iter() {
+        if kept(p) || skipped.contains(p) || !server_changed(p) {
+            continue;
+        }
+        if let Some(l) = local.get(p)
+            && l.kind == s.kind
+            && !same(Some(l), Some(s))
+        {
+            set_attrs(&p.under(&root), s).map_err(|e| SyncError::local(p, e))?;
+            report.pulled.push(Change {
+                path: p.clone(),
+                what: "attributes".into(),
+            });
+        }
+    }
+
+    // The new base: the server's tree, but where this pull could not bring a
+    // file in, what the disk still has (so that it is not pushed as an edit).
+    for p in &skipped {
+        match base.get(p) {
+            Some(e) => server.insert(p.clone(), e.clone()),
+            None => {
+                server.remove(p);
+            }
+        }
+    }
+    let mut stats = HashMap::new();
+    let now = scan::now_ns();
+    for (p, e) in server.iter() {
+        if kept(p) {
+            continue;
+        }
+        // What the server left alone keeps its stat even where the disk
+        // moved on: the next scan needs it to recognise a local rename.
+        if !server_changed(p)
+            && let Some(old) = wc.saved.base.stats.get(p)
+        {
+            stats.insert(p.clone(), *old);
+            continue;
+        }
+        if let Ok(meta) = fs::symlink_metadata(p.under(&root)) {
+            let on_disk = local_index.stats.get(p).copied();
+            let fresh = CachedStat {
+                key: StatKey::of(&meta),
+                seen_ns: now,
+            };
+            // Keep a stat only where the disk is known to hold this entry.
+            let vouched =
+                same_content(local.get(p), Some(e)) && on_disk.is_some_and(|c| c.key == fresh.key);
+            let installed = report.pulled.iter().any(|c| &c.path == p);
+            if vouched {
+                stats.insert(p.clone(), on_disk.expect("checked"));
+            } else if installed {
+                stats.insert(p.clone(), fresh);
+            }
+        }
+    }
+    wc.saved.base = Index {
+        state: server,
+        stats,
+    };
+    wc.saved.cursor = cursor;
+    if let Some(id) = head_id {
+        wc.saved.server_id = Some(id);
+    }
+    Ok(())
+}
+
+/// Brings one file in by the cheapest way; returns the version installed.
+async fn fetch(
+    wc: &WorkingCopy,
+    remote: &impl Remote,
+    local: &TreeState,
+    sources_going: &mut HashMap<Version, TreePath>,
+    want: &Wanted<'_>,
+    report: &mut SyncReport,
+) -> Result<Version, SyncError> {
+    let root = wc.root();
+    let dest = want.path.under(root);
+    report.full_fetch_bytes += want.size;
+    // 1. The content is here already: move a file that is going away, or copy one.
+    if let Some(src) = sources_going.remove(&want.version) {
+        fs::rename(src.under(root), &dest).map_err(|e| SyncError::local(&src, e))?;
+        set_attrs(&dest, want.entry).map_err(|e| SyncError::local(want.path, e))?;
+        report.files_local += 1;
+        report.matched_bytes += want.size;
+        report.pulled.push(Change {
+            path: want.path.clone(),
+            what: format!("renamed from {src}"),
+        });
+        return Ok(want.version);
+    }
+    if let Some(src) = local.find_version(want.version).filter(|q| *q != want.path) {
+        let src_full = src.under(root);
+        if let Ok(got) = copy_verified(&src_full, &dest, want) {
+            report.files_local += 1;
+            report.matched_bytes += want.size;
+            report.pulled.push(Change {
+                path: want.path.clone(),
+                what: format!("copied from {src}"),
+            });
+            return Ok(got);
+        }
+    }
+    // 2. A delta against the local copy.
+    if matches!(
+        local.get(want.path).map(|e| &e.kind),
+        Some(EntryKind::File { .. })
+    ) {
+        match fetch_delta(remote, &dest, want).await {
+            Ok((version, stats)) => {
+                report.files_delta += 1;
+                report.literal_bytes += stats.literal_bytes;
+                report.matched_bytes += stats.matched_bytes;
+                report.pulled.push(Change {
+                    path: want.path.clone(),
+                    what: "updated by delta".into(),
+                });
+                return Ok(version);
+            }
+            Err(SyncError::Transport(e)) if e.is_unreachable() => return Err(e.into()),
+            Err(e) => tracing::info!(path = %want.path, error = %e, "delta failed; fetching whole"),
+        }
+    }
+    // 3. The whole file, resuming a partial.
+    let version = fetch_whole(wc, remote, want, report).await?;
+    report.files_whole += 1;
+    report.pulled.push(Change {
+        path: want.path.clone(),
+        what: "fetched whole".into(),
+    });
+    Ok(version)
+}
+
+fn copy_verified(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<Version, SyncError> {
+    let data = MappedFile::open(src).map_err(|e| SyncError::local(src.display(), e))?;
+    let version = Version(*blake3::hash(&data).as_bytes());
+    if version != want.version {
+        return Err(SyncError::local(
+            src.display(),
+            "changed while being copied",
+        ));
+    }
+    let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    out.write_all(&data)
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    out.install()
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    set_attrs(dest, want.entry).map_err(|e| SyncError::local(dest.display(), e))?;
+    Ok(version)
+}
+
+async fn fetch_delta(
+    remote: &impl Remote,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<(Version, delta::DeltaStats), SyncError> {
+    let file = File::open(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let base = MappedFile::map(&file).map_err(|e| SyncError::local(dest.display(), e))?;
+    let options = SignatureOptions::for_len(base.len() as u64, SignatureFormat::Md4Rollsum);
+    let (sig, _) = Signature::calculate(&base, options);
+    let answer = remote.delta(want.path, sig.into_bytes()).await?;
+    let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: blake3::Hasher::new(),
+    };
+    let stats = delta::apply(&base, &answer.delta, &mut hashing, answer.size)
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let got = Version(*hashing.hasher.finalize().as_bytes());
+    if got != answer.version {
+        return Err(SyncError::local(
+            dest.display(),
+            format!("delta gave {got:?}, not {:?}", answer.version),
+        ));
+    }
+    drop(base);
+    out.install()
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let entry = Entry {
+        kind: EntryKind::File {
+            version: got,
+            size: answer.size,
+        },
+        ..want.entry.clone()
+    };
+    set_attrs(dest, &entry).map_err(|e| SyncError::local(dest.display(), e))?;
+    Ok((got, stats))
+}
+
+async fn fetch_whole(
+    wc: &WorkingCopy,
+    remote: &impl Remote,
+    want: &Wanted<'_>,
+    report: &mut SyncReport,
+) -> Result<Version, SyncError> {
+    let dir = wc.partial_dir();
+    fs::create_dir_all(&dir).map_err(|e| SyncError::local(dir.display(), e))?;
+    let partial = dir.join(want.version.to_string());
+    for attempt in 0..2 {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(false)
+            .write(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(|e| SyncError::local(partial.display(), e))?;
+        let received = remote
+            .fetch_into(want.path, want.version, &mut file)
+            .await?;
+        report.literal_bytes += received;
+        file.sync_all()
+            .map_err(|e| SyncError::local(partial.display(), e))?;
+        drop(file);
+        let got = scan::hash_file(&partial).map_err(|e| SyncError::local(partial.display(), e))?;
+        if got == want.version {
+            let dest = want.path.under(wc.root());
+            set_attrs(&partial, want.entry).map_err(|e| SyncError::local(partial.display(), e))?;
+            fs::rename(&partial, &dest).map_err(|e| SyncError::local(dest.display(), e))?;
+            if let Some(parent) = dest.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| SyncError::local(parent.display(), e))?;
+            }
+            return Ok(got);
+        }
+        // A partial that does not add up is never installed: start over once.
+        tracing::warn!(path = %want.path, attempt, "download did not verify; fetching again from zero");
+        let _ = fs::remove_file(&partial);
+    }
+    Err(SyncError::local(
+        want.path,
+        "the download never matched its version",
+    ))
+}
+
+fn set_attrs(path: &std::path::Path, e: &Entry) -> std::io::Result<()> {
+    if matches!(e.kind, EntryKind::Symlink { .. }) {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(e.mode))?;
+    if matches!(e.kind, EntryKind::File { .. }) {
+        let t = UNIX_EPOCH + Duration::from_nanos(e.mtime_ns.max(0) as u64);
+        File::options().write(true).open(path)?.set_modified(t)?;
+    }
+    Ok(())
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut PendingFile,
+    hasher: blake3::Hasher,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `NAME.conflict-<node>-<UTC time>` beside `path`.
+fn conflict_name(path: &TreePath, node: u64) -> Result<TreePath, SyncError> {
+    let secs = scan::now_ns() / 1_000_000_000;
+    let stamp = utc_stamp(secs);
+    let name = format!("{}.conflict-{node:016x}-{stamp}", path.file_name());
+    match path.parent() {
+        Some(parent) => parent.join(&name),
+        None => TreePath::new(&name),
+    }
+    .map_err(|e| SyncError::local(path, e))
+}
+
+/// `YYYYMMDDTHHMMSSZ` for seconds since the epoch.
+fn utc_stamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn move_in_state(state: &mut TreeState, from: &TreePath, to: &TreePath) {
+    let moved: Vec<(TreePath, Entry)> = std::iter::once(from)
+        .filter_map(|p| state.get(p).map(|e| (p.clone(), e.clone())))
+        .chain(state.descendants(from).map(|(p, e)| (p.clone(), e.clone())))
+        .collect();
+    for (p, e) in moved {
+        state.remove(&p);
+        let new = if &p == from {
+            to.clone()
+        } else {
+            to.join(&p.as_str()[from.as_str().len() + 1..])
+                .expect("valid")
+        };
+        state.insert(new, e);
+    }
+}
+
+fn local_remove(state: &mut TreeState, p: &TreePath) {
+    state.remove(p);
+}
+
+trait FromBytesCompat {
+    fn from_bytes_compat(bytes: &[u8]) -> &std::ffi::OsStr;
+}
+
+impl FromBytesCompat for std::ffi::OsStr {
+    fn from_bytes_compat(bytes: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), "19700101T000000Z");
+        assert_eq!(utc_stamp(1_764_100_000), "20251125T194640Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
+    }
+}

@@ -1,0 +1,279 @@
+//! Push: turn what a scan finds against the base into requests, each with
+//! its precondition: a whole PUT for a new file, a delta PUT against the
+//! server's signature of the base version for an edited one, and batches of
+//! operations for the rest. A write the server refuses because its copy
+//! moved on waits for the next round, after a pull.
+
+use bytes::Bytes;
+use intersync_protocol::kml::Op;
+use intersync_protocol::{TreePath, Version};
+use serde_json::json;
+
+use super::{Change, SyncError, SyncReport, WorkingCopy};
+use crate::delta::{MappedFile, Signature, write_delta};
+use crate::transport::{Expect, FileMeta, Remote, TransportError};
+use crate::tree::scan;
+use crate::tree::{EntryKind, TreeState};
+
+/// Pushes local changes; returns whether anything reached the server.
+pub async fn push(
+    wc: &mut WorkingCopy,
+    remote: &impl Remote,
+    report: &mut SyncReport,
+) -> Result<bool, SyncError> {
+    let root = wc.root().to_owned();
+    let base = wc.saved.base.state.clone();
+    let mut scratch = wc.saved.base.clone();
+    let ops = scan::scan(&root, &mut scratch)
+        .map_err(|e| SyncError::local(root.display(), e))?
+        .ops;
+    let local = scratch.state;
+    let mut batch: Vec<(serde_json::Value, Change)> = Vec::new();
+    let mut pushed = false;
+    let mut i = 0;
+    while i < ops.len() {
+        let op = &ops[i];
+        i += 1;
+        match op {
+            Op::Create { path, .. } => {
+                // Its content follows as a Write, if any: a new file is one PUT.
+                if let Some(Op::Write { path: p, .. }) = ops.get(i)
+                    && p == path
+                {
+                    continue;
+                }
+                flush(remote, &mut batch, report, &mut pushed).await?;
+                put_file(
+                    remote,
+                    &root,
+                    &base,
+                    &local,
+                    path,
+                    true,
+                    report,
+                    &mut pushed,
+                )
+                .await?;
+            }
+            Op::Write { path, .. } => {
+                flush(remote, &mut batch, report, &mut pushed).await?;
+                let is_new =
+                    i >= 2 && matches!(&ops[i - 2], Op::Create { path: p, .. } if p == path);
+                put_file(
+                    remote,
+                    &root,
+                    &base,
+                    &local,
+                    path,
+                    is_new,
+                    report,
+                    &mut pushed,
+                )
+                .await?;
+            }
+            Op::Mkdir { path, mode } => batch.push((
+                json!({"op": "mkdir", "path": path, "mode": mode}),
+                Change {
+                    path: path.clone(),
+                    what: "folder created".into(),
+                },
+            )),
+            Op::Rmdir { path } => batch.push((
+                json!({"op": "rmdir", "path": path}),
+                Change {
+                    path: path.clone(),
+                    what: "folder deleted".into(),
+                },
+            )),
+            Op::Unlink { path } => {
+                let if_match = base.get(path).and_then(|e| e.version()).map(|v| v.etag());
+                batch.push((
+                    json!({"op": "unlink", "path": path, "if_match": if_match}),
+                    Change {
+                        path: path.clone(),
+                        what: "deleted".into(),
+                    },
+                ));
+            }
+            Op::Rename { from, to } => {
+                let if_match = base.get(from).and_then(|e| e.version()).map(|v| v.etag());
+                batch.push((
+                    json!({"op": "rename", "from": from, "to": to, "if_match": if_match}),
+                    Change {
+                        path: to.clone(),
+                        what: format!("renamed from {from}"),
+                    },
+                ));
+            }
+            Op::Setattr { path, attrs } => {
+                if attrs.mode.is_none() && attrs.mtime_ns.is_none() {
+                    continue; // ownership is not pushed
+                }
+                if matches!(local.get(path).map(|e| &e.kind), Some(EntryKind::Dir))
+                    && attrs.mode.is_none()
+                {
+                    continue; // folder mtimes are not synced
+                }
+                batch.push((
+                    json!({"op": "setattr", "path": path, "mode": attrs.mode, "mtime_ns": attrs.mtime_ns}),
+                    Change { path: path.clone(), what: "attributes".into() },
+                ));
+            }
+            Op::Symlink { path, target } => batch.push((
+                json!({"op": "symlink", "path": path, "target": String::from_utf8_lossy(target)}),
+                Change {
+                    path: path.clone(),
+                    what: "symlink".into(),
+                },
+            )),
+            Op::Link { path, .. } => report.deferred.push(Change {
+                path: path.clone(),
+                what: "hard links are not pushed yet".into(),
+            }),
+        }
+    }
+    flush(remote, &mut batch, report, &mut pushed).await?;
+    Ok(pushed)
+}
+
+async fn flush(
+    remote: &impl Remote,
+    batch: &mut Vec<(serde_json::Value, Change)>,
+    report: &mut SyncReport,
+    pushed: &mut bool,
+) -> Result<(), SyncError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (ops, changes): (Vec<_>, Vec<_>) = std::mem::take(batch).into_iter().unzip();
+    let results = remote.ops(json!({ "ops": ops })).await?;
+    for ((status, reason), change) in results.into_iter().zip(changes) {
+        // A folder that is already there is a folder made on both sides.
+        let merged_folder = status == 412 && change.what == "folder created";
+        if status == 200 || merged_folder {
+            *pushed |= status == 200;
+            report.pushed.push(change);
+        } else {
+            report.deferred.push(Change {
+                what: format!("{}: {status} {reason}", change.what),
+                ..change
+            });
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_file(
+    remote: &impl Remote,
+    root: &std::path::Path,
+    base: &TreeState,
+    local: &TreeState,
+    path: &TreePath,
+    is_new: bool,
+    report: &mut SyncReport,
+    pushed: &mut bool,
+) -> Result<(), SyncError> {
+    let Some(entry) = local.get(path) else {
+        return Ok(());
+    };
+    let EntryKind::File { version, size } = entry.kind else {
+        return Ok(());
+    };
+    let meta = FileMeta {
+        mode: Some(entry.mode),
+        mtime_ns: Some(entry.mtime_ns),
+    };
+    let full = path.under(root);
+    let data = MappedFile::open(&full).map_err(|e| SyncError::local(path, e))?;
+    if Version(*blake3::hash(&data).as_bytes()) != version {
+        // Changed again since the scan: the next round sends the newest.
+        report.deferred.push(Change {
+            path: path.clone(),
+            what: "changed while syncing".into(),
+        });
+        return Ok(());
+    }
+    report.full_fetch_bytes += size;
+    let base_version = if is_new {
+        None
+    } else {
+        base.get(path).and_then(|e| e.version())
+    };
+    let result = match base_version {
+        Some(base_version) => {
+            let delta = match remote.signature(base_version).await {
+                Ok(sig) => Signature::from_bytes(sig.to_vec()).ok().map(|sig| {
+                    let mut delta = Vec::new();
+                    let stats =
+                        write_delta(sig.view(), &data, &mut delta).expect("writing to memory");
+                    (delta, stats)
+                }),
+                Err(TransportError::Refused { status: 404, .. }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            match delta {
+                Some((delta, stats)) if (delta.len() as u64) < size => {
+                    let r = remote
+                        .put_delta(path, delta, base_version, (version, size), meta)
+                        .await;
+                    if r.is_ok() {
+                        report.literal_bytes += stats.literal_bytes;
+                        report.matched_bytes += stats.matched_bytes;
+                    }
+                    r.map(|_| "updated by delta")
+                }
+                _ => {
+                    let r = remote
+                        .put_whole(
+                            path,
+                            Bytes::copy_from_slice(&data),
+                            Expect::Version(base_version),
+                            version,
+                            meta,
+                        )
+                        .await;
+                    if r.is_ok() {
+                        report.literal_bytes += size;
+                    }
+                    r.map(|_| "sent whole")
+                }
+            }
+        }
+        None => {
+            let r = remote
+                .put_whole(
+                    path,
+                    Bytes::copy_from_slice(&data),
+                    Expect::Absent,
+                    version,
+                    meta,
+                )
+                .await;
+            if r.is_ok() {
+                report.literal_bytes += size;
+            }
+            r.map(|_| "created")
+        }
+    };
+    match result {
+        Ok(what) => {
+            *pushed = true;
+            report.pushed.push(Change {
+                path: path.clone(),
+                what: what.into(),
+            });
+            Ok(())
+        }
+        Err(e @ (TransportError::Changed { .. } | TransportError::Refused { .. }))
+            if !e.is_auth() =>
+        {
+            report.deferred.push(Change {
+                path: path.clone(),
+                what: e.to_string(),
+            });
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,219 @@
+//! A working copy on disk: its folder, and under `.intersync/` the base
+//! (the server's tree as of the last pull, with stats), the journal cursor,
+//! the node id, partial downloads and the conflicts not yet looked at.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use intersync_protocol::TreePath;
+use intersync_protocol::kml::NodeId;
+use intersync_protocol::path::STATE_DIR;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{SyncError, SyncOptions, SyncReport, pull, push};
+use crate::install::PendingFile;
+use crate::transport::Remote;
+use crate::tree::scan::{self, Index};
+
+#[derive(Debug, Error)]
+pub enum WorkingCopyError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a working copy state file: {reason}", path.display())]
+    BadState { path: PathBuf, reason: String },
+    #[error("{} is a working copy of {theirs}, not {ours}", dir.display())]
+    OtherExport {
+        dir: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error(
+        "the server at {url} is another export (id {found}) than this working copy's ({expected})"
+    )]
+    OtherServer {
+        url: String,
+        expected: String,
+        found: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WorkingCopyError + '_ {
+    move |source| WorkingCopyError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where reading the journal resumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The segment last read, and how many of its bytes were read.
+    pub segment: Option<String>,
+    pub offset: u64,
+}
+
+/// A conflict: both sides changed a path since the last sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub path: TreePath,
+    /// Where the local version now is, when it was moved aside.
+    pub kept_as: Option<TreePath>,
+    pub what: String,
+}
+
+/// Everything a working copy remembers, saved as one JSON file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Saved {
+    pub url: String,
+    pub server_id: Option<String>,
+    pub node: u64,
+    /// The server's tree at `base.state.seq`, with the stat of each local file.
+    pub base: Index,
+    pub cursor: Cursor,
+    pub conflicts: Vec<Conflict>,
+    /// When the last sync finished (ns since the epoch), if ever.
+    pub last_sync_ns: Option<i64>,
+}
+
+/// A folder kept in sync with an export.
+pub struct WorkingCopy {
+    root: PathBuf,
+    state_dir: PathBuf,
+    pub saved: Saved,
+}
+
+impl WorkingCopy {
+    /// Opens the working copy in `dir`, creating it (and `dir`) on first use.
+    pub fn open_or_create(dir: &Path, url: &str) -> Result<WorkingCopy, WorkingCopyError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let root = dir.canonicalize().map_err(io_err(dir))?;
+        let state_dir = root.join(STATE_DIR);
+        let state_file = state_dir.join("state.json");
+        if state_file.exists() {
+            let wc = WorkingCopy::open(&root)?;
+            if normalise(&wc.saved.url) != normalise(url) {
+                return Err(WorkingCopyError::OtherExport {
+                    dir: root,
+                    theirs: wc.saved.url,
+                    ours: url.to_owned(),
+                });
+            }
+            return Ok(wc);
+        }
+        fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        let wc = WorkingCopy {
+            root,
+            state_dir,
+            saved: Saved {
+                url: url.to_owned(),
+                node: rand::rng().next_u64(),
+                ..Saved::default()
+            },
+        };
+        wc.save()?;
+        Ok(wc)
+    }
+
+    /// Opens an existing working copy.
+    pub fn open(dir: &Path) -> Result<WorkingCopy, WorkingCopyError> {
+        let root = dir.canonicalize().map_err(io_err(dir))?;
+        let state_dir = root.join(STATE_DIR);
+        let path = state_dir.join("state.json");
+        let file = File::open(&path).map_err(io_err(&path))?;
+        let saved: Saved = serde_json::from_reader(io::BufReader::new(file)).map_err(|e| {
+            WorkingCopyError::BadState {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(WorkingCopy {
+            root,
+            state_dir,
+            saved,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn node(&self) -> NodeId {
+        NodeId(self.saved.node)
+    }
+
+    /// Saves the state atomically.
+    pub fn save(&self) -> Result<(), WorkingCopyError> {
+        let path = self.state_dir.join("state.json");
+        let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
+        serde_json::to_writer(&mut file, &self.saved)
+            .map_err(|e| io_err(&path)(io::Error::other(e)))?;
+        file.flush().map_err(io_err(&path))?;
+        file.install().map_err(io_err(&path))
+    }
+
+    /// Local changes not yet pushed: what a scan finds against the base.
+    pub fn pending(&self) -> Result<Vec<intersync_protocol::kml::Op>, SyncError> {
+        let mut scratch = self.saved.base.clone();
+        Ok(scan::scan(&self.root, &mut scratch)
+            .map_err(|e| SyncError::local(self.root.display(), e))?
+            .ops)
+    }
+
+    /// One sync round with `remote` (see the module documentation).
+    pub async fn sync(
+        &mut self,
+        remote: &impl Remote,
+        options: SyncOptions,
+    ) -> Result<SyncReport, SyncError> {
+        let mut report = SyncReport::default();
+        if options.pull {
+            pull::pull(self, remote, options.push, &mut report).await?;
+            self.save()?;
+        }
+        if options.push {
+            let pushed_any = push::push(self, remote, &mut report).await?;
+            if pushed_any && options.pull {
+                // Our own writes come back as journal records: move past them.
+                pull::pull(self, remote, false, &mut report).await?;
+            }
+        }
+        self.saved
+            .conflicts
+            .extend(report.conflicts.iter().cloned());
+        self.saved.last_sync_ns = Some(scan::now_ns());
+        self.save()?;
+        for (_, e) in self.saved.base.state.iter() {
+            if let Some(size) = match e.kind {
+                crate::tree::EntryKind::File { size, .. } => Some(size),
+                _ => None,
+            } {
+                report.files += 1;
+                report.total_size += size;
+            }
+        }
+        report.traffic = remote.traffic();
+        Ok(report)
+    }
+
+    /// Forgets the conflicts reported so far (after a person looked at them).
+    pub fn clear_conflicts(&mut self) -> Result<(), WorkingCopyError> {
+        self.saved.conflicts.clear();
+        self.save()
+    }
+
+    /// Folder for partial downloads, by version.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.state_dir.join("partial")
+    }
+}
+
+fn normalise(url: &str) -> &str {
+    url.trim_end_matches('/')
+}

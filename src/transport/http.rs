@@ -1,0 +1,550 @@
+//! The smart InterSync server over HTTP(S): hyper's pooled client (keep-alive,
+//! TCP_NODELAY), rustls for TLS with the system's roots or a given CA, and
+//! counters of every byte each way.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Full};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use intersync_protocol::api::{
+    HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head, MEDIA_DELTA,
+};
+use intersync_protocol::{TreePath, Version};
+
+use super::{Expect, FileMeta, Remote, RemoteDelta, Traffic, TransportError, Written};
+
+type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// An InterSync server at a base URL.
+pub struct HttpRemote {
+    base: String,
+    token: Option<String>,
+    client: Client<HttpsConnector, Full<Bytes>>,
+    requests: AtomicU64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// Most bytes per second to receive, like rsync's --bwlimit.
+    bwlimit: Option<u64>,
+    started: std::time::Instant,
+}
+
+fn percent_path(path: &TreePath) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(path.as_str(), SET).to_string()
+}
+
+fn headers_len(h: &HeaderMap) -> u64 {
+    h.iter()
+        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+        .sum()
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: hyper::body::Incoming,
+}
+
+impl HttpRemote {
+    /// A client for the export at `base` (an `http://` or `https://` URL).
+    /// `ca_pem` adds a certificate authority to the system's.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_pem: Option<&std::path::Path>,
+    ) -> Result<HttpRemote, TransportError> {
+        let bad = |reason: String| TransportError::BadUrl {
+            url: base.to_owned(),
+            reason,
+        };
+        let mut base = base.to_owned();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        let uri: hyper::Uri = base.parse().map_err(|e| bad(format!("{e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("not http:// or https://".into()));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(ca) = ca_pem {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad(format!("--cacert {}: {e}", ca.display())))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("--cacert {}: {e}", ca.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(HttpRemote {
+            base,
+            token,
+            client,
+            requests: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            bwlimit: None,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Limits the receiving rate to `bytes_per_sec` on average.
+    pub fn with_bwlimit(mut self, bytes_per_sec: Option<u64>) -> HttpRemote {
+        self.bwlimit = bytes_per_sec.filter(|&r| r > 0);
+        self
+    }
+
+    /// Counts `n` received bytes and, under a bandwidth limit, waits until
+    /// the average rate is back under it.
+    async fn received(&self, n: u64) {
+        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(rate) = self.bwlimit {
+            let due = Duration::from_secs_f64(total as f64 / rate as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                tokio::time::sleep(due - elapsed).await;
+            }
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        what: &str,
+    ) -> Result<Answer, TransportError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder().method(method.clone()).uri(&url);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let req = req
+            .body(Full::new(body.clone()))
+            .map_err(|e| TransportError::BadUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let sent = (method.as_str().len() + url.len() + 12) as u64
+            + headers_len(req.headers())
+            + body.len() as u64;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| TransportError::Unreachable {
+                url: url.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let (parts, body) = resp.into_parts();
+        self.received
+            .fetch_add(17 + headers_len(&parts.headers), Ordering::Relaxed);
+        let answer = Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        };
+        if answer.status == StatusCode::PRECONDITION_FAILED {
+            return Err(TransportError::Changed {
+                what: what.to_owned(),
+            });
+        }
+        if answer.status.is_client_error() || answer.status.is_server_error() {
+            let status = answer.status.as_u16();
+            let reason = self
+                .collect(answer.body, what)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+            return Err(TransportError::Refused {
+                what: what.to_owned(),
+                status,
+                reason: reason.unwrap_or_default(),
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn collect(
+        &self,
+        body: hyper::body::Incoming,
+        what: &str,
+    ) -> Result<Bytes, TransportError> {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| TransportError::Unreachable {
+                url: what.to_owned(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        self.received(bytes.len() as u64).await;
+        Ok(bytes)
+    }
+}
+
+fn push_meta(headers: &mut Vec<(&str, String)>, meta: FileMeta) {
+    if let Some(mode) = meta.mode {
+        headers.push((HEADER_MODE, format!("{mode:o}")));
+    }
+    if let Some(ns) = meta.mtime_ns {
+        headers.push((HEADER_MTIME, ns.to_string()));
+    }
+}
+
+fn etag_version(headers: &HeaderMap, what: &str) -> Result<Version, TransportError> {
+    headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| Version::from_etag(t).ok())
+        .ok_or_else(|| TransportError::BadAnswer {
+            what: what.to_owned(),
+            reason: "no version in ETag".into(),
+        })
+}
+
+impl Remote for HttpRemote {
+    async fn head(
+        &self,
+        known_seq: Option<u64>,
+        wait_secs: u64,
+    ) -> Result<Option<Head>, TransportError> {
+        let mut headers = Vec::new();
+        if let Some(seq) = known_seq {
+            headers.push(("if-none-match", format!("\"seq-{seq}\"")));
+        }
+        let path = if wait_secs > 0 {
+            format!(".intersync/head?wait={wait_secs}")
+        } else {
+            ".intersync/head".into()
+        };
+        let answer = self
+            .send(Method::GET, &path, &headers, Bytes::new(), "head")
+            .await?;
+        if answer.status == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let bytes = self.collect(answer.body, "head").await?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TransportError::BadAnswer {
+                what: "head".into(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn segment(&self, name: &str, offset: u64) -> Result<Bytes, TransportError> {
+        let what = format!("journal segment {name}");
+        let answer = self
+            .send(
+                Method::GET,
+                &format!(".intersync/kml/{name}"),
+                &[("range", format!("bytes={offset}-"))],
+                Bytes::new(),
+                &what,
+            )
+            .await?;
+        let status = answer.status;
+        let bytes = self.collect(answer.body, &what).await?;
+        match status {
+            StatusCode::PARTIAL_CONTENT => Ok(bytes),
+            // A server that ignores ranges sends it all.
+            StatusCode::OK => Ok(bytes.slice((offset as usize).min(bytes.len())..)),
+            other => Err(TransportError::BadAnswer {
+                what,
+                reason: format!("status {other}"),
+            }),
+        }
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Bytes, TransportError> {
+        let what = format!("checkpoint {name}");
+        let answer = self
+            .send(
+                Method::GET,
+                &format!(".intersync/checkpoints/{name}"),
+                &[],
+                Bytes::new(),
+                &what,
+            )
+            .await?;
+        self.collect(answer.body, &what).await
+    }
+
+    async fn fetch_into(
+        &self,
+        path: &TreePath,
+        version: Version,
+        out: &mut std::fs::File,
+    ) -> Result<u64, TransportError> {
+        let what = path.to_string();
+        let local = |e: std::io::Error| TransportError::BadAnswer {
+            what: what.clone(),
+            reason: format!("local file: {e}"),
+        };
+        let have = out.metadata().map_err(local)?.len();
+        let mut headers = Vec::new();
+        if have > 0 {
+            headers.push(("range", format!("bytes={have}-")));
+            headers.push(("if-range", version.etag()));
+        }
+        let answer = self
+            .send(
+                Method::GET,
+                &percent_path(path),
+                &headers,
+                Bytes::new(),
+                &what,
+            )
+            .await;
+        let answer = match answer {
+            // Nothing left to fetch: the partial is whole.
+            Err(TransportError::Refused { status: 416, .. }) if have > 0 => return Ok(0),
+            other => other?,
+        };
+        if etag_version(&answer.headers, &what)? != version {
+            return Err(TransportError::Changed { what });
+        }
+        if answer.status == StatusCode::OK && have > 0 {
+            out.set_len(0).map_err(local)?;
+            use std::io::Seek;
+            out.seek(std::io::SeekFrom::Start(0)).map_err(local)?;
+        } else if have > 0 {
+            use std::io::Seek;
+            out.seek(std::io::SeekFrom::End(0)).map_err(local)?;
+        }
+        let mut received = 0u64;
+        let mut frames = BodyStream::new(answer.body);
+        while let Some(frame) = frames.next().await {
+            let frame = frame.map_err(|e| TransportError::Unreachable {
+                url: what.clone(),
+                reason: e.to_string(),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).map_err(local)?;
+                received += data.len() as u64;
+                self.received(data.len() as u64).await;
+            }
+        }
+        Ok(received)
+    }
+
+    async fn delta(
+        &self,
+        path: &TreePath,
+        signature: Vec<u8>,
+    ) -> Result<RemoteDelta, TransportError> {
+        let what = format!("delta of {path}");
+        let answer = self
+            .send(
+                Method::POST,
+                &format!(".intersync/delta/{}", percent_path(path)),
+                &[
+                    ("accept-encoding", "zstd".into()),
+                    ("content-type", "application/x-librsync-signature".into()),
+                ],
+                Bytes::from(signature),
+                &what,
+            )
+            .await?;
+        let version = etag_version(&answer.headers, &what)?;
+        let size = answer
+            .headers
+            .get(HEADER_RESULT_SIZE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| TransportError::BadAnswer {
+                what: what.clone(),
+                reason: "no size".into(),
+            })?;
+        let zstd =
+            answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
+        let bytes = self.collect(answer.body, &what).await?;
+        let delta = if zstd {
+            // Bounded: a delta never needs more than its result plus framing.
+            let mut out = Vec::new();
+            let mut decoder = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| {
+                TransportError::BadAnswer {
+                    what: what.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let limit = size + size / 8 + 4096;
+            std::io::copy(&mut std::io::Read::take(&mut decoder, limit + 1), &mut out).map_err(
+                |e| TransportError::BadAnswer {
+                    what: what.clone(),
+                    reason: format!("zstd: {e}"),
+                },
+            )?;
+            if out.len() as u64 > limit {
+                return Err(TransportError::BadAnswer {
+                    what,
+                    reason: "delta larger than its file".into(),
+                });
+            }
+            Bytes::from(out)
+        } else {
+            bytes
+        };
+        Ok(RemoteDelta {
+            delta,
+            version,
+            size,
+        })
+    }
+
+    async fn signature(&self, version: Version) -> Result<Bytes, TransportError> {
+        let what = format!("signature of {version:?}");
+        let answer = self
+            .send(
+                Method::GET,
+                &format!(".intersync/sig/{version}"),
+                &[],
+                Bytes::new(),
+                &what,
+            )
+            .await?;
+        self.collect(answer.body, &what).await
+    }
+
+    async fn put_whole(
+        &self,
+        path: &TreePath,
+        body: Bytes,
+        expect: Expect,
+        result: Version,
+        meta: FileMeta,
+    ) -> Result<Written, TransportError> {
+        let what = path.to_string();
+        let mut headers = vec![(HEADER_RESULT_VERSION, result.to_string())];
+        push_meta(&mut headers, meta);
+        match expect {
+            Expect::Absent => headers.push(("if-none-match", "*".into())),
+            Expect::Version(v) => headers.push(("if-match", v.etag())),
+        }
+        let answer = self
+            .send(Method::PUT, &percent_path(path), &headers, body, &what)
+            .await?;
+        let version = etag_version(&answer.headers, &what)?;
+        self.collect(answer.body, &what).await?;
+        Ok(Written { version })
+    }
+
+    async fn put_delta(
+        &self,
+        path: &TreePath,
+        delta: Vec<u8>,
+        base: Version,
+        (result, size): (Version, u64),
+        meta: FileMeta,
+    ) -> Result<Written, TransportError> {
+        let what = path.to_string();
+        let mut headers = vec![
+            ("content-type", MEDIA_DELTA.to_string()),
+            ("if-match", base.etag()),
+            (HEADER_RESULT_VERSION, result.to_string()),
+            (HEADER_RESULT_SIZE, size.to_string()),
+        ];
+        push_meta(&mut headers, meta);
+        let answer = self
+            .send(
+                Method::PUT,
+                &percent_path(path),
+                &headers,
+                Bytes::from(delta),
+                &what,
+            )
+            .await?;
+        let version = etag_version(&answer.headers, &what)?;
+        self.collect(answer.body, &what).await?;
+        Ok(Written { version })
+    }
+
+    async fn ops(&self, batch: serde_json::Value) -> Result<Vec<(u16, String)>, TransportError> {
+        let body = Bytes::from(serde_json::to_vec(&batch).expect("json"));
+        let answer = self
+            .send(
+                Method::POST,
+                ".intersync/ops",
+                &[("content-type", "application/json".into())],
+                body,
+                "operations",
+            )
+            .await?;
+        let bytes = self.collect(answer.body, "operations").await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| TransportError::BadAnswer {
+                what: "operations".into(),
+                reason: e.to_string(),
+            })?;
+        let results = value["results"]
+            .as_array()
+            .ok_or_else(|| TransportError::BadAnswer {
+                what: "operations".into(),
+                reason: "no results".into(),
+            })?;
+        Ok(results
+            .iter()
+            .map(|r| {
+                (
+                    r["status"].as_u64().unwrap_or(0) as u16,
+                    r["reason"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect())
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            requests: self.requests.load(Ordering::Relaxed),
+            sent_bytes: self.sent.load(Ordering::Relaxed),
+            received_bytes: self.received.load(Ordering::Relaxed),
+        }
+    }
+}

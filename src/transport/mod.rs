@@ -1,0 +1,141 @@
+//! Where a client's bytes come from and go to. One trait, [`Remote`], for
+//! every kind of source (the smart InterSync server now; a static web
+//! server and a local folder later), so that the sync logic does not care,
+//! and so tests can count exactly what crossed the wire.
+
+pub mod http;
+
+use bytes::Bytes;
+use intersync_protocol::api::Head;
+use intersync_protocol::{TreePath, Version};
+use thiserror::Error;
+
+pub use http::HttpRemote;
+
+/// Why a request failed.
+#[derive(Debug, Error)]
+pub enum TransportError {
+    /// No answer at all: the server is down or unreachable. Worth retrying later.
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// A precondition failed (412): the server's copy changed meanwhile.
+    #[error("{what}: the server's copy changed meanwhile")]
+    Changed { what: String },
+    /// The server refused, with its reason.
+    #[error("{what}: server answered {status}: {reason}")]
+    Refused {
+        what: String,
+        status: u16,
+        reason: String,
+    },
+    #[error("{what}: {reason}")]
+    BadAnswer { what: String, reason: String },
+    #[error("bad URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl TransportError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, TransportError::Unreachable { .. })
+    }
+
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Refused {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+}
+
+/// A delta from the server: the bytes, and what they must produce.
+pub struct RemoteDelta {
+    pub delta: Bytes,
+    pub version: Version,
+    pub size: u64,
+}
+
+/// A write the server acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub version: Version,
+}
+
+/// Counters of what crossed the wire, as a monitor or `--stats` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub requests: u64,
+    /// Request lines, headers and bodies sent.
+    pub sent_bytes: u64,
+    /// Status lines, headers and bodies received.
+    pub received_bytes: u64,
+}
+
+/// Attributes a written file takes on the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileMeta {
+    pub mode: Option<u32>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// What precondition a write carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The path must be free (`If-None-Match: *`).
+    Absent,
+    /// The file must have this version (`If-Match`).
+    Version(Version),
+}
+
+/// An InterSync source and destination.
+#[allow(async_fn_in_trait)]
+pub trait Remote {
+    /// The head document; `None` when it has not moved past `known_seq`
+    /// within `wait_secs` (a long-poll).
+    async fn head(
+        &self,
+        known_seq: Option<u64>,
+        wait_secs: u64,
+    ) -> Result<Option<Head>, TransportError>;
+    /// Bytes of a journal segment from `offset` on.
+    async fn segment(&self, name: &str, offset: u64) -> Result<Bytes, TransportError>;
+    async fn checkpoint(&self, name: &str) -> Result<Bytes, TransportError>;
+    /// Appends the file's bytes from `out`'s current length on (a resume),
+    /// as long as the file still has `version`; a server that cannot resume
+    /// sends it all again, and `out` is rewritten. Returns the bytes received.
+    async fn fetch_into(
+        &self,
+        path: &TreePath,
+        version: Version,
+        out: &mut std::fs::File,
+    ) -> Result<u64, TransportError>;
+    /// A delta from the base described by `signature` to the file's current content.
+    async fn delta(
+        &self,
+        path: &TreePath,
+        signature: Vec<u8>,
+    ) -> Result<RemoteDelta, TransportError>;
+    /// The server's signature of a version.
+    async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
+    async fn put_whole(
+        &self,
+        path: &TreePath,
+        body: Bytes,
+        expect: Expect,
+        result: Version,
+        meta: FileMeta,
+    ) -> Result<Written, TransportError>;
+    async fn put_delta(
+        &self,
+        path: &TreePath,
+        delta: Vec<u8>,
+        base: Version,
+        result: (Version, u64),
+        meta: FileMeta,
+    ) -> Result<Written, TransportError>;
+    /// A batch of operations (JSON as in SPEC.md); the status of each.
+    async fn ops(&self, batch: serde_json::Value) -> Result<Vec<(u16, String)>, TransportError>;
+    fn traffic(&self) -> Traffic;
+}
