@@ -5,6 +5,7 @@
 //! - [`client`]: a working copy kept in sync both ways: pull, push, conflicts.
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
+//! - [`demo`]: `intersync demo`, the whole product on one machine.
 //! - [`install`]: putting files in place atomically, never half-written.
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
@@ -19,6 +20,7 @@
 
 pub mod client;
 pub mod delta;
+pub mod demo;
 pub mod install;
 pub mod kml;
 pub mod scenario;

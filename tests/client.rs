@@ -308,3 +308,30 @@ fn sigkill_mid_download_resumes_and_never_installs_a_partial() {
     assert!(out.status.success());
     assert_eq!(fs::read(wc.join("big.bin")).unwrap(), big);
 }
+
+#[test]
+fn demo_runs_with_no_arguments() {
+    let out = run(intersync().arg("demo"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name}")))
+            .unwrap_or_else(|| panic!("no {name} row in {stdout}"));
+        line.split('|')
+            .map(|c| c.trim().trim_end_matches(" bytes").to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    let edits = row("sync after edits");
+    let (full, moved): (u64, u64) = (edits[2].parse().unwrap(), edits[3].parse().unwrap());
+    assert!(moved * 20 < full, "edits moved {moved} of {full}: {stdout}");
+    let noop = row("sync with nothing to do");
+    assert_eq!(noop[5], "1", "a no-op sync is one request: {stdout}");
+    assert!(noop[3].parse::<u64>().unwrap() < 1024, "{stdout}");
+}

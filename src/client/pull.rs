@@ -42,11 +42,11 @@ fn same_content(a: Option<&Entry>, b: Option<&Entry>) -> bool {
     }
 }
 
-/// The server's tree as the journal says, and where reading stopped.
+/// The server's tree as the journal says, where reading stopped, and the server's id.
 async fn server_tree(
     wc: &WorkingCopy,
     remote: &impl Remote,
-) -> Result<(TreeState, Cursor), SyncError> {
+) -> Result<(TreeState, Cursor, String), SyncError> {
     let head = remote
         .head(None, 0)
         .await?
@@ -134,10 +134,7 @@ async fn server_tree(
             offset: offset + pos as u64,
         };
     }
-    if wc.saved.server_id.is_none() {
-        // Remembered once the first pull succeeds (below, by the caller).
-    }
-    Ok((tree, cursor))
+    Ok((tree, cursor, head.server_id))
 }
 
 /// A file the pull must bring in.
@@ -155,8 +152,7 @@ pub async fn pull(
     resolve_conflicts: bool,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let (mut server, cursor) = server_tree(wc, remote).await?;
-    let head_id = remote.head(None, 0).await?.map(|h| h.server_id);
+    let (mut server, cursor, server_id) = server_tree(wc, remote).await?;
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     // The disk as it is, against the base.
@@ -401,9 +397,7 @@ pub async fn pull(
         stats,
     };
     wc.saved.cursor = cursor;
-    if let Some(id) = head_id {
-        wc.saved.server_id = Some(id);
-    }
+    wc.saved.server_id = Some(server_id);
     Ok(())
 }
 

@@ -1,0 +1,216 @@
+//! `intersync demo`: the whole product on one machine, in a temporary
+//! folder. It exports a generated tree from a server on 127.0.0.1, clones a
+//! working copy, edits both sides (scattered edits in a large file, small
+//! text edits, a rename, files added and deleted), syncs, syncs again with
+//! nothing to do, and reports what each step moved against what fetching
+//! every changed file whole would have moved.
+
+use std::fs;
+use std::path::Path;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::oneshot;
+
+use crate::client::{SyncError, SyncOptions, SyncReport, WorkingCopy};
+use crate::scenario;
+use crate::server::{self, ServeConfig, ServeOptions};
+use crate::transport::{HttpRemote, Remote, Traffic};
+
+/// One step of the demo and what it cost.
+#[derive(Debug, Clone)]
+pub struct DemoStep {
+    pub name: &'static str,
+    /// Files that changed hands, either way.
+    pub files: u64,
+    /// What fetching (or sending) each of them whole would have moved.
+    pub full_fetch_bytes: u64,
+    /// What actually crossed the wire, both ways, headers included.
+    pub moved_bytes: u64,
+    pub requests: u64,
+    pub conflicts: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("demo server: {0}")]
+    Start(#[from] server::StartError),
+    #[error("demo sync: {0}")]
+    Sync(#[from] SyncError),
+    #[error("demo: {0}")]
+    Other(String),
+}
+
+/// Runs the demo in `dir` (which should be empty and will be filled).
+pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
+    let export = dir.join("export");
+    let laptop = dir.join("laptop");
+    generate_tree(&export)?;
+
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let config = ServeConfig {
+        root: export.clone(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        tls: None,
+        options: ServeOptions {
+            allow_anonymous_writes: true,
+            max_wait: std::time::Duration::from_secs(10),
+            ..Default::default()
+        },
+        watch: true,
+        journal: Default::default(),
+    };
+    let server = tokio::spawn(server::run(
+        config,
+        move |_, url| {
+            let _ = ready_tx.send(url);
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let url = match ready_rx.await {
+        Ok(url) => url,
+        Err(_) => {
+            return Err(match server.await {
+                Ok(Err(e)) => e.into(),
+                _ => DemoError::Other("the server did not start".into()),
+            });
+        }
+    };
+    let mut steps = Vec::new();
+    let mut wc = WorkingCopy::open_or_create(&laptop, &url).map_err(SyncError::from)?;
+
+    let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
+    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    steps.push(step("first sync (clone)", &report, Traffic::default()));
+
+    // Edits on the server, as another program would make them, and on the laptop.
+    let seq = remote
+        .head(None, 0)
+        .await
+        .map_err(|e| DemoError::Other(e.to_string()))?
+        .map_or(0, |h| h.latest_seq);
+    edit_server(&export)?;
+    wait_for_journal(&remote, seq).await?;
+    edit_laptop(&laptop)?;
+    let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
+    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    steps.push(step(
+        "sync after edits on both sides",
+        &report,
+        Traffic::default(),
+    ));
+
+    let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
+    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    steps.push(step("sync with nothing to do", &report, Traffic::default()));
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    Ok(steps)
+}
+
+fn step(name: &'static str, r: &SyncReport, before: Traffic) -> DemoStep {
+    DemoStep {
+        name,
+        files: r.files_local
+            + r.files_delta
+            + r.files_whole
+            + r.pushed
+                .iter()
+                .filter(|c| c.what != "folder created")
+                .count() as u64,
+        full_fetch_bytes: r.full_fetch_bytes,
+        moved_bytes: r.traffic.sent_bytes + r.traffic.received_bytes
+            - before.sent_bytes
+            - before.received_bytes,
+        requests: r.traffic.requests - before.requests,
+        conflicts: r.conflicts.len(),
+    }
+}
+
+/// 300 small files in 10 folders, a 16 MiB binary and a 4 MiB text file.
+fn generate_tree(root: &Path) -> std::io::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(2026);
+    for d in 0..10 {
+        let dir = root.join(format!("project-{d}"));
+        fs::create_dir_all(&dir)?;
+        for f in 0..30 {
+            let len = rng.random_range(1024..20 * 1024);
+            fs::write(
+                dir.join(format!("file-{f:02}.txt")),
+                scenario::text(&mut rng, len),
+            )?;
+        }
+    }
+    fs::create_dir_all(root.join("media"))?;
+    fs::write(
+        root.join("media/video.bin"),
+        scenario::random_bytes(&mut rng, 16 << 20),
+    )?;
+    fs::write(root.join("book.txt"), scenario::text(&mut rng, 4 << 20))?;
+    Ok(())
+}
+
+fn edit_server(root: &Path) -> std::io::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    // 20 scattered edits of up to 2 KiB in the large binary.
+    let path = root.join("media/video.bin");
+    let mut data = fs::read(&path)?;
+    for _ in 0..20 {
+        let len = rng.random_range(1..2048);
+        let at = rng.random_range(0..data.len() - len);
+        rng.fill_bytes(&mut data[at..at + len]);
+    }
+    fs::write(&path, data)?;
+    // A few words changed in the book, a file added, one deleted, one renamed.
+    let mut book = fs::read(root.join("book.txt"))?;
+    for _ in 0..10 {
+        let at = rng.random_range(0..book.len() - 20);
+        book.splice(at..at + 10, scenario::text(&mut rng, 12));
+    }
+    fs::write(root.join("book.txt"), book)?;
+    fs::write(
+        root.join("project-1/new-on-server.txt"),
+        scenario::text(&mut rng, 5000),
+    )?;
+    fs::remove_file(root.join("project-2/file-00.txt"))?;
+    fs::rename(
+        root.join("project-3/file-01.txt"),
+        root.join("project-3/renamed.txt"),
+    )
+}
+
+fn edit_laptop(root: &Path) -> std::io::Result<()> {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let path = root.join("project-5/file-05.txt");
+    let mut text = fs::read(&path)?;
+    text.extend_from_slice(b"\nA line written on the laptop.\n");
+    fs::write(&path, text)?;
+    fs::write(
+        root.join("project-6/from-laptop.txt"),
+        scenario::text(&mut rng, 8000),
+    )
+}
+
+/// Waits (long-polling) until the server journaled the edits made behind its back.
+async fn wait_for_journal(remote: &impl Remote, seq: u64) -> Result<(), DemoError> {
+    for _ in 0..20 {
+        match remote.head(Some(seq), 2).await {
+            Ok(Some(head)) if head.latest_seq >= seq + 5 => {
+                // Let the watcher's debounce settle the rest of the burst.
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(DemoError::Other(e.to_string())),
+        }
+    }
+    Err(DemoError::Other(
+        "the server never journaled the edits".into(),
+    ))
+}
