@@ -2,7 +2,7 @@
 //! directions.
 //!
 //! A working copy remembers the server's tree as of the last pull (the
-//! *base*, a [`TreeState`] at a KML sequence number) with the stat of every
+//! *base*, a [`TreeState`](crate::tree::TreeState) at a KML sequence number) with the stat of every
 //! file it holds. Local changes are whatever a scan finds between the disk
 //! and the base, so nothing needs recording at the moment of a change and a
 //! crash loses nothing: the next scan finds the same changes. One sync round:
