@@ -31,6 +31,8 @@ enum Command {
     Sync(SyncArgs),
     /// Serve a generated tree, sync a copy, edit both sides, sync again, and show what moved.
     Demo,
+    /// Stay in sync: a round whenever the server's journal moves or local files change.
+    Watch(SyncArgs),
     /// Show a working copy's last sync, pending local changes and conflicts.
     Status { dir: PathBuf },
     /// Write the signature of BASE to SIG (`-` or omitted: standard output), like `rdiff signature`.
@@ -181,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args)?,
         Command::Sync(args) => return sync(args),
+        Command::Watch(args) => watch(args)?,
         Command::Status { dir } => status(&dir)?,
         Command::Demo => demo()?,
         Command::Signature {
@@ -338,6 +341,51 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
     if report.is_partial() {
         return Err(Partial.into());
     }
+    Ok(())
+}
+
+fn watch(args: SyncArgs) -> anyhow::Result<()> {
+    use intersync::client::watch::WatchEvent;
+    use intersync::client::{SyncOptions, WorkingCopy};
+    let token = read_token(&args.token_file)?;
+    let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
+        .with_bwlimit(args.bwlimit);
+    let mut wc = WorkingCopy::open_or_create(&args.dir, &args.url)?;
+    let options = SyncOptions {
+        pull: !args.push_only,
+        push: !args.pull_only,
+    };
+    let verbose = args.verbose;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(intersync::client::watch::watch(
+        &mut wc,
+        &remote,
+        options,
+        |event| match event {
+            WatchEvent::Synced(report) => {
+                if verbose {
+                    for c in &report.pulled {
+                        println!("<  {}  {}", c.path, c.what);
+                    }
+                    for c in &report.pushed {
+                        println!(">  {}  {}", c.path, c.what);
+                    }
+                }
+                for c in &report.conflicts {
+                    eprintln!("intersync: conflict: {}: {}", c.path, c.what);
+                }
+                for c in &report.deferred {
+                    eprintln!("intersync: not yet synced: {}: {}", c.path, c.what);
+                }
+            }
+            WatchEvent::Offline { error, retry_in } => {
+                eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+            }
+        },
+        shutdown_signal(),
+    ))?;
     Ok(())
 }
 

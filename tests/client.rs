@@ -335,3 +335,88 @@ fn demo_runs_with_no_arguments() {
     assert_eq!(noop[5], "1", "a no-op sync is one request: {stdout}");
     assert!(noop[3].parse::<u64>().unwrap() < 1024, "{stdout}");
 }
+
+/// Polls until `check` passes or `secs` seconds go by.
+fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn watch_follows_both_sides_and_survives_the_server_going_away() {
+    let export = Dir::new();
+    fs::write(export.path("start.txt"), b"start").unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let url = server.url.clone();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    /// Kills the watcher however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _watcher = Kill(
+        intersync()
+            .arg("watch")
+            .arg(&url)
+            .arg(&wc)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(20, || wc.join("start.txt").exists()),
+        "the first round never ran"
+    );
+
+    // A local edit is pushed within seconds; a server edit arrives by long-poll.
+    fs::write(wc.join("local.txt"), b"from the laptop").unwrap();
+    assert!(eventually(10, || fs::read(export.path("local.txt"))
+        .ok()
+        .as_deref()
+        == Some(&b"from the laptop"[..])));
+    fs::write(export.path("remote.txt"), b"from the server").unwrap();
+    assert!(eventually(10, || fs::read(wc.join("remote.txt"))
+        .ok()
+        .as_deref()
+        == Some(&b"from the server"[..])));
+
+    // The server goes away; work goes on; it comes back; the work arrives.
+    server.kill();
+    fs::write(wc.join("offline-1.txt"), b"one").unwrap();
+    fs::create_dir(wc.join("offline-dir")).unwrap();
+    fs::write(wc.join("offline-dir/two.txt"), b"two").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _server = Server::start(
+        &export.path(""),
+        &[
+            "--allow-anonymous-writes",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    assert!(
+        eventually(40, || export.path("offline-1.txt").exists()
+            && export.path("offline-dir/two.txt").exists()),
+        "watch did not push the offline work"
+    );
+    assert_eq!(
+        fs::read(export.path("offline-dir/two.txt")).unwrap(),
+        b"two"
+    );
+}

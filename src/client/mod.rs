@@ -22,6 +22,7 @@
 
 mod pull;
 mod push;
+pub mod watch;
 pub mod working_copy;
 
 use intersync_protocol::TreePath;
