@@ -10,11 +10,10 @@ use std::path::Path;
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::oneshot;
 
 use crate::client::{SyncError, SyncOptions, SyncReport, WorkingCopy};
 use crate::scenario;
-use crate::server::{self, ServeConfig, ServeOptions};
+use crate::server;
 use crate::transport::{HttpRemote, Remote, Traffic};
 
 /// One step of the demo and what it cost.
@@ -49,38 +48,8 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     let laptop = dir.join("laptop");
     generate_tree(&export)?;
 
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let config = ServeConfig {
-        root: export.clone(),
-        listen: "127.0.0.1:0".parse().expect("address"),
-        tls: None,
-        options: ServeOptions {
-            allow_anonymous_writes: true,
-            max_wait: std::time::Duration::from_secs(10),
-            ..Default::default()
-        },
-        watch: true,
-        journal: Default::default(),
-    };
-    let server = tokio::spawn(server::run(
-        config,
-        move |_, url| {
-            let _ = ready_tx.send(url);
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-    let url = match ready_rx.await {
-        Ok(url) => url,
-        Err(_) => {
-            return Err(match server.await {
-                Ok(Err(e)) => e.into(),
-                _ => DemoError::Other("the server did not start".into()),
-            });
-        }
-    };
+    let server = server::LocalServer::start(&export).await?;
+    let url = server.url.clone();
     let mut steps = Vec::new();
     let mut wc = WorkingCopy::open_or_create(&laptop, &url).map_err(SyncError::from)?;
 
@@ -95,7 +64,7 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
         .map_err(|e| DemoError::Other(e.to_string()))?
         .map_or(0, |h| h.latest_seq);
     edit_server(&export)?;
-    wait_for_journal(&remote, seq).await?;
+    wait_for_journal(&remote, seq, 5).await?;
     edit_laptop(&laptop)?;
     let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
     let report = wc.sync(&remote, SyncOptions::default()).await?;
@@ -109,8 +78,7 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     let report = wc.sync(&remote, SyncOptions::default()).await?;
     steps.push(step("sync with nothing to do", &report, Traffic::default()));
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    server.stop().await;
     Ok(steps)
 }
 
@@ -197,16 +165,21 @@ fn edit_laptop(root: &Path) -> std::io::Result<()> {
     )
 }
 
-/// Waits (long-polling) until the server journaled the edits made behind its back.
-async fn wait_for_journal(remote: &impl Remote, seq: u64) -> Result<(), DemoError> {
-    for _ in 0..20 {
-        match remote.head(Some(seq), 2).await {
-            Ok(Some(head)) if head.latest_seq >= seq + 5 => {
-                // Let the watcher's debounce settle the rest of the burst.
-                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-                return Ok(());
-            }
-            Ok(_) => {}
+/// Waits (long-polling) until the server journaled at least `records` more
+/// records after `seq` (edits made behind its back, found by its watcher),
+/// and then until the journal has been still for a second.
+pub async fn wait_for_journal(
+    remote: &impl Remote,
+    seq: u64,
+    records: u64,
+) -> Result<(), DemoError> {
+    let mut latest = seq;
+    for _ in 0..60 {
+        let settled = latest >= seq + records;
+        match remote.head(Some(latest), if settled { 1 } else { 2 }).await {
+            Ok(Some(head)) => latest = head.latest_seq,
+            Ok(None) if settled => return Ok(()),
+            Ok(None) => {}
             Err(e) => return Err(DemoError::Other(e.to_string())),
         }
     }

@@ -12,6 +12,7 @@
 //! - [`server`]: `intersync serve`, the HTTP(S) service of an export.
 //! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
+//! - [`measure`]: the scenarios run end to end against the smart server, measured.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
 //! Wire and on-disk formats live in the `intersync-protocol` crate, and what
@@ -23,6 +24,7 @@ pub mod delta;
 pub mod demo;
 pub mod install;
 pub mod kml;
+pub mod measure;
 pub mod scenario;
 pub mod server;
 pub mod transport;

@@ -119,6 +119,82 @@ impl FileScenario {
     }
 }
 
+/// Files in the full S0 tree.
+pub const FULL_TREE_FILES: usize = 10_000;
+
+/// S0: writes `files` files of 1 to 20 KiB of random data under `root`, a
+/// hundred to a folder; returns their total size.
+pub fn write_tree(root: &std::path::Path, files: usize) -> std::io::Result<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x50);
+    let mut total = 0;
+    for i in 0..files {
+        let dir = root.join(format!("d{:03}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        let len = rng.random_range(1024..=20 * 1024);
+        std::fs::write(
+            dir.join(format!("f{i:05}.bin")),
+            random_bytes(&mut rng, len),
+        )?;
+        total += len as u64;
+    }
+    Ok(total)
+}
+
+/// What an S6 change did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TreeChange {
+    pub edited: usize,
+    pub added: usize,
+    pub deleted: usize,
+    /// Bytes of new content: the floor for any sync.
+    pub changed_bytes: u64,
+    /// Sizes of the edited and added files: what fetching them whole costs.
+    pub full_fetch_bytes: u64,
+}
+
+/// S6: on a tree written by [`write_tree`] with `files` files, edits 1% of
+/// the files in place (1 to 256 bytes each), adds 0.5% and deletes 0.5%.
+pub fn change_tree(root: &std::path::Path, files: usize) -> std::io::Result<TreeChange> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x56);
+    let mut change = TreeChange::default();
+    let path = |i: usize| {
+        root.join(format!("d{:03}", i / 100))
+            .join(format!("f{i:05}.bin"))
+    };
+    let step = |n: usize| (files / n.max(1)).max(1);
+    let edits = (files / 100).max(1);
+    let removals = (files / 200).max(1);
+    for k in 0..edits {
+        let p = path((k * step(edits) + 3) % files);
+        let mut data = std::fs::read(&p)?;
+        let len = rng.random_range(1..=256usize).min(data.len());
+        let at = rng.random_range(0..=data.len() - len);
+        rng.fill_bytes(&mut data[at..at + len]);
+        std::fs::write(&p, &data)?;
+        change.edited += 1;
+        change.changed_bytes += len as u64;
+        change.full_fetch_bytes += data.len() as u64;
+    }
+    for k in 0..removals {
+        let victim = path((k * step(removals) + 51) % files);
+        if std::fs::remove_file(&victim).is_ok() {
+            change.deleted += 1;
+        }
+        let len = rng.random_range(1024..=20 * 1024);
+        let dir = root.join(format!("d{:03}", k % files.div_ceil(100)));
+        std::fs::write(
+            dir.join(format!("new{k:05}.bin")),
+            random_bytes(&mut rng, len),
+        )?;
+        change.added += 1;
+        change.changed_bytes += len as u64;
+        change.full_fetch_bytes += len as u64;
+    }
+    Ok(change)
+}
+
 pub fn random_bytes(rng: &mut impl RngCore, len: usize) -> Vec<u8> {
     let mut out = vec![0; len];
     rng.fill_bytes(&mut out);

@@ -59,6 +59,8 @@ pub enum StartError {
     Tls(String),
     #[error("watching the folder: {0}")]
     Watch(#[from] notify::Error),
+    #[error("the server stopped: {0}")]
+    Stopped(String),
 }
 
 /// Opens the export, listens, calls `ready` with the bound address and the
@@ -72,7 +74,7 @@ pub async fn run(
     let journal = config.journal;
     let export = tokio::task::spawn_blocking(move || Export::open(&root, journal))
         .await
-        .map_err(|e| StartError::Tls(e.to_string()))??;
+        .map_err(|e| StartError::Stopped(e.to_string()))??;
     let export = Arc::new(export);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -99,6 +101,62 @@ pub async fn run(
     serve(listener, tls, export, config.options, shutdown)
         .await
         .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// A server running inside this process (for the demo and benchmarks),
+/// stopped when dropped or by [`LocalServer::stop`].
+pub struct LocalServer {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl LocalServer {
+    /// Starts serving `root` on 127.0.0.1 (anonymous writes allowed, watching the folder).
+    pub async fn start(root: &std::path::Path) -> Result<LocalServer, StartError> {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = ServeConfig {
+            root: root.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            options: ServeOptions {
+                allow_anonymous_writes: true,
+                max_wait: Duration::from_secs(10),
+                ..Default::default()
+            },
+            watch: true,
+            journal: Default::default(),
+        };
+        let task = tokio::spawn(run(
+            config,
+            move |_, url| {
+                let _ = ready_tx.send(url);
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        match ready_rx.await {
+            Ok(url) => Ok(LocalServer {
+                url,
+                stop: Some(stop_tx),
+                task,
+            }),
+            Err(_) => Err(match task.await {
+                Ok(Err(e)) => e,
+                _ => StartError::Stopped("before it started".into()),
+            }),
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
 }
 
 /// A TLS acceptor from PEM files: a certificate chain and its private key.
