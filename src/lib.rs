@@ -13,6 +13,7 @@
 //! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`measure`]: the scenarios run end to end against the smart server, measured.
+//! - [`monitor`]: progress counters the library advances and front ends read.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
 //! Wire and on-disk formats live in the `intersync-protocol` crate, and what
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod install;
 pub mod kml;
 pub mod measure;
+pub mod monitor;
 pub mod scenario;
 pub mod server;
 pub mod transport;

@@ -126,6 +126,9 @@ struct SyncArgs {
     /// List what changed.
     #[arg(short, long)]
     verbose: bool,
+    /// Show a progress bar: bytes, rate and time left.
+    #[arg(long)]
+    progress: bool,
     /// Print rsync-style transfer statistics.
     #[arg(long)]
     stats: bool,
@@ -303,8 +306,10 @@ fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
 fn sync(args: SyncArgs) -> anyhow::Result<()> {
     use intersync::client::{SyncOptions, WorkingCopy};
     let token = read_token(&args.token_file)?;
+    let progress = std::sync::Arc::new(intersync::monitor::Progress::default());
     let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
-        .with_bwlimit(args.bwlimit);
+        .with_bwlimit(args.bwlimit)
+        .with_progress(progress.clone());
     let mut wc = WorkingCopy::open_or_create(&args.dir, &args.url)?;
     let options = SyncOptions {
         pull: !args.push_only,
@@ -314,7 +319,13 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let started = std::time::Instant::now();
-    let report = runtime.block_on(wc.sync(&remote, options))?;
+    let bar = args.progress.then(|| show_progress(progress));
+    let report = runtime.block_on(wc.sync(&remote, options));
+    if let Some((bar, stop)) = bar {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = bar.join();
+    }
+    let report = report?;
     if args.verbose {
         for c in &report.pulled {
             println!("<  {}  {}", c.path, c.what);
@@ -387,6 +398,39 @@ fn watch(args: SyncArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     ))?;
     Ok(())
+}
+
+/// Draws an indicatif bar from `progress` until the returned flag is set.
+fn show_progress(
+    progress: std::sync::Arc<intersync::monitor::Progress>,
+) -> (
+    std::thread::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        loop {
+            let (done, planned, files) = progress.snapshot();
+            bar.set_length(planned.max(done));
+            bar.set_position(done);
+            bar.set_message(format!("{files} files"));
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bar.finish();
+    });
+    (handle, stop)
 }
 
 /// Some changes were not carried out (conflicts or deferred writes): rsync's 23.

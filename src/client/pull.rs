@@ -410,9 +410,33 @@ async fn fetch(
     want: &Wanted<'_>,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
+    report.full_fetch_bytes += want.size;
+    let progress = remote.progress();
+    if let Some(p) = progress {
+        p.plan(want.size);
+    }
+    let got = fetch_by_cheapest(wc, remote, local, sources_going, want, report).await;
+    if let (Some(p), Ok(_)) = (progress, &got) {
+        p.file_done();
+    }
+    got
+}
+
+async fn fetch_by_cheapest(
+    wc: &WorkingCopy,
+    remote: &impl Remote,
+    local: &TreeState,
+    sources_going: &mut HashMap<Version, TreePath>,
+    want: &Wanted<'_>,
+    report: &mut SyncReport,
+) -> Result<Version, SyncError> {
     let root = wc.root();
     let dest = want.path.under(root);
-    report.full_fetch_bytes += want.size;
+    let done = |n: u64| {
+        if let Some(p) = remote.progress() {
+            p.advance(n);
+        }
+    };
     // 1. The content is here already: move a file that is going away, or copy one.
     if let Some(src) = sources_going.remove(&want.version) {
         fs::rename(src.under(root), &dest).map_err(|e| SyncError::local(&src, e))?;
@@ -445,6 +469,7 @@ async fn fetch(
         match fetch_delta(remote, &dest, want).await {
             Ok((version, stats)) => {
                 report.files_delta += 1;
+                done(want.size);
                 report.literal_bytes += stats.literal_bytes;
                 report.matched_bytes += stats.matched_bytes;
                 report.pulled.push(Change {

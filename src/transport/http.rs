@@ -34,6 +34,7 @@ pub struct HttpRemote {
     /// Most bytes per second to receive, like rsync's --bwlimit.
     bwlimit: Option<u64>,
     started: std::time::Instant,
+    progress: Option<std::sync::Arc<crate::monitor::Progress>>,
 }
 
 fn percent_path(path: &TreePath) -> String {
@@ -122,7 +123,17 @@ impl HttpRemote {
             received: AtomicU64::new(0),
             bwlimit: None,
             started: std::time::Instant::now(),
+            progress: None,
         })
+    }
+
+    /// Counts file content received into `progress`.
+    pub fn with_progress(
+        mut self,
+        progress: std::sync::Arc<crate::monitor::Progress>,
+    ) -> HttpRemote {
+        self.progress = Some(progress);
+        self
     }
 
     /// Limits the receiving rate to `bytes_per_sec` on average.
@@ -369,6 +380,9 @@ impl Remote for HttpRemote {
             if let Ok(data) = frame.into_data() {
                 out.write_all(&data).map_err(local)?;
                 received += data.len() as u64;
+                if let Some(p) = &self.progress {
+                    p.advance(data.len() as u64);
+                }
                 self.received(data.len() as u64).await;
             }
         }
@@ -538,6 +552,10 @@ impl Remote for HttpRemote {
                 )
             })
             .collect())
+    }
+
+    fn progress(&self) -> Option<&crate::monitor::Progress> {
+        self.progress.as_deref()
     }
 
     fn traffic(&self) -> Traffic {

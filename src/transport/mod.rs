@@ -138,4 +138,8 @@ pub trait Remote {
     /// A batch of operations (JSON as in SPEC.md); the status of each.
     async fn ops(&self, batch: serde_json::Value) -> Result<Vec<(u16, String)>, TransportError>;
     fn traffic(&self) -> Traffic;
+    /// Where to count content progress, if anyone is watching.
+    fn progress(&self) -> Option<&crate::monitor::Progress> {
+        None
+    }
 }
