@@ -438,3 +438,42 @@ fn scenarios_at_small_scale() {
     assert_eq!(s7.requests, 1, "{s7:?}");
     assert!(s7.moved_bytes() < 1024, "{s7:?}");
 }
+
+#[test]
+fn a_clone_from_a_checkpoint_reads_only_new_records_next_time() {
+    let export = Dir::new();
+    for i in 0..40 {
+        fs::write(
+            export.path(&format!("file-with-a-longish-name-{i:03}.txt")),
+            format!("content {i}"),
+        )
+        .unwrap();
+    }
+    let server = Server::start(
+        &export.path(""),
+        &["--allow-anonymous-writes", "--checkpoint-every", "10"],
+    );
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    sync_ok(&server.url, &wc);
+    let segment = fs::read_dir(export.path(".intersync/kml"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(segment > 4000, "the journal is {segment} bytes");
+    // Another client's change, then a sync that must not reread the journal.
+    let other = clients.path("other");
+    sync_ok(&server.url, &other);
+    fs::write(other.join("file-with-a-longish-name-000.txt"), b"changed").unwrap();
+    sync_ok(&server.url, &other);
+    let (_, received) = sync_ok(&server.url, &wc);
+    assert!(
+        received < 2000,
+        "received {received} bytes for one small change"
+    );
+    assert_eq!(
+        fs::read(wc.join("file-with-a-longish-name-000.txt")).unwrap(),
+        b"changed"
+    );
+}

@@ -94,6 +94,12 @@ async fn server_tree(
     };
     for seg in &head.segments {
         if seg.last_seq <= tree.seq {
+            // Already covered (by a checkpoint, or read before): the next
+            // read of this segment starts after everything it holds now.
+            cursor = Cursor {
+                segment: Some(seg.name.clone()),
+                offset: seg.length,
+            };
             continue;
         }
         let offset = match &cursor.segment {
