@@ -565,6 +565,9 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
     if let Some(sync) = e.downcast_ref::<intersync::client::SyncError>() {
         return if sync.is_unreachable() {
             ExitCode::SocketIo
+        } else if sync.is_auth() {
+            // As rsync does when a daemon refuses a login.
+            ExitCode::StartClient
         } else {
             ExitCode::FileIo
         };

@@ -477,3 +477,87 @@ fn a_clone_from_a_checkpoint_reads_only_new_records_next_time() {
         b"changed"
     );
 }
+
+#[test]
+fn sync_over_tls_with_a_token() {
+    let export = Dir::new();
+    fs::write(export.path("secret.txt"), b"for token holders").unwrap();
+    let keys = Dir::new();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = keys.write("cert.pem", generated.cert.pem().as_bytes());
+    let key = keys.write("key.pem", generated.signing_key.serialize_pem().as_bytes());
+    let token = keys.write("token", b"open sesame\n");
+    let server = Server::start(
+        &export.path(""),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    assert!(server.url.starts_with("https://"));
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    // Without the CA the certificate is refused; without the token, the server refuses.
+    let out = run(intersync()
+        .arg("sync")
+        .arg(&server.url)
+        .arg(&wc)
+        .arg("--token-file")
+        .arg(&token));
+    assert_ne!(out.status.code(), Some(0), "an unknown CA was trusted");
+    let out = run(intersync()
+        .arg("sync")
+        .arg(&server.url)
+        .arg(&wc)
+        .arg("--cacert")
+        .arg(&cert));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "a refused login is rsync's start-up error"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(intersync()
+        .arg("sync")
+        .arg(&server.url)
+        .arg(&wc)
+        .arg("--cacert")
+        .arg(&cert)
+        .arg("--token-file")
+        .arg(&token));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(wc.join("secret.txt")).unwrap(),
+        b"for token holders"
+    );
+    // A token also allows pushing.
+    fs::write(wc.join("reply.txt"), b"thanks").unwrap();
+    let out = run(intersync()
+        .arg("sync")
+        .arg(&server.url)
+        .arg(&wc)
+        .arg("--cacert")
+        .arg(&cert)
+        .arg("--token-file")
+        .arg(&token));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(export.path("reply.txt")).unwrap(), b"thanks");
+}

@@ -118,4 +118,9 @@ impl SyncError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, SyncError::Transport(t) if t.is_unreachable())
     }
+
+    /// The server refused our credentials (401 or 403).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, SyncError::Transport(t) if t.is_auth())
+    }
 }
