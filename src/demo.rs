@@ -82,6 +82,28 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     Ok(steps)
 }
 
+/// The demo's steps as a Markdown table.
+pub fn table(steps: &[DemoStep]) -> String {
+    let mut out = String::from(
+        "| step | files moved | a full fetch would move | InterSync moved | ratio | requests |\n|---|---|---|---|---|---|\n",
+    );
+    for s in steps {
+        let ratio = if s.full_fetch_bytes == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.2}%",
+                100.0 * s.moved_bytes as f64 / s.full_fetch_bytes as f64
+            )
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} bytes | {} bytes | {ratio} | {} |\n",
+            s.name, s.files, s.full_fetch_bytes, s.moved_bytes, s.requests
+        ));
+    }
+    out
+}
+
 fn step(name: &'static str, r: &SyncReport, before: Traffic) -> DemoStep {
     DemoStep {
         name,

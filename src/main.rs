@@ -347,7 +347,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         }
     }
     if args.stats {
-        print_stats(&report, started.elapsed());
+        print!("{}", report.rsync_stats(started.elapsed()));
     }
     if report.is_partial() {
         return Err(Partial.into());
@@ -438,38 +438,6 @@ fn show_progress(
 #[error("some changes were not synced (see above)")]
 struct Partial;
 
-fn print_stats(r: &intersync::client::SyncReport, elapsed: std::time::Duration) {
-    let t = r.traffic;
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    let moved = t.sent_bytes + t.received_bytes;
-    println!();
-    println!("Number of files: {}", r.files);
-    println!(
-        "Number of regular files transferred: {}",
-        r.files_local + r.files_delta + r.files_whole + r.pushed.len() as u64
-    );
-    println!("Total file size: {} bytes", r.total_size);
-    println!("Total transferred file size: {} bytes", r.full_fetch_bytes);
-    println!("Literal data: {} bytes", r.literal_bytes);
-    println!("Matched data: {} bytes", r.matched_bytes);
-    println!("Total bytes sent: {}", t.sent_bytes);
-    println!("Total bytes received: {}", t.received_bytes);
-    println!("HTTP requests: {}", t.requests);
-    println!();
-    println!(
-        "sent {} bytes  received {} bytes  {:.2} bytes/sec",
-        t.sent_bytes,
-        t.received_bytes,
-        moved as f64 / secs
-    );
-    println!(
-        "total size is {}  speedup is {:.2}",
-        r.total_size,
-        r.total_size as f64 / moved.max(1) as f64
-    );
-    println!("A full fetch would have moved {} bytes", r.full_fetch_bytes);
-}
-
 fn demo() -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("making a temporary folder")?;
     println!(
@@ -479,24 +447,7 @@ fn demo() -> anyhow::Result<()> {
     println!("a 16 MiB binary, a 4 MiB text); a laptop clones it; both sides edit; they sync.\n");
     let runtime = tokio::runtime::Runtime::new()?;
     let steps = runtime.block_on(intersync::demo::run(dir.path()))?;
-    println!(
-        "| step | files moved | a full fetch would move | InterSync moved | ratio | requests |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for s in &steps {
-        let ratio = if s.full_fetch_bytes == 0 {
-            "-".to_string()
-        } else {
-            format!(
-                "{:.2}%",
-                100.0 * s.moved_bytes as f64 / s.full_fetch_bytes as f64
-            )
-        };
-        println!(
-            "| {} | {} | {} bytes | {} bytes | {ratio} | {} |",
-            s.name, s.files, s.full_fetch_bytes, s.moved_bytes, s.requests
-        );
-    }
+    print!("{}", intersync::demo::table(&steps));
     println!(
         "\nServer edits: 20 scattered edits in the binary, 10 in the text, a file added, one deleted,"
     );

@@ -92,6 +92,43 @@ impl SyncReport {
     pub fn is_partial(&self) -> bool {
         !self.conflicts.is_empty() || !self.deferred.is_empty()
     }
+
+    /// rsync's `--stats` block for this sync, and the bytes a full fetch
+    /// would have moved.
+    pub fn rsync_stats(&self, elapsed: std::time::Duration) -> String {
+        let t = self.traffic;
+        let moved = t.sent_bytes + t.received_bytes;
+        let transferred =
+            self.files_local + self.files_delta + self.files_whole + self.pushed.len() as u64;
+        format!(
+            "\nNumber of files: {}\n\
+             Number of regular files transferred: {transferred}\n\
+             Total file size: {} bytes\n\
+             Total transferred file size: {} bytes\n\
+             Literal data: {} bytes\n\
+             Matched data: {} bytes\n\
+             Total bytes sent: {}\n\
+             Total bytes received: {}\n\
+             HTTP requests: {}\n\n\
+             sent {} bytes  received {} bytes  {:.2} bytes/sec\n\
+             total size is {}  speedup is {:.2}\n\
+             A full fetch would have moved {} bytes\n",
+            self.files,
+            self.total_size,
+            self.full_fetch_bytes,
+            self.literal_bytes,
+            self.matched_bytes,
+            t.sent_bytes,
+            t.received_bytes,
+            t.requests,
+            t.sent_bytes,
+            t.received_bytes,
+            moved as f64 / elapsed.as_secs_f64().max(1e-3),
+            self.total_size,
+            self.total_size as f64 / moved.max(1) as f64,
+            self.full_fetch_bytes,
+        )
+    }
 }
 
 /// Why a sync failed.
