@@ -20,14 +20,19 @@
 //! exists only to match rsync in `intersync-compat`. The library never
 //! prints; the `intersync` binary renders what it returns.
 
+#[cfg(feature = "net")]
 pub mod client;
 pub mod delta;
+#[cfg(feature = "net")]
 pub mod demo;
 pub mod install;
 pub mod kml;
+#[cfg(feature = "net")]
 pub mod measure;
 pub mod monitor;
 pub mod scenario;
+#[cfg(feature = "net")]
 pub mod server;
+#[cfg(feature = "net")]
 pub mod transport;
 pub mod tree;
