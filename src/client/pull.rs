@@ -529,13 +529,18 @@ async fn fetch_delta(
     let base = MappedFile::map(&file).map_err(|e| SyncError::local(dest.display(), e))?;
     let options = SignatureOptions::for_len(base.len() as u64, SignatureFormat::Md4Rollsum);
     let (sig, _) = Signature::calculate(&base, options);
-    let answer = remote.delta(want.path, sig.into_bytes()).await?;
+    let mut spool = tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new(".")))
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let answer = remote
+        .delta(want.path, sig.into_bytes(), &mut spool)
+        .await?;
+    let delta = MappedFile::map(&spool).map_err(|e| SyncError::local(dest.display(), e))?;
     let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
     let mut hashing = HashingWriter {
         inner: &mut out,
         hasher: blake3::Hasher::new(),
     };
-    let stats = delta::apply(&base, &answer.delta, &mut hashing, answer.size)
+    let stats = delta::apply(&base, &delta, &mut hashing, answer.size)
         .map_err(|e| SyncError::local(dest.display(), e))?;
     let got = Version(*hashing.hasher.finalize().as_bytes());
     if got != answer.version {

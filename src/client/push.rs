@@ -185,7 +185,8 @@ async fn put_file(
         mtime_ns: Some(entry.mtime_ns),
     };
     let full = path.under(root);
-    let data = MappedFile::open(&full).map_err(|e| SyncError::local(path, e))?;
+    // Mapped, and handed to the transport without a copy.
+    let data = Bytes::from_owner(MappedFile::open(&full).map_err(|e| SyncError::local(path, e))?);
     if Version(*blake3::hash(&data).as_bytes()) != version {
         // Changed again since the scan: the next round sends the newest.
         report.deferred.push(Change {
@@ -227,7 +228,7 @@ async fn put_file(
                     let r = remote
                         .put_whole(
                             path,
-                            Bytes::copy_from_slice(&data),
+                            data.clone(),
                             Expect::Version(base_version),
                             version,
                             meta,
@@ -242,13 +243,7 @@ async fn put_file(
         }
         None => {
             let r = remote
-                .put_whole(
-                    path,
-                    Bytes::copy_from_slice(&data),
-                    Expect::Absent,
-                    version,
-                    meta,
-                )
+                .put_whole(path, data.clone(), Expect::Absent, version, meta)
                 .await;
             if r.is_ok() {
                 report.literal_bytes += size;

@@ -65,6 +65,12 @@ impl Deref for MappedFile {
     }
 }
 
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Where a command's output goes: a file installed when complete, or standard output.
 enum Sink {
     File(PendingFile),

@@ -30,7 +30,7 @@ use crate::install::PendingFile;
 use crate::tree::{Entry, EntryKind};
 
 /// Largest delta body accepted.
-const MAX_DELTA_BYTES: usize = 1 << 30;
+const MAX_DELTA_BYTES: u64 = 1 << 30;
 
 /// What a write requires of the current state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,17 +174,17 @@ pub async fn put(
     let pending = PendingFile::create(&dest)
         .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))?;
     let (pending, version, size) = if is_delta {
-        let body = Limited::new(req.into_body(), MAX_DELTA_BYTES)
-            .collect()
-            .await
-            .map_err(|e| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("delta body: {e}")))?
-            .to_bytes();
+        // Spooled to an unnamed file, not held in memory, up to a bound.
+        let spool = spool_body(req.into_body(), MAX_DELTA_BYTES).await?;
         let export = export.clone();
         let base_path = path.clone();
         let limit = expected_size.expect("checked above");
-        tokio::task::spawn_blocking(move || apply_delta(&export, &base_path, &body, pending, limit))
-            .await
-            .map_err(internal)??
+        tokio::task::spawn_blocking(move || {
+            let delta = MappedFile::map(&spool).map_err(internal)?;
+            apply_delta(&export, &base_path, &delta, pending, limit)
+        })
+        .await
+        .map_err(internal)??
     } else {
         receive_whole(req.into_body(), pending).await?
     };
@@ -258,6 +258,28 @@ fn need_folder(inner: &Inner, root: &std::path::Path, path: &TreePath) -> Result
         }
         Some(p) => Err(Refusal::new(StatusCode::CONFLICT, format!("no folder {p}"))),
     }
+}
+
+/// Streams a request body of at most `max` bytes into an unnamed temporary file.
+async fn spool_body(body: Incoming, max: u64) -> Result<std::fs::File, Refusal> {
+    let mut file = tempfile::tempfile().map_err(internal)?;
+    let mut size = 0u64;
+    let mut frames = BodyStream::new(body);
+    while let Some(frame) = frames.next().await {
+        let frame =
+            frame.map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            size += data.len() as u64;
+            if size > max {
+                return Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body over {max} bytes"),
+                ));
+            }
+            file.write_all(&data).map_err(internal)?;
+        }
+    }
+    Ok(file)
 }
 
 /// Streams a request body into `pending`, hashing it on the way.

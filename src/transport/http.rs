@@ -240,6 +240,29 @@ impl HttpRemote {
     }
 }
 
+/// Writes at most `left` bytes in all, then fails.
+struct LimitedWriter<W: Write> {
+    inner: W,
+    left: u64,
+    written: u64,
+}
+
+impl<W: Write> Write for LimitedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::other("delta larger than its result allows"));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn push_meta(headers: &mut Vec<(&str, String)>, meta: FileMeta) {
     if let Some(mode) = meta.mode {
         headers.push((HEADER_MODE, format!("{mode:o}")));
@@ -393,6 +416,7 @@ impl Remote for HttpRemote {
         &self,
         path: &TreePath,
         signature: Vec<u8>,
+        out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError> {
         let what = format!("delta of {path}");
         let answer = self
@@ -419,35 +443,40 @@ impl Remote for HttpRemote {
             })?;
         let zstd =
             answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
-        let bytes = self.collect(answer.body, &what).await?;
-        let delta = if zstd {
-            // Bounded: a delta never needs more than its result plus framing.
-            let mut out = Vec::new();
-            let mut decoder = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| {
-                TransportError::BadAnswer {
-                    what: what.clone(),
+        // A delta never needs much more than its result: refuse one that does.
+        let limit = size + size / 8 + 4096;
+        let bad = |e: std::io::Error| TransportError::BadAnswer {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let written = {
+            let file = LimitedWriter {
+                inner: &mut *out,
+                left: limit,
+                written: 0,
+            };
+            let mut sink: Box<dyn Write + '_> = if zstd {
+                Box::new(zstd::stream::write::Decoder::new(file).map_err(bad)?)
+            } else {
+                Box::new(file)
+            };
+            let mut frames = BodyStream::new(answer.body);
+            while let Some(frame) = frames.next().await {
+                let frame = frame.map_err(|e| TransportError::Unreachable {
+                    url: what.clone(),
                     reason: e.to_string(),
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    sink.write_all(&data).map_err(bad)?;
+                    self.received(data.len() as u64).await;
                 }
-            })?;
-            let limit = size + size / 8 + 4096;
-            std::io::copy(&mut std::io::Read::take(&mut decoder, limit + 1), &mut out).map_err(
-                |e| TransportError::BadAnswer {
-                    what: what.clone(),
-                    reason: format!("zstd: {e}"),
-                },
-            )?;
-            if out.len() as u64 > limit {
-                return Err(TransportError::BadAnswer {
-                    what,
-                    reason: "delta larger than its file".into(),
-                });
             }
-            Bytes::from(out)
-        } else {
-            bytes
+            sink.flush().map_err(bad)?;
+            drop(sink);
+            out.metadata().map_err(bad)?.len()
         };
         Ok(RemoteDelta {
-            delta,
+            delta_len: written,
             version,
             size,
         })

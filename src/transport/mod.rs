@@ -50,9 +50,10 @@ impl TransportError {
     }
 }
 
-/// A delta from the server: the bytes, and what they must produce.
+/// A delta from the server, written to a file: what it must produce.
 pub struct RemoteDelta {
-    pub delta: Bytes,
+    /// Bytes of (decompressed) delta written.
+    pub delta_len: u64,
     pub version: Version,
     pub size: u64,
 }
@@ -111,11 +112,14 @@ pub trait Remote {
         version: Version,
         out: &mut std::fs::File,
     ) -> Result<u64, TransportError>;
-    /// A delta from the base described by `signature` to the file's current content.
+    /// A delta from the base described by `signature` to the file's
+    /// current content, written (decompressed) into `out`, so that a delta
+    /// of any size costs no heap.
     async fn delta(
         &self,
         path: &TreePath,
         signature: Vec<u8>,
+        out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError>;
     /// The server's signature of a version.
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
