@@ -27,6 +27,8 @@ struct Cli {
 enum Command {
     /// Export DIR over HTTP(S): files, the modification log, signatures, deltas and writes.
     Serve(ServeArgs),
+    /// Write (or bring up to date) DIR/.intersync/ so that any web server serving DIR is an InterSync source.
+    Export { dir: PathBuf },
     /// One sync round between the export at URL and the working copy DIR, both ways.
     Sync(SyncArgs),
     /// Serve a generated tree, sync a copy, edit both sides, sync again, and show what moved.
@@ -188,6 +190,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => return sync(args),
         Command::Watch(args) => watch(args)?,
         Command::Status { dir } => status(&dir)?,
+        Command::Export { dir } => {
+            let export = server::Export::open(&dir, Default::default())?;
+            let (files, written) = export.write_static()?;
+            println!(
+                "intersync: exported {files} files of {} (journal at sequence {}, {written} new signatures)",
+                dir.display(),
+                export.head().latest_seq
+            );
+        }
         Command::Demo => demo()?,
         Command::Signature {
             block_size,

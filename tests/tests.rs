@@ -7,3 +7,4 @@ mod client;
 mod delta_cli;
 mod rdiff;
 mod server;
+mod static_export;

@@ -33,6 +33,10 @@ pub struct Head {
     pub segments: Vec<SegmentRef>,
     /// The newest checkpoint, if any.
     pub checkpoint: Option<CheckpointRef>,
+    /// Written by `intersync export` for a plain web server: no smart
+    /// endpoints (deltas, writes), signatures as files, ranges for blocks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub static_export: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ fn same_content(a: Option<&Entry>, b: Option<&Entry>) -> bool {
 async fn server_tree(
     wc: &WorkingCopy,
     remote: &impl Remote,
-) -> Result<(TreeState, Cursor, String), SyncError> {
+) -> Result<(TreeState, Cursor, intersync_protocol::api::Head), SyncError> {
     let head = remote
         .head(None, 0)
         .await?
@@ -140,7 +140,7 @@ async fn server_tree(
             offset: offset + pos as u64,
         };
     }
-    Ok((tree, cursor, head.server_id))
+    Ok((tree, cursor, head))
 }
 
 /// A file the pull must bring in.
@@ -158,7 +158,8 @@ pub async fn pull(
     resolve_conflicts: bool,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let (mut server, cursor, server_id) = server_tree(wc, remote).await?;
+    let (mut server, cursor, head) = server_tree(wc, remote).await?;
+    wc.saved.static_export = head.static_export;
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     // The disk as it is, against the base.
@@ -403,7 +404,7 @@ pub async fn pull(
         stats,
     };
     wc.saved.cursor = cursor;
-    wc.saved.server_id = Some(server_id);
+    wc.saved.server_id = Some(head.server_id);
     Ok(())
 }
 
@@ -472,7 +473,12 @@ async fn fetch_by_cheapest(
         local.get(want.path).map(|e| &e.kind),
         Some(EntryKind::File { .. })
     ) {
-        match fetch_delta(remote, &dest, want).await {
+        let delta = if wc.saved.static_export {
+            fetch_blocks(remote, &dest, want).await
+        } else {
+            fetch_delta(remote, &dest, want).await
+        };
+        match delta {
             Ok((version, stats)) => {
                 report.files_delta += 1;
                 done(want.size);
@@ -518,6 +524,92 @@ fn copy_verified(
         .map_err(|e| SyncError::local(dest.display(), e))?;
     set_attrs(dest, want.entry).map_err(|e| SyncError::local(dest.display(), e))?;
     Ok(version)
+}
+
+/// The static path (zsync's direction): the new version's signature, the
+/// rolling checksum over the local copy, and only the missing blocks by
+/// ranged GETs, adjacent blocks merged into one range.
+async fn fetch_blocks(
+    remote: &impl Remote,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<(Version, delta::DeltaStats), SyncError> {
+    use crate::delta::matcher::BlockIndex;
+    let sig_bytes = remote.signature(want.version).await?;
+    let sig =
+        Signature::from_bytes(sig_bytes.to_vec()).map_err(|e| SyncError::local(want.path, e))?;
+    let view = sig.view();
+    let block_len = u64::from(view.header.block_len);
+    let blocks = view.block_count();
+    if blocks as u64 != want.size.div_ceil(block_len) {
+        return Err(SyncError::local(
+            want.path,
+            "signature does not fit the file's size",
+        ));
+    }
+    let file = File::open(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let base = MappedFile::map(&file).map_err(|e| SyncError::local(dest.display(), e))?;
+    // Where each block of the new version can be copied from locally.
+    let mut source: Vec<Option<u64>> = vec![None; blocks];
+    let mut by_sum: HashMap<(u32, Vec<u8>), u64> = HashMap::new();
+    BlockIndex::new(view).scan(&base, |m| {
+        let b = m.block as usize;
+        let expected = want.size.min((b as u64 + 1) * block_len) - b as u64 * block_len;
+        if u64::from(m.len) == expected && source[b].is_none() {
+            source[b] = Some(m.data_offset);
+            let (weak, strong) = view.block(b);
+            by_sum.insert((weak, strong.to_vec()), m.data_offset);
+        }
+    });
+    // Identical blocks (runs of zeros, repeated records) share one source.
+    for (b, slot) in source.iter_mut().enumerate() {
+        if slot.is_none() && (b as u64 + 1) * block_len <= want.size {
+            let (weak, strong) = view.block(b);
+            *slot = by_sum.get(&(weak, strong.to_vec())).copied();
+        }
+    }
+    let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: blake3::Hasher::new(),
+    };
+    let mut stats = delta::DeltaStats::default();
+    let mut b = 0usize;
+    while b < blocks {
+        let start = b as u64 * block_len;
+        if let Some(from) = source[b] {
+            let len = want.size.min(start + block_len) - start;
+            hashing
+                .write_all(&base[from as usize..(from + len) as usize])
+                .map_err(|e| SyncError::local(dest.display(), e))?;
+            stats.matched_bytes += len;
+            b += 1;
+            continue;
+        }
+        let mut end_block = b;
+        while end_block < blocks && source[end_block].is_none() {
+            end_block += 1;
+        }
+        let end = want.size.min(end_block as u64 * block_len);
+        let bytes = remote.range(want.path, start..end).await?;
+        hashing
+            .write_all(&bytes)
+            .map_err(|e| SyncError::local(dest.display(), e))?;
+        stats.literal_bytes += bytes.len() as u64;
+        b = end_block;
+    }
+    let got = Version(*hashing.hasher.finalize().as_bytes());
+    if got != want.version {
+        return Err(SyncError::local(
+            dest.display(),
+            "blocks did not add up to the version",
+        ));
+    }
+    drop(base);
+    out.install()
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    set_attrs(dest, want.entry).map_err(|e| SyncError::local(dest.display(), e))?;
+    Ok((got, stats))
 }
 
 async fn fetch_delta(

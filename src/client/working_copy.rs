@@ -76,6 +76,9 @@ pub struct Saved {
     pub conflicts: Vec<Conflict>,
     /// When the last sync finished (ns since the epoch), if ever.
     pub last_sync_ns: Option<i64>,
+    /// The source is a static export behind a plain web server: read only.
+    #[serde(default)]
+    pub static_export: bool,
 }
 
 /// A folder kept in sync with an export.
@@ -177,7 +180,15 @@ impl WorkingCopy {
             pull::pull(self, remote, options.push, &mut report).await?;
             self.save()?;
         }
-        if options.push {
+        if options.push && self.saved.static_export {
+            if !self.pending()?.is_empty() {
+                report.deferred.push(super::Change {
+                    path: intersync_protocol::TreePath::new("(local changes)")
+                        .expect("a valid path"),
+                    what: "the source is a static export, which is read only".into(),
+                });
+            }
+        } else if options.push {
             let pushed_any = push::push(self, remote, &mut report).await?;
             if pushed_any && options.pull {
                 // Our own writes come back as journal records: move past them.

@@ -16,10 +16,12 @@ use rand::RngCore;
 use thiserror::Error;
 use tokio::sync::watch;
 
+use crate::delta::{MappedFile, Signature, SignatureOptions};
 use crate::install::PendingFile;
 use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
 use crate::tree::{Entry, TreeState};
+use intersync_protocol::signature::SignatureFormat;
 
 #[derive(Debug, Error)]
 pub enum ExportError {
@@ -211,6 +213,7 @@ impl Export {
                 seq: c.seq,
                 length: c.len,
             }),
+            static_export: false,
         }
     }
 
@@ -249,9 +252,76 @@ impl Export {
         self.lock().journal.checkpoint_path(name)
     }
 
-    /// Where signatures of versions are cached.
+    /// Where the signature of a version is kept: `.intersync/sig/<hex>`,
+    /// the URL path a plain web server serving the export answers it at.
     pub fn sig_cache(&self, version: &Version) -> PathBuf {
-        self.state_dir.join("sigs").join(format!("{version}.sig"))
+        self.state_dir.join("sig").join(version.to_string())
+    }
+
+    /// The signature of `version` (legacy MD4 format, the block-size
+    /// policy's parameters): from the cache, or computed from the file that
+    /// has that version now and then cached. `None` when no file has it.
+    pub fn signature(&self, version: Version) -> Result<Option<Vec<u8>>, ExportError> {
+        let cache = self.sig_cache(&version);
+        if let Ok(bytes) = fs::read(&cache) {
+            return Ok(Some(bytes));
+        }
+        let Some(path) = self.state().find_version(version).cloned() else {
+            return Ok(None);
+        };
+        let Ok(file) = super::files::open_beneath(&self.root, &path) else {
+            return Ok(None);
+        };
+        let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
+        let options = SignatureOptions::for_len(data.len() as u64, SignatureFormat::Md4Rollsum);
+        let (sig, actual) = Signature::calculate(&data, options);
+        if actual != version {
+            // Changed on disk since it was journaled: the next scan says so.
+            return Ok(None);
+        }
+        let bytes = sig.into_bytes();
+        if let Some(dir) = cache.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let mut pending = PendingFile::create(&cache).map_err(io_err(&cache))?;
+        pending.write_all(&bytes).map_err(io_err(&cache))?;
+        pending.install().map_err(io_err(&cache))?;
+        Ok(Some(bytes))
+    }
+
+    /// Makes the export complete for a plain web server: a signature for
+    /// every current version, none for versions gone, and the head document
+    /// at `.intersync/head`. Returns (files, signatures written).
+    pub fn write_static(&self) -> Result<(u64, u64), ExportError> {
+        let state = self.state();
+        let mut files = 0;
+        let mut written = 0;
+        let mut current = std::collections::HashSet::new();
+        for (_, entry) in state.iter() {
+            if let Some(version) = entry.version() {
+                files += 1;
+                current.insert(version.to_string());
+                if !self.sig_cache(&version).exists() {
+                    self.signature(version)?;
+                    written += 1;
+                }
+            }
+        }
+        let sig_dir = self.state_dir.join("sig");
+        if let Ok(entries) = fs::read_dir(&sig_dir) {
+            for e in entries.flatten() {
+                if !current.contains(e.file_name().to_string_lossy().as_ref()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut head = self.head();
+        head.static_export = true;
+        let path = self.state_dir.join("head");
+        let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
+        serde_json::to_writer(&mut file, &head).map_err(|e| io_err(&path)(io::Error::other(e)))?;
+        file.install().map_err(io_err(&path))?;
+        Ok((files, written))
     }
 
     /// Records a file's stat after the API wrote it, so that serving it

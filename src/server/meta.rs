@@ -1,7 +1,7 @@
 //! The InterSync resources under `/.intersync/`: the head document (with
 //! long-poll), signatures of versions, and deltas against a client's signature.
 
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,7 @@ use intersync_protocol::{TreePath, Version};
 use super::export::Export;
 use super::files::{open_beneath, stream};
 use super::{Body, Refusal, full};
-use crate::delta::{MappedFile, Signature, SignatureOptions, write_delta};
-use crate::install::PendingFile;
-use intersync_protocol::signature::SignatureFormat;
+use crate::delta::{MappedFile, Signature, write_delta};
 
 /// Literal bytes below which compressing a delta is not worth a round of zstd.
 const MIN_COMPRESSIBLE: u64 = 4096;
@@ -85,37 +83,9 @@ pub async fn signature(export: &Arc<Export>, version: &str) -> Result<Response<B
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))?;
     let export = export.clone();
     let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Refusal> {
-        let cache = export.sig_cache(&version);
-        if let Ok(bytes) = std::fs::read(&cache) {
-            return Ok(bytes);
-        }
-        let path = export
-            .state()
-            .find_version(version)
-            .cloned()
-            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no file has that version"))?;
-        let file = open_beneath(export.root(), &path)?;
-        let data = MappedFile::map(&file)
-            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-        let options = SignatureOptions::for_len(data.len() as u64, SignatureFormat::Md4Rollsum);
-        let (sig, actual) = Signature::calculate(&data, options);
-        if actual != version {
-            // Changed on disk since it was journaled: the next scan will say so.
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "that version has just changed",
-            ));
-        }
-        let bytes = sig.into_bytes();
-        if let Some(dir) = cache.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Ok(mut pending) = PendingFile::create(&cache)
-            && pending.write_all(&bytes).is_ok()
-        {
-            let _ = pending.install();
-        }
-        Ok(bytes)
+        export
+            .signature(version)?
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no file has that version now"))
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;

@@ -121,6 +121,13 @@ pub trait Remote {
         signature: Vec<u8>,
         out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError>;
+    /// Bytes `range` of a file, by a ranged GET. A server that answers with
+    /// anything but exactly that range is refused (the caller falls back).
+    async fn range(
+        &self,
+        path: &TreePath,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, TransportError>;
     /// The server's signature of a version.
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
     async fn put_whole(

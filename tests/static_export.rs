@@ -1,0 +1,134 @@
+//! `intersync export` makes a folder a complete InterSync source for a
+//! plain web server; a real nginx serves it and `intersync sync` follows it
+//! by the static path: the new version's signature, the rolling checksum
+//! over the local copy, and only the missing blocks by ranged GETs.
+
+use std::fs;
+use std::path::Path;
+
+use crate::util::{Dir, Nginx, intersync, ok, random_bytes, run};
+
+fn export(dir: &Path) {
+    ok(intersync().arg("export").arg(dir));
+}
+
+fn received(out: &std::process::Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Total bytes received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {stdout}"))
+}
+
+fn edit(path: &Path) {
+    let mut data = fs::read(path).unwrap();
+    for i in 0..10 {
+        let at = 100_000 + i * 200_000;
+        data[at..at + 50].copy_from_slice(&[i as u8; 50]);
+    }
+    fs::write(path, data).unwrap();
+}
+
+#[test]
+fn nginx_serves_an_exported_tree_and_scattered_edits_cost_blocks() {
+    let site = Dir::new();
+    fs::create_dir(site.path("docs")).unwrap();
+    fs::write(site.path("docs/big.bin"), random_bytes(21, 4 << 20)).unwrap();
+    fs::write(site.path("readme.txt"), b"a static site").unwrap();
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    assert_eq!(
+        fs::read(wc.join("docs/big.bin")).unwrap(),
+        fs::read(site.path("docs/big.bin")).unwrap()
+    );
+
+    edit(&site.path("docs/big.bin"));
+    export(&site.path(""));
+    let before = nginx.requests().len();
+    let out = ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    assert_eq!(
+        fs::read(wc.join("docs/big.bin")).unwrap(),
+        fs::read(site.path("docs/big.bin")).unwrap()
+    );
+    let got = received(&out);
+    assert!(
+        got < (4 << 20) / 10,
+        "received {got} bytes for ten 50-byte edits of 4 MiB"
+    );
+    let ranged = nginx.requests()[before..]
+        .iter()
+        .filter(|l| l.contains(" 206 "))
+        .count();
+    assert!(
+        ranged >= 1,
+        "no ranged GET: {:?}",
+        &nginx.requests()[before..]
+    );
+}
+
+#[test]
+fn ranges_refused_fall_back_to_whole_files() {
+    let site = Dir::new();
+    fs::write(site.path("big.bin"), random_bytes(22, 1 << 20)).unwrap();
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "max_ranges 0;");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
+    edit_small(&site.path("big.bin"));
+    export(&site.path(""));
+    let out = run(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(wc.join("big.bin")).unwrap(),
+        fs::read(site.path("big.bin")).unwrap()
+    );
+    assert!(
+        received(&out) >= 1 << 20,
+        "ranges were refused, so the file came whole"
+    );
+}
+
+fn edit_small(path: &Path) {
+    let mut data = fs::read(path).unwrap();
+    data[500_000] ^= 0xff;
+    fs::write(path, data).unwrap();
+}
+
+#[test]
+fn local_changes_against_a_static_export_are_reported_not_lost() {
+    let site = Dir::new();
+    fs::write(site.path("a.txt"), b"a").unwrap();
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
+    fs::write(wc.join("mine.txt"), b"mine").unwrap();
+    let out = run(intersync().args(["sync", "-v"]).arg(&nginx.url).arg(&wc));
+    assert_eq!(
+        out.status.code(),
+        Some(23),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("read only"));
+    assert_eq!(fs::read(wc.join("mine.txt")).unwrap(), b"mine");
+}
