@@ -109,6 +109,7 @@ fn step(name: &'static str, r: &SyncReport, before: Traffic) -> DemoStep {
         name,
         files: r.files_local
             + r.files_delta
+            + r.files_blocks
             + r.files_whole
             + r.pushed
                 .iter()

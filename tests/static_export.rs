@@ -65,15 +65,48 @@ fn nginx_serves_an_exported_tree_and_scattered_edits_cost_blocks() {
         got < (4 << 20) / 10,
         "received {got} bytes for ten 50-byte edits of 4 MiB"
     );
+    // Ten separate edits, ten missing runs of blocks: one multi-range GET.
     let ranged = nginx.requests()[before..]
         .iter()
-        .filter(|l| l.contains(" 206 "))
+        .filter(|l| l.contains("GET /docs/big.bin ") && l.contains(" 206 "))
         .count();
-    assert!(
-        ranged >= 1,
-        "no ranged GET: {:?}",
-        &nginx.requests()[before..]
+    assert_eq!(ranged, 1, "{:?}", &nginx.requests()[before..]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 by blocks and ranges"));
+}
+
+#[test]
+fn single_range_servers_get_one_range_a_request() {
+    let site = Dir::new();
+    fs::write(site.path("big.bin"), random_bytes(23, 4 << 20)).unwrap();
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "max_ranges 1;");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
+    edit(&site.path("big.bin"));
+    export(&site.path(""));
+    let before = nginx.requests().len();
+    let out = ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    assert_eq!(
+        fs::read(wc.join("big.bin")).unwrap(),
+        fs::read(site.path("big.bin")).unwrap()
     );
+    // The multi-range probe gets the whole file (200), which is not read;
+    // then one range a request.
+    let ranged = nginx.requests()[before..]
+        .iter()
+        .filter(|l| l.contains("GET /big.bin ") && l.contains(" 206 "))
+        .count();
+    assert_eq!(ranged, 10, "{:?}", &nginx.requests()[before..]);
+    let got = received(&out);
+    assert!(
+        got < (4 << 20) / 4,
+        "received {got}: the probe's whole-file answer was read"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 by blocks and ranges"));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - [`version`]: a file version, the BLAKE3 hash of its content, and its ETag form.
 //! - [`path`]: paths inside a tree, which cannot escape it.
 //! - [`kml`]: the modification log's segments and records.
+//! - [`byteranges`]: multipart/byteranges answers to multi-range GETs.
 //! - [`api`]: the HTTP API's documents, header names and media types.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
@@ -13,6 +14,7 @@
 //! allocates more than a small multiple of its input.
 
 pub mod api;
+pub mod byteranges;
 pub mod delta;
 pub mod kml;
 pub mod path;

@@ -74,6 +74,8 @@ pub struct SyncReport {
     pub deferred: Vec<Change>,
     pub files_local: u64,
     pub files_delta: u64,
+    /// Files rebuilt from local blocks and ranged GETs (a static source).
+    pub files_blocks: u64,
     pub files_whole: u64,
     /// Bytes of file content that crossed the wire as literal data.
     pub literal_bytes: u64,
@@ -103,6 +105,7 @@ impl SyncReport {
         format!(
             "\nNumber of files: {}\n\
              Number of regular files transferred: {transferred}\n\
+             Files by way: {} local copies, {} deltas, {} by blocks and ranges, {} whole\n\
              Total file size: {} bytes\n\
              Total transferred file size: {} bytes\n\
              Literal data: {} bytes\n\
@@ -114,6 +117,10 @@ impl SyncReport {
              total size is {}  speedup is {:.2}\n\
              A full fetch would have moved {} bytes\n",
             self.files,
+            self.files_local,
+            self.files_delta,
+            self.files_blocks,
+            self.files_whole,
             self.total_size,
             self.full_fetch_bytes,
             self.literal_bytes,

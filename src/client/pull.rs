@@ -480,7 +480,11 @@ async fn fetch_by_cheapest(
         };
         match delta {
             Ok((version, stats)) => {
-                report.files_delta += 1;
+                if wc.saved.static_export {
+                    report.files_blocks += 1;
+                } else {
+                    report.files_delta += 1;
+                }
                 done(want.size);
                 report.literal_bytes += stats.literal_bytes;
                 report.matched_bytes += stats.matched_bytes;
@@ -568,6 +572,22 @@ async fn fetch_blocks(
             *slot = by_sum.get(&(weak, strong.to_vec())).copied();
         }
     }
+    // The missing blocks, adjacent ones merged into one range.
+    let mut missing: Vec<std::ops::Range<u64>> = Vec::new();
+    for (b, slot) in source.iter().enumerate() {
+        if slot.is_none() {
+            let (start, end) = (
+                b as u64 * block_len,
+                want.size.min((b as u64 + 1) * block_len),
+            );
+            match missing.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => missing.push(start..end),
+            }
+        }
+    }
+    let fetched = fetch_ranges(remote, want.path, &missing).await?;
+    let mut fetched = fetched.into_iter();
     let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
     let mut hashing = HashingWriter {
         inner: &mut out,
@@ -577,26 +597,23 @@ async fn fetch_blocks(
     let mut b = 0usize;
     while b < blocks {
         let start = b as u64 * block_len;
+        let bytes: &[u8];
+        let owned;
         if let Some(from) = source[b] {
             let len = want.size.min(start + block_len) - start;
-            hashing
-                .write_all(&base[from as usize..(from + len) as usize])
-                .map_err(|e| SyncError::local(dest.display(), e))?;
+            bytes = &base[from as usize..(from + len) as usize];
             stats.matched_bytes += len;
-            b += 1;
-            continue;
+        } else {
+            owned = fetched
+                .next()
+                .expect("a range for every run of missing blocks");
+            bytes = &owned;
+            stats.literal_bytes += bytes.len() as u64;
         }
-        let mut end_block = b;
-        while end_block < blocks && source[end_block].is_none() {
-            end_block += 1;
-        }
-        let end = want.size.min(end_block as u64 * block_len);
-        let bytes = remote.range(want.path, start..end).await?;
         hashing
-            .write_all(&bytes)
+            .write_all(bytes)
             .map_err(|e| SyncError::local(dest.display(), e))?;
-        stats.literal_bytes += bytes.len() as u64;
-        b = end_block;
+        b = (start + bytes.len() as u64).div_ceil(block_len) as usize;
     }
     let got = Version(*hashing.hasher.finalize().as_bytes());
     if got != want.version {
@@ -610,6 +627,36 @@ async fn fetch_blocks(
         .map_err(|e| SyncError::local(dest.display(), e))?;
     set_attrs(dest, want.entry).map_err(|e| SyncError::local(dest.display(), e))?;
     Ok((got, stats))
+}
+
+/// Fetches `ranges` of a file: in multi-range requests of up to 64 ranges
+/// where the server answers them correctly, else one range a request.
+async fn fetch_ranges(
+    remote: &impl Remote,
+    path: &TreePath,
+    ranges: &[std::ops::Range<u64>],
+) -> Result<Vec<bytes::Bytes>, SyncError> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut multi = ranges.len() > 1;
+    for chunk in ranges.chunks(64) {
+        if multi && chunk.len() > 1 {
+            match remote.ranges(path, chunk).await {
+                Ok(parts) => {
+                    out.extend(parts);
+                    continue;
+                }
+                Err(e) if e.is_unreachable() => return Err(e.into()),
+                Err(e) => {
+                    tracing::info!(%path, error = %e, "multi-range refused; asking one range at a time");
+                    multi = false;
+                }
+            }
+        }
+        for r in chunk {
+            out.push(remote.range(path, r.clone()).await?);
+        }
+    }
+    Ok(out)
 }
 
 async fn fetch_delta(

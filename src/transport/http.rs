@@ -511,14 +511,15 @@ impl Remote for HttpRemote {
             .unwrap_or("");
         let ok = answer.status == StatusCode::PARTIAL_CONTENT && content_range.starts_with(&want);
         let status = answer.status;
-        // Read (or drain) the body either way, so the connection is reusable.
-        let bytes = self.collect(answer.body, &what).await?;
         if !ok {
+            // Not what was asked (perhaps the whole file): not read.
+            drop(answer.body);
             return Err(TransportError::BadAnswer {
                 what,
                 reason: format!("asked for a range, got {status} {content_range:?}"),
             });
         }
+        let bytes = self.collect(answer.body, &what).await?;
         if bytes.len() as u64 != range.end - range.start {
             return Err(TransportError::BadAnswer {
                 what,
@@ -530,6 +531,57 @@ impl Remote for HttpRemote {
             });
         }
         Ok(bytes)
+    }
+
+    async fn ranges(
+        &self,
+        path: &TreePath,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>, TransportError> {
+        let what = format!("{path}, {} ranges", ranges.len());
+        let spec: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end - 1))
+            .collect();
+        let header = format!("bytes={}", spec.join(","));
+        let answer = self
+            .send(
+                Method::GET,
+                &percent_path(path),
+                &[("range", header)],
+                Bytes::new(),
+                &what,
+            )
+            .await?;
+        let status = answer.status;
+        let content_type = answer
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bad = |reason: String| TransportError::BadAnswer {
+            what: what.clone(),
+            reason,
+        };
+        if status != StatusCode::PARTIAL_CONTENT {
+            // Most likely the whole file (ranges unsupported): not read, the
+            // connection is dropped instead.
+            drop(answer.body);
+            return Err(bad(format!(
+                "asked for {} ranges, got {status}",
+                ranges.len()
+            )));
+        }
+        let body = self.collect(answer.body, &what).await?;
+        let boundary = intersync_protocol::byteranges::boundary(&content_type)
+            .map_err(|e| bad(e.to_string()))?;
+        let parts = intersync_protocol::byteranges::parse(&body, &boundary)
+            .map_err(|e| bad(e.to_string()))?;
+        if parts.len() != ranges.len() || parts.iter().zip(ranges).any(|(p, r)| p.range != *r) {
+            return Err(bad("the parts are not the ranges asked for".into()));
+        }
+        Ok(parts.into_iter().map(|p| body.slice_ref(p.bytes)).collect())
     }
 
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError> {

@@ -128,6 +128,13 @@ pub trait Remote {
         path: &TreePath,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, TransportError>;
+    /// Several ranges of a file in one request (multipart/byteranges), in
+    /// the order asked. Anything but exactly those ranges is an error.
+    async fn ranges(
+        &self,
+        path: &TreePath,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>, TransportError>;
     /// The server's signature of a version.
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
     async fn put_whole(
