@@ -29,6 +29,23 @@ enum Command {
     Serve(ServeArgs),
     /// Write (or bring up to date) DIR/.intersync/ so that any web server serving DIR is an InterSync source.
     Export { dir: PathBuf },
+    /// Fetch one file from any web server into FILE: conditional, resumable, installed whole.
+    Get {
+        url: String,
+        file: PathBuf,
+        /// Say what happened.
+        #[arg(short, long)]
+        verbose: bool,
+        /// File holding a bearer token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// PEM certificate of a CA to trust besides the system's.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Limit the receiving rate (rsync's units).
+        #[arg(long, value_parser = intersync_compat::bwlimit::parse)]
+        bwlimit: Option<u64>,
+    },
     /// One sync round between the export at URL and the working copy DIR, both ways.
     Sync(SyncArgs),
     /// Serve a generated tree, sync a copy, edit both sides, sync again, and show what moved.
@@ -190,6 +207,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => return sync(args),
         Command::Watch(args) => watch(args)?,
         Command::Status { dir } => status(&dir)?,
+        Command::Get {
+            url,
+            file,
+            verbose,
+            token_file,
+            cacert,
+            bwlimit,
+        } => {
+            let remote = intersync::transport::HttpRemote::new(
+                &url,
+                read_token(&token_file)?,
+                cacert.as_deref(),
+            )?
+            .with_bwlimit(bwlimit);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let got = runtime.block_on(intersync::transport::get::get(&remote, &url, &file))?;
+            if verbose {
+                match got {
+                    intersync::transport::get::Got::Unchanged => {
+                        println!("{}: unchanged", file.display())
+                    }
+                    intersync::transport::get::Got::Fetched {
+                        bytes,
+                        resumed_from,
+                    } => {
+                        println!(
+                            "{}: fetched {bytes} bytes, resumed from {resumed_from}",
+                            file.display()
+                        )
+                    }
+                }
+            }
+        }
         Command::Export { dir } => {
             let export = server::Export::open(&dir, Default::default())?;
             let (files, written) = export.write_static()?;

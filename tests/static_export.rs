@@ -165,3 +165,45 @@ fn local_changes_against_a_static_export_are_reported_not_lost() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("read only"));
     assert_eq!(fs::read(wc.join("mine.txt")).unwrap(), b"mine");
 }
+
+#[test]
+fn get_is_conditional_and_resumable() {
+    let site = Dir::new();
+    let body = random_bytes(24, 8 << 20);
+    fs::write(site.path("file.iso"), &body).unwrap();
+    let nginx = Nginx::start(&site.path(""), "");
+    let url = format!("{}file.iso", nginx.url);
+    let here = Dir::new();
+    let dest = here.path("file.iso");
+
+    // Interrupted at about a quarter, then resumed.
+    let mut child = intersync()
+        .args(["get", "--bwlimit", "8M"])
+        .arg(&url)
+        .arg(&dest)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!dest.exists(), "a partial download at the real path");
+    let out = ok(intersync().args(["get", "-v"]).arg(&url).arg(&dest));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let resumed: u64 = said.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(resumed > 0, "{said}");
+    assert_eq!(fs::read(&dest).unwrap(), body);
+
+    // Unchanged: one conditional request, answered 304.
+    let out = ok(intersync().args(["get", "-v"]).arg(&url).arg(&dest));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
+    assert!(
+        nginx.requests().last().unwrap().contains(" 304 "),
+        "{:?}",
+        nginx.requests().last()
+    );
+
+    // Changed: fetched again.
+    fs::write(site.path("file.iso"), b"a new release").unwrap();
+    ok(intersync().arg("get").arg(&url).arg(&dest));
+    assert_eq!(fs::read(&dest).unwrap(), b"a new release");
+}

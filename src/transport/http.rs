@@ -53,10 +53,10 @@ fn headers_len(h: &HeaderMap) -> u64 {
         .sum()
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: hyper::body::Incoming,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: hyper::body::Incoming,
 }
 
 impl HttpRemote {
@@ -142,6 +142,11 @@ impl HttpRemote {
         self
     }
 
+    /// Counts body bytes read outside this module (and applies --bwlimit).
+    pub(crate) async fn count_received(&self, n: u64) {
+        self.received(n).await;
+    }
+
     /// Counts `n` received bytes and, under a bandwidth limit, waits until
     /// the average rate is back under it.
     async fn received(&self, n: u64) {
@@ -167,7 +172,19 @@ impl HttpRemote {
         body: Bytes,
         what: &str,
     ) -> Result<Answer, TransportError> {
-        let url = format!("{}{path}", self.base);
+        self.send_url(method, &format!("{}{path}", self.base), headers, body, what)
+            .await
+    }
+
+    pub(crate) async fn send_url(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        what: &str,
+    ) -> Result<Answer, TransportError> {
+        let url = url.to_owned();
         let mut req = Request::builder().method(method.clone()).uri(&url);
         if let Some(token) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));

@@ -1,0 +1,255 @@
+//! `intersync get URL FILE`: one file from any web server, with no InterSync
+//! metadata at all. Conditional (If-None-Match, If-Modified-Since), so an
+//! unchanged file costs one small request; resumable (Range from the
+//! partial's length, guarded by If-Range) after an interruption; redirects
+//! followed (at most five); installed only whole and atomically.
+//!
+//! What is known of FILE's source sits beside it in `.FILE.intersync-get`
+//! (JSON), and an unfinished download in `.FILE.intersync-partial`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::BodyStream;
+use hyper::header;
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::{HttpRemote, TransportError};
+use crate::install::PendingFile;
+
+/// What the server said about the copy we hold (or are fetching).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Validators {
+    url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// What a `get` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Got {
+    /// The server said the file has not changed (304).
+    Unchanged,
+    /// Fetched; `resumed_from` bytes were already here.
+    Fetched { bytes: u64, resumed_from: u64 },
+}
+
+fn side(file: &Path, suffix: &str) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn local(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_ {
+    move |e| TransportError::BadAnswer {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn validators(headers: &header::HeaderMap, url: &str) -> Validators {
+    let text = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Validators {
+        url: url.to_owned(),
+        etag: text(header::ETAG).filter(|t| !t.starts_with("W/")),
+        last_modified: text(header::LAST_MODIFIED),
+    }
+}
+
+/// Fetches `url` into `file` (see the module documentation).
+pub async fn get(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, TransportError> {
+    match get_once(remote, url, file).await {
+        // The partial was already whole, or the server changed its mind
+        // about ranges: start from zero, once.
+        Err(TransportError::Refused { status: 416, .. }) => {
+            let _ = fs::remove_file(side(file, "intersync-partial"));
+            let _ = fs::remove_file(side(file, "intersync-partial-get"));
+            get_once(remote, url, file).await
+        }
+        other => other,
+    }
+}
+
+async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, TransportError> {
+    let meta_path = side(file, "intersync-get");
+    let partial_path = side(file, "intersync-partial");
+    let known: Option<Validators> = fs::read(&meta_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let partial_known: Option<Validators> = fs::read(side(file, "intersync-partial-get"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut partial = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&partial_path)
+        .map_err(local(&partial_path))?;
+    let mut have = partial.metadata().map_err(local(&partial_path))?.len();
+    let mut headers: Vec<(&str, String)> = Vec::new();
+    match (&partial_known, have) {
+        // Resume only with a strong validator for the partial's bytes.
+        (Some(v), n) if n > 0 && v.url == url && v.etag.is_some() => {
+            headers.push(("range", format!("bytes={n}-")));
+            headers.push(("if-range", v.etag.clone().expect("checked")));
+        }
+        _ => {
+            have = 0;
+            partial.set_len(0).map_err(local(&partial_path))?;
+            if let Some(k) = known.as_ref().filter(|k| k.url == url && file.exists()) {
+                if let Some(etag) = &k.etag {
+                    headers.push(("if-none-match", etag.clone()));
+                } else if let Some(lm) = &k.last_modified {
+                    headers.push(("if-modified-since", lm.clone()));
+                }
+            }
+        }
+    }
+    let mut target = url.to_owned();
+    let mut answer = None;
+    for _ in 0..=5 {
+        let a = remote
+            .send_url(Method::GET, &target, &headers, Bytes::new(), url)
+            .await?;
+        if a.status.is_redirection() && a.status != StatusCode::NOT_MODIFIED {
+            let location = a
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let Some(location) = location else {
+                return Err(TransportError::BadAnswer {
+                    what: url.into(),
+                    reason: "redirect without Location".into(),
+                });
+            };
+            target = resolve(&target, &location);
+            continue;
+        }
+        answer = Some(a);
+        break;
+    }
+    let answer = answer.ok_or_else(|| TransportError::BadAnswer {
+        what: url.into(),
+        reason: "too many redirects".into(),
+    })?;
+    if answer.status == StatusCode::NOT_MODIFIED {
+        return Ok(Got::Unchanged);
+    }
+    let v = validators(&answer.headers, url);
+    let resumed_from = if answer.status == StatusCode::PARTIAL_CONTENT {
+        let want = format!("bytes {have}-");
+        let cr = answer
+            .headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !cr.starts_with(&want) {
+            return Err(TransportError::BadAnswer {
+                what: url.into(),
+                reason: format!("resumed at {cr:?}, not byte {have}"),
+            });
+        }
+        have
+    } else {
+        // The whole file (the partial was stale, or ranges are not served).
+        partial.set_len(0).map_err(local(&partial_path))?;
+        0
+    };
+    partial
+        .seek(SeekFrom::Start(resumed_from))
+        .map_err(local(&partial_path))?;
+    let expected = answer
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Remember what the partial's bytes are, so an interruption can resume.
+    write_json(&side(file, "intersync-partial-get"), &v)?;
+    let mut received = 0u64;
+    let mut frames = BodyStream::new(answer.body);
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|e| TransportError::Unreachable {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            partial.write_all(&data).map_err(local(&partial_path))?;
+            received += data.len() as u64;
+            remote.count_received(data.len() as u64).await;
+        }
+    }
+    if let Some(len) = expected
+        && len != received
+    {
+        return Err(TransportError::BadAnswer {
+            what: url.into(),
+            reason: format!("{received} bytes of {len}: truncated"),
+        });
+    }
+    partial.sync_all().map_err(local(&partial_path))?;
+    drop(partial);
+    fs::rename(&partial_path, file).map_err(local(file))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(local(dir))?;
+    }
+    write_json(&meta_path, &v)?;
+    let _ = fs::remove_file(side(file, "intersync-partial-get"));
+    Ok(Got::Fetched {
+        bytes: received,
+        resumed_from,
+    })
+}
+
+fn write_json(path: &Path, v: &Validators) -> Result<(), TransportError> {
+    let mut out = PendingFile::create(path).map_err(local(path))?;
+    out.write_all(&serde_json::to_vec(v).expect("json"))
+        .map_err(local(path))?;
+    out.install().map_err(local(path))
+}
+
+/// `location` relative to `base` (absolute URLs and absolute paths).
+fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
+    if location.starts_with('/') {
+        format!("{}{location}", &base[..host_end])
+    } else {
+        let dir_end = base
+            .rfind('/')
+            .filter(|&i| i >= host_end)
+            .map_or(base.len(), |i| i + 1);
+        format!("{}{location}", &base[..dir_end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn redirects_resolve() {
+        assert_eq!(resolve("http://h:1/a/b", "/c"), "http://h:1/c");
+        assert_eq!(resolve("http://h:1/a/b", "c"), "http://h:1/a/c");
+        assert_eq!(resolve("http://h:1/a/b", "https://x/y"), "https://x/y");
+    }
+}
