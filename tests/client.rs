@@ -566,3 +566,73 @@ fn sync_over_tls_with_a_token() {
     );
     assert_eq!(fs::read(export.path("reply.txt")).unwrap(), b"thanks");
 }
+
+#[test]
+fn server_deletes_folders_and_identical_files_for_good() {
+    let export = Dir::new();
+    fs::create_dir_all(export.path("d/sub")).unwrap();
+    fs::create_dir(export.path("e")).unwrap();
+    fs::write(export.path("d/.keep"), b"").unwrap();
+    fs::write(export.path("e/.keep"), b"").unwrap();
+    fs::write(export.path("d/sub/x.txt"), b"x").unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    sync_ok(&server.url, &wc);
+    fs::remove_dir_all(export.path("d")).unwrap();
+    fs::remove_file(export.path("e/.keep")).unwrap();
+    assert!(
+        eventually(10, || {
+            sync_ok(&server.url, &wc);
+            !wc.join("d").exists() && !wc.join("e/.keep").exists()
+        }),
+        "the deletes never arrived: {:?}",
+        tree(&wc)
+    );
+    sync_ok(&server.url, &wc);
+    assert!(!export.path("d").exists(), "the folder was pushed back");
+    assert!(
+        !export.path("e/.keep").exists(),
+        "the identical file was pushed back"
+    );
+}
+
+#[test]
+fn a_pull_only_sync_keeps_both_versions() {
+    let export = Dir::new();
+    fs::write(export.path("f.txt"), b"base\n").unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let clients = Dir::new();
+    let (a, b) = (clients.path("a"), clients.path("b"));
+    sync_ok(&server.url, &a);
+    sync_ok(&server.url, &b);
+    fs::write(a.join("f.txt"), b"from A\n").unwrap();
+    fs::write(b.join("f.txt"), b"from B\n").unwrap();
+    sync_ok(&server.url, &a);
+    // A pull-only sync resolves the conflict locally (nothing to push yet).
+    let out = run(intersync()
+        .args(["sync", "--pull-only"])
+        .arg(&server.url)
+        .arg(&b));
+    assert_eq!(
+        out.status.code(),
+        Some(23),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(b.join("f.txt")).unwrap(), b"from A\n");
+    let ours: Vec<_> = tree(&b)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("f.txt.conflict-"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{:?}", tree(&b));
+    assert_eq!(ours[0].1, b"from B\n");
+    // The next full sync pushes the local version under its conflict name.
+    sync_ok(&server.url, &b);
+    assert_eq!(
+        fs::read(export.path("f.txt")).unwrap(),
+        b"from A\n",
+        "A's edit was overwritten"
+    );
+    assert_eq!(fs::read(export.path(&ours[0].0)).unwrap(), b"from B\n");
+}

@@ -155,7 +155,6 @@ struct Wanted<'a> {
 pub async fn pull(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
-    resolve_conflicts: bool,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
     let (mut server, cursor, head) = server_tree(wc, remote).await?;
@@ -178,14 +177,17 @@ pub async fn pull(
         .cloned()
         .collect();
     let server_changed = |p: &TreePath| changed_on_server.contains(p);
+    // Changed here in content or kind (a touch or chmod alone does not make
+    // a conflict: the server's change wins over local attributes).
     let locally_changed: HashSet<TreePath> = paths
         .iter()
-        .filter(|p| !same(base.get(p), local.get(p)))
+        .filter(|p| !same_content(base.get(p), local.get(p)))
         .cloned()
         .collect();
 
     // Conflicts: both sides changed, to different things.
     let mut keep_local: HashSet<TreePath> = HashSet::new();
+    let mut unresolved: Vec<TreePath> = Vec::new();
     for p in &paths {
         if !server_changed(p)
             || !locally_changed.contains(p)
@@ -199,7 +201,7 @@ pub async fn pull(
         let (l, s) = (local.get(p).cloned(), server.get(p).cloned());
         match (&l, &s) {
             (Some(l), Some(s)) if l.is_dir() && s.is_dir() => {}
-            (Some(_), Some(_)) if resolve_conflicts => {
+            (Some(_), Some(_)) => {
                 let aside = conflict_name(p, wc.node().0)?;
                 fs::rename(p.under(&root), aside.under(&root))
                     .map_err(|e| SyncError::local(p, e))?;
@@ -212,7 +214,7 @@ pub async fn pull(
             }
             (Some(_), None) => {
                 keep_local.insert(p.clone());
-                if resolve_conflicts && base.get(p).is_some() {
+                if base.get(p).is_some() {
                     report.conflicts.push(Conflict {
                         path: p.clone(),
                         kept_as: None,
@@ -228,7 +230,11 @@ pub async fn pull(
                     .into(),
             }),
             _ => {
+                // Not resolved this time (a pull without push, or the pull
+                // after a push): the base stays as it was, so the next
+                // round sees both changes again and resolves them.
                 keep_local.insert(p.clone());
+                unresolved.push(p.clone());
             }
         }
     }
@@ -236,7 +242,8 @@ pub async fn pull(
 
     // Kind changes and removals of what the server no longer has, deepest first.
     let mut removed: HashSet<TreePath> = HashSet::new();
-    let mut sources_going: HashMap<Version, TreePath> = HashMap::new();
+    let mut sources_going: HashMap<Version, Vec<TreePath>> = HashMap::new();
+    let mut undeleted_dirs: Vec<TreePath> = Vec::new();
     for p in paths.iter().rev() {
         if kept(p) || !server_changed(p) {
             continue;
@@ -254,7 +261,7 @@ pub async fn pull(
         }
         if let (EntryKind::File { version, .. }, false) = (&l.kind, kind_changes) {
             // Content that may be wanted elsewhere (a rename): move it, later.
-            sources_going.insert(*version, p.clone());
+            sources_going.entry(*version).or_default().push(p.clone());
             continue;
         }
         let full = p.under(&root);
@@ -272,8 +279,9 @@ pub async fn pull(
                     what: "deleted".into(),
                 });
             }
-            // A folder that still holds local files stays, to be pushed.
-            Err(e) if e.raw_os_error() == Some(39) => {}
+            // Not empty yet: files kept for their content go later, then
+            // this is tried again; local files keep it, to be pushed.
+            Err(e) if e.raw_os_error() == Some(39) => undeleted_dirs.push(p.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SyncError::local(p, e)),
         }
@@ -281,6 +289,7 @@ pub async fn pull(
 
     // Folders, then files and symlinks, in tree order.
     let mut skipped: Vec<TreePath> = Vec::new();
+    let mut installed: HashMap<TreePath, CachedStat> = HashMap::new();
     for (p, s) in server.iter() {
         // What the server did not change is the working copy's business
         // (a local edit or delete, pushed later).
@@ -317,11 +326,20 @@ pub async fn pull(
                     size: *size,
                 };
                 match fetch(wc, remote, &local, &mut sources_going, &want, report).await {
-                    Ok(got) => {
-                        if got != *version {
-                            skipped.push(p.clone());
+                    Ok(got) if got == *version => {
+                        // The stat right after the install: if the file
+                        // changes before the pull ends, it will not match.
+                        if let Ok(meta) = fs::symlink_metadata(&full) {
+                            installed.insert(
+                                p.clone(),
+                                CachedStat {
+                                    key: StatKey::of(&meta),
+                                    seen_ns: scan::now_ns(),
+                                },
+                            );
                         }
                     }
+                    Ok(_) => skipped.push(p.clone()),
                     Err(SyncError::Transport(TransportError::Changed { .. })) => {
                         skipped.push(p.clone())
                     }
@@ -331,7 +349,7 @@ pub async fn pull(
         }
     }
     // Sources that were going away and were not wanted elsewhere.
-    for (_, p) in sources_going.drain() {
+    for p in sources_going.drain().flat_map(|(_, paths)| paths) {
         match fs::remove_file(p.under(&root)) {
             Ok(()) => report.pulled.push(Change {
                 path: p.clone(),
@@ -339,6 +357,16 @@ pub async fn pull(
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(SyncError::local(&p, e)),
+        }
+    }
+    // Folders that were not empty before (deepest first, as collected).
+    for p in undeleted_dirs {
+        if fs::remove_dir(p.under(&root)).is_ok() {
+            local_remove(&mut local, &p);
+            report.pulled.push(Change {
+                path: p.clone(),
+                what: "deleted".into(),
+            });
         }
     }
     // Attributes of what did not change content.
@@ -360,7 +388,7 @@ pub async fn pull(
 
     // The new base: the server's tree, but where this pull could not bring a
     // file in, what the disk still has (so that it is not pushed as an edit).
-    for p in &skipped {
+    for p in skipped.iter().chain(&unresolved) {
         match base.get(p) {
             Some(e) => server.insert(p.clone(), e.clone()),
             None => {
@@ -391,11 +419,12 @@ pub async fn pull(
             // Keep a stat only where the disk is known to hold this entry.
             let vouched =
                 same_content(local.get(p), Some(e)) && on_disk.is_some_and(|c| c.key == fresh.key);
-            let installed = report.pulled.iter().any(|c| &c.path == p);
             if vouched {
                 stats.insert(p.clone(), on_disk.expect("checked"));
-            } else if installed {
-                stats.insert(p.clone(), fresh);
+            } else if let Some(at_install) = installed.get(p).filter(|c| c.key == fresh.key) {
+                // Unchanged since this pull installed it; otherwise no stat,
+                // so the next scan hashes it and finds the local edit.
+                stats.insert(p.clone(), *at_install);
             }
         }
     }
@@ -413,7 +442,7 @@ async fn fetch(
     wc: &WorkingCopy,
     remote: &impl Remote,
     local: &TreeState,
-    sources_going: &mut HashMap<Version, TreePath>,
+    sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
@@ -433,19 +462,23 @@ async fn fetch_by_cheapest(
     wc: &WorkingCopy,
     remote: &impl Remote,
     local: &TreeState,
-    sources_going: &mut HashMap<Version, TreePath>,
+    sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
     let root = wc.root();
     let dest = want.path.under(root);
+    // A folder deleted here while the server changed something in it.
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| SyncError::local(want.path, e))?;
+    }
     let done = |n: u64| {
         if let Some(p) = remote.progress() {
             p.advance(n);
         }
     };
     // 1. The content is here already: move a file that is going away, or copy one.
-    if let Some(src) = sources_going.remove(&want.version) {
+    if let Some(src) = sources_going.get_mut(&want.version).and_then(Vec::pop) {
         fs::rename(src.under(root), &dest).map_err(|e| SyncError::local(&src, e))?;
         set_attrs(&dest, want.entry).map_err(|e| SyncError::local(want.path, e))?;
         report.files_local += 1;
@@ -561,8 +594,11 @@ async fn fetch_blocks(
         let expected = want.size.min((b as u64 + 1) * block_len) - b as u64 * block_len;
         if u64::from(m.len) == expected && source[b].is_none() {
             source[b] = Some(m.data_offset);
-            let (weak, strong) = view.block(b);
-            by_sum.insert((weak, strong.to_vec()), m.data_offset);
+            // Only whole blocks stand in for other blocks with the same sums.
+            if u64::from(m.len) == block_len {
+                let (weak, strong) = view.block(b);
+                by_sum.insert((weak, strong.to_vec()), m.data_offset);
+            }
         }
     });
     // Identical blocks (runs of zeros, repeated records) share one source.
@@ -782,7 +818,16 @@ impl Write for HashingWriter<'_> {
 fn conflict_name(path: &TreePath, node: u64) -> Result<TreePath, SyncError> {
     let secs = scan::now_ns() / 1_000_000_000;
     let stamp = utc_stamp(secs);
-    let name = format!("{}.conflict-{node:016x}-{stamp}", path.file_name());
+    // Keep the whole name within NAME_MAX, cutting the original if need be.
+    let stem: String = path
+        .file_name()
+        .chars()
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= 200).then_some(c)
+        })
+        .collect();
+    let name = format!("{stem}.conflict-{node:016x}-{stamp}");
     match path.parent() {
         Some(parent) => parent.join(&name),
         None => TreePath::new(&name),

@@ -98,7 +98,9 @@ pub async fn push(
             Op::Rename { from, to } => {
                 let if_match = base.get(from).and_then(|e| e.version()).map(|v| v.etag());
                 batch.push((
-                    json!({"op": "rename", "from": from, "to": to, "if_match": if_match}),
+                    // Never replace something at `to` the base did not know of.
+                    json!({"op": "rename", "from": from, "to": to, "if_match": if_match,
+                           "if_absent": base.get(to).is_none()}),
                     Change {
                         path: to.clone(),
                         what: format!("renamed from {from}"),

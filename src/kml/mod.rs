@@ -275,8 +275,11 @@ impl Journal {
         let seg = self.segments.last_mut().expect("open segment");
         seg.len += bytes.len() as u64;
         seg.last_seq = state.seq;
-        if seg.len >= self.options.seal_bytes {
-            self.seal()?;
+        if seg.len >= self.options.seal_bytes
+            && let Err(e) = self.seal()
+        {
+            // The records are durable; sealing is tried again next append.
+            tracing::warn!(error = %e, "could not seal the KML segment");
         }
         Ok(records)
     }

@@ -77,20 +77,22 @@ pub async fn serve_tree_file(
     respond(req, served).await
 }
 
-/// Serves a journal segment or checkpoint: immutable once sealed.
+/// Serves a journal segment or checkpoint: immutable once sealed; the open
+/// segment (`committed` is its durable length) only up to what is durable.
 pub async fn serve_state_file(
     req: &Request<Incoming>,
     path: &Path,
-    growing: bool,
+    committed: Option<u64>,
 ) -> Result<Response<Body>, Refusal> {
     let file = File::open(path)
         .map_err(|_| Refusal::new(StatusCode::NOT_FOUND, "no such journal file"))?;
-    let len = file
+    let on_disk = file
         .metadata()
         .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?
         .len();
+    let len = committed.map_or(on_disk, |c| c.min(on_disk));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kml");
-    let (etag, cache_control) = if growing {
+    let (etag, cache_control) = if committed.is_some() {
         // The open segment only grows: a length names its content.
         (format!("\"{name}-{len}\""), "no-cache")
     } else {

@@ -292,12 +292,11 @@ impl Service {
                 }
                 (&Method::GET | &Method::HEAD, ("kml", name)) => {
                     let path = self.export.kml_path(check_name(name)?);
-                    files::serve_state_file(&req, &path, name.ends_with(&self.open_segment_name()))
-                        .await
+                    files::serve_state_file(&req, &path, self.committed_length(name)).await
                 }
                 (&Method::GET | &Method::HEAD, ("checkpoints", name)) => {
                     let path = self.export.checkpoint_path(check_name(name)?);
-                    files::serve_state_file(&req, &path, false).await
+                    files::serve_state_file(&req, &path, None).await
                 }
                 (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
                 (&Method::POST, ("delta", path)) => {
@@ -328,13 +327,15 @@ impl Service {
         }
     }
 
-    fn open_segment_name(&self) -> String {
+    /// For the open segment, the length of what is durable: bytes past it
+    /// may belong to an append still being fsynced, and are not served.
+    fn committed_length(&self, name: &str) -> Option<u64> {
         self.export
             .head()
             .segments
-            .last()
-            .map(|s| s.name.clone())
-            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.name == name && !s.sealed)
+            .map(|s| s.length)
     }
 
     fn authorize(&self, req: &Request<Incoming>) -> Result<(), Refusal> {

@@ -561,6 +561,27 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
             }
         }
     };
+    // The change itself must be durable before the journal says it happened.
+    let mut folders: Vec<std::path::PathBuf> = Vec::new();
+    if let Op::Rename { from, .. } = &journal_op {
+        folders.extend(
+            from.parent()
+                .map(|p| p.under(root))
+                .or(Some(root.to_path_buf())),
+        );
+    }
+    folders.extend(
+        journal_op
+            .path()
+            .parent()
+            .map(|p| p.under(root))
+            .or(Some(root.to_path_buf())),
+    );
+    for folder in folders {
+        fs::File::open(&folder)
+            .and_then(|f| f.sync_all())
+            .map_err(internal)?;
+    }
     let touched = journal_op.path().clone();
     export.journal_ops(inner, vec![journal_op])?;
     export.remember_stat(inner, &touched);

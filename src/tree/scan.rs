@@ -22,7 +22,6 @@ use intersync_protocol::{TreePath, Version};
 use serde::{Deserialize, Serialize};
 
 use super::state::{Entry, EntryKind, TreeState};
-use crate::delta::MappedFile;
 use crate::install::TEMP_PREFIX;
 
 /// What identifies a file's content on disk without reading it.
@@ -385,9 +384,15 @@ fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &T
     }
 }
 
+/// The version of a file, read with ordinary reads: another program may
+/// truncate it meanwhile, which would kill a process reading it mapped.
 pub fn hash_file(path: &Path) -> Result<Version, crate::delta::Error> {
-    let data = MappedFile::open(path)?;
-    Ok(Version(*blake3::hash(&data).as_bytes()))
+    let file = fs::File::open(path).map_err(crate::delta::Error::io(path))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(crate::delta::Error::io(path))?;
+    Ok(Version(*hasher.finalize().as_bytes()))
 }
 
 fn walk(
