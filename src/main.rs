@@ -366,30 +366,30 @@ fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
     Ok(Some(text.trim().to_owned()))
 }
 
-fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    use intersync::client::{SyncOptions, WorkingCopy};
+/// The remote, the working copy and the options a `sync` or `watch` needs.
+fn open_sync(
+    args: &SyncArgs,
+    progress: std::sync::Arc<intersync::monitor::Progress>,
+) -> anyhow::Result<(
+    intersync::transport::HttpRemote,
+    intersync::client::WorkingCopy,
+    intersync::client::SyncOptions,
+)> {
     let token = read_token(&args.token_file)?;
-    let progress = std::sync::Arc::new(intersync::monitor::Progress::default());
     let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
         .with_bwlimit(args.bwlimit)
-        .with_progress(progress.clone());
-    let mut wc = WorkingCopy::open_or_create(&args.dir, &args.url)?;
-    let options = SyncOptions {
+        .with_progress(progress);
+    let wc = intersync::client::WorkingCopy::open_or_create(&args.dir, &args.url)?;
+    let options = intersync::client::SyncOptions {
         pull: !args.push_only,
         push: !args.pull_only,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let started = std::time::Instant::now();
-    let bar = args.progress.then(|| show_progress(progress));
-    let report = runtime.block_on(wc.sync(&remote, options));
-    if let Some((bar, stop)) = bar {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = bar.join();
-    }
-    let report = report?;
-    if args.verbose {
+    Ok((remote, wc, options))
+}
+
+/// What a round did: the changes with -v, conflicts and deferred changes always.
+fn print_report(report: &intersync::client::SyncReport, verbose: bool) {
+    if verbose {
         for c in &report.pulled {
             println!("<  {}  {}", c.path, c.what);
         }
@@ -409,6 +409,26 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
             None => eprintln!("intersync: conflict: {}: {}", c.path, c.what),
         }
     }
+    for c in &report.deferred {
+        eprintln!("intersync: not synced yet: {}: {}", c.path, c.what);
+    }
+}
+
+fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let progress = std::sync::Arc::new(intersync::monitor::Progress::default());
+    let (remote, mut wc, options) = open_sync(&args, progress.clone())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    let bar = args.progress.then(|| show_progress(progress));
+    let report = runtime.block_on(wc.sync(&remote, options));
+    if let Some((bar, stop)) = bar {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = bar.join();
+    }
+    let report = report?;
+    print_report(&report, args.verbose);
     if args.stats {
         print!("{}", report.rsync_stats(started.elapsed()));
     }
@@ -420,16 +440,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
 
 fn watch(args: SyncArgs) -> anyhow::Result<()> {
     use intersync::client::watch::WatchEvent;
-    use intersync::client::{SyncOptions, WorkingCopy};
-    let token = read_token(&args.token_file)?;
-    let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
-        .with_bwlimit(args.bwlimit);
-    let mut wc = WorkingCopy::open_or_create(&args.dir, &args.url)?;
-    let options = SyncOptions {
-        pull: !args.push_only,
-        push: !args.pull_only,
-    };
-    let verbose = args.verbose;
+    let (remote, mut wc, options) = open_sync(&args, Default::default())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -438,22 +449,7 @@ fn watch(args: SyncArgs) -> anyhow::Result<()> {
         &remote,
         options,
         |event| match event {
-            WatchEvent::Synced(report) => {
-                if verbose {
-                    for c in &report.pulled {
-                        println!("<  {}  {}", c.path, c.what);
-                    }
-                    for c in &report.pushed {
-                        println!(">  {}  {}", c.path, c.what);
-                    }
-                }
-                for c in &report.conflicts {
-                    eprintln!("intersync: conflict: {}: {}", c.path, c.what);
-                }
-                for c in &report.deferred {
-                    eprintln!("intersync: not yet synced: {}: {}", c.path, c.what);
-                }
-            }
+            WatchEvent::Synced(report) => print_report(&report, args.verbose),
             WatchEvent::Offline { error, retry_in } => {
                 eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
             }
