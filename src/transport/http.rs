@@ -239,6 +239,14 @@ impl HttpRemote {
         Ok(answer)
     }
 
+    /// A whole resource below the base, read into memory.
+    async fn get_all(&self, path: &str, what: &str) -> Result<Bytes, TransportError> {
+        let answer = self
+            .send(Method::GET, path, &[], Bytes::new(), what)
+            .await?;
+        self.collect(answer.body, what).await
+    }
+
     async fn collect(
         &self,
         body: hyper::body::Incoming,
@@ -355,17 +363,11 @@ impl Remote for HttpRemote {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Bytes, TransportError> {
-        let what = format!("checkpoint {name}");
-        let answer = self
-            .send(
-                Method::GET,
-                &format!(".intersync/checkpoints/{name}"),
-                &[],
-                Bytes::new(),
-                &what,
-            )
-            .await?;
-        self.collect(answer.body, &what).await
+        self.get_all(
+            &format!(".intersync/checkpoints/{name}"),
+            &format!("checkpoint {name}"),
+        )
+        .await
     }
 
     async fn fetch_into(
@@ -602,17 +604,11 @@ impl Remote for HttpRemote {
     }
 
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError> {
-        let what = format!("signature of {version:?}");
-        let answer = self
-            .send(
-                Method::GET,
-                &format!(".intersync/sig/{version}"),
-                &[],
-                Bytes::new(),
-                &what,
-            )
-            .await?;
-        self.collect(answer.body, &what).await
+        self.get_all(
+            &format!(".intersync/sig/{version}"),
+            &format!("signature of {version:?}"),
+        )
+        .await
     }
 
     async fn put_whole(

@@ -284,29 +284,26 @@ impl TreeState {
                     target: target.clone(),
                 }),
             }
-            ops.push(Op::Setattr {
-                path,
-                attrs: Attrs {
-                    mode: None,
-                    mtime_ns: Some(e.mtime_ns),
-                    uid: Some(e.uid),
-                    gid: Some(e.gid),
-                },
-            });
+            ops.push(times_and_owner(path, e));
         }
         // Folder times last, since filling a folder changes its mtime.
         for (path, e) in dir_times {
-            ops.push(Op::Setattr {
-                path,
-                attrs: Attrs {
-                    mode: None,
-                    mtime_ns: Some(e.mtime_ns),
-                    uid: Some(e.uid),
-                    gid: Some(e.gid),
-                },
-            });
+            ops.push(times_and_owner(path, e));
         }
         ops
+    }
+}
+
+/// The setattr that gives `path` the mtime and ownership of `e`.
+fn times_and_owner(path: TreePath, e: &Entry) -> Op {
+    Op::Setattr {
+        path,
+        attrs: Attrs {
+            mode: None,
+            mtime_ns: Some(e.mtime_ns),
+            uid: Some(e.uid),
+            gid: Some(e.gid),
+        },
     }
 }
 
