@@ -128,6 +128,10 @@ struct ServeArgs {
     /// Seal a journal segment once it is this many bytes long.
     #[arg(long, default_value_t = 4 << 20)]
     segment_bytes: u64,
+    /// Append a line for every request to this file: time, peer, method,
+    /// path, status and body bytes.
+    #[arg(long)]
+    access_log: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +165,11 @@ struct SyncArgs {
     /// suffix (K, M, G: powers of 1024; KB, MB, GB: of 1000), e.g. 1.5M.
     #[arg(long, value_parser = intersync_compat::bwlimit::parse)]
     bwlimit: Option<u64>,
+    /// The URL is an HTTP cache or CDN in front of the server: read only
+    /// with cacheable GETs (signatures and block ranges of immutable
+    /// versions), so that what one client fetched serves the others.
+    #[arg(long)]
+    via_cache: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -338,6 +347,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             token,
             allow_anonymous_writes: args.allow_anonymous_writes,
             max_wait: std::time::Duration::from_secs(args.max_wait),
+            access_log: match &args.access_log {
+                Some(path) => Some(std::sync::Arc::new(
+                    server::AccessLog::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                )),
+                None => None,
+            },
         },
         watch: !args.no_watch,
         journal: intersync::kml::JournalOptions {
@@ -383,6 +399,7 @@ fn open_sync(
     let options = intersync::client::SyncOptions {
         pull: !args.push_only,
         push: !args.pull_only,
+        cacheable_reads: args.via_cache,
     };
     Ok((remote, wc, options))
 }
@@ -573,7 +590,13 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         return ExitCode::Partial;
     }
     if let Some(sync) = e.downcast_ref::<intersync::client::SyncError>() {
-        return if sync.is_unreachable() {
+        return if sync.is_unreachable()
+            || matches!(
+                sync,
+                intersync::client::SyncError::Transport(
+                    intersync::transport::TransportError::Interrupted { .. }
+                )
+            ) {
             ExitCode::SocketIo
         } else if sync.is_auth() {
             // As rsync does when a daemon refuses a login.

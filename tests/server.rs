@@ -117,6 +117,42 @@ fn files_ranges_and_conditions() {
     assert_eq!(get(&server.url("missing"), &[]).status, 404);
 }
 
+#[test]
+fn versions_at_immutable_urls_are_never_other_bytes() {
+    let (dir, big) = export_with_files();
+    let server = Server::start(&dir.path(""), &["--no-watch"]);
+    let url = server.url(&format!(".intersync/version/{}", version_of(&big)));
+    let whole = get(&url, &[]);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, big);
+    assert_eq!(whole.header("etag"), version_of(&big).etag());
+    assert_eq!(
+        whole.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    let one = get(&url, &[("range", "bytes=10-19")]);
+    assert_eq!((one.status, &one.body[..]), (206, &big[10..20]));
+    assert_eq!(
+        get(&server.url(".intersync/version/00"), &[]).status,
+        400,
+        "not a version"
+    );
+    let absent = version_of(b"no file has this");
+    assert_eq!(
+        get(&server.url(&format!(".intersync/version/{absent}")), &[]).status,
+        404
+    );
+
+    // Rewritten in place, same size, and not journaled yet (no watcher):
+    // the stat no longer vouches, the bytes do not hash to the version.
+    let mut changed = big.clone();
+    changed[1000] ^= 1;
+    fs::write(dir.path("docs/big.bin"), &changed).unwrap();
+    let stale = get(&url, &[]);
+    assert_eq!(stale.status, 404, "{}", stale.text());
+    assert_eq!(get(&url, &[("range", "bytes=10-19")]).status, 404);
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cache;
 mod client;
 mod delta_cli;
 mod rdiff;

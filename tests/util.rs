@@ -242,19 +242,45 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx on `root`; `extra` goes into its `server` block (e.g. `max_ranges 0;`).
     pub fn start(root: &Path, extra: &str) -> Nginx {
+        Nginx::configure("", &format!("root {};\n    {extra}", root.display()))
+    }
+
+    /// Starts nginx as a caching proxy (`proxy_cache`) in front of `origin`
+    /// (a URL like `http://127.0.0.1:PORT/`). Requests for one object that
+    /// arrive while it is being fetched wait for that fetch (`proxy_cache_lock`).
+    /// Its access log says, per request, whether the cache answered (HIT) or
+    /// the origin was asked (MISS, EXPIRED, or `-` when not cacheable).
+    pub fn cache_in_front_of(origin: &str) -> Nginx {
+        let origin = origin.trim_end_matches('/');
+        Nginx::configure(
+            "proxy_cache_path {dir}/cache levels=1:2 keys_zone=intersync:10m max_size=1g use_temp_path=off;\n  \
+             log_format cache '$request $status $upstream_cache_status $body_bytes_sent';",
+            &format!(
+                "access_log {{dir}}/access.log cache;\n    location / {{\n      proxy_pass {origin};\n      \
+                 proxy_cache intersync;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 60s;\n      \
+                 proxy_cache_lock_age 60s;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}"
+            ),
+        )
+    }
+
+    /// Starts nginx with `http_extra` in its `http` block and `server` as the
+    /// body of its one `server` block; `{dir}` in either stands for nginx's
+    /// own temporary folder.
+    pub fn configure(http_extra: &str, server: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let d = dir.path().display();
+        let d = dir.path().display().to_string();
         let conf = format!(
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    root {};\n    {extra}\n  }}\n}}\n",
-            root.display()
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    {}\n  }}\n}}\n",
+            http_extra.replace("{dir}", &d),
+            server.replace("{dir}", &d),
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -272,6 +298,10 @@ impl Nginx {
                     url,
                     _dir: dir,
                 };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("nginx exited with {status}:\n{log}");
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -35,6 +35,10 @@ pub use working_copy::{Conflict, WorkingCopy, WorkingCopyError};
 pub struct SyncOptions {
     pub pull: bool,
     pub push: bool,
+    /// Read only with cacheable GETs (the static path: signatures and
+    /// block ranges of immutable versions), never POST for a delta: for a
+    /// source behind an HTTP cache or CDN, so that one fetch serves many.
+    pub cacheable_reads: bool,
 }
 
 impl Default for SyncOptions {
@@ -42,6 +46,7 @@ impl Default for SyncOptions {
         SyncOptions {
             pull: true,
             push: true,
+            cacheable_reads: false,
         }
     }
 }

@@ -12,7 +12,7 @@ use intersync_protocol::signature::SignatureFormat;
 use intersync_protocol::{TreePath, Version};
 
 use super::working_copy::{Conflict, Cursor, WorkingCopy, WorkingCopyError};
-use super::{Change, SyncError, SyncReport};
+use super::{Change, SyncError, SyncOptions, SyncReport};
 use crate::delta::{self, MappedFile, Signature, SignatureOptions};
 use crate::install::PendingFile;
 use crate::transport::{Remote, TransportError};
@@ -155,10 +155,12 @@ struct Wanted<'a> {
 pub async fn pull(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
+    options: SyncOptions,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
     let (mut server, cursor, head) = server_tree(wc, remote).await?;
     wc.saved.static_export = head.static_export;
+    let by_blocks = head.static_export || options.cacheable_reads;
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     // The disk as it is, against the base.
@@ -325,7 +327,17 @@ pub async fn pull(
                     version: *version,
                     size: *size,
                 };
-                match fetch(wc, remote, &local, &mut sources_going, &want, report).await {
+                match fetch(
+                    wc,
+                    remote,
+                    &local,
+                    &mut sources_going,
+                    &want,
+                    by_blocks,
+                    report,
+                )
+                .await
+                {
                     Ok(got) if got == *version => {
                         // The stat right after the install: if the file
                         // changes before the pull ends, it will not match.
@@ -444,6 +456,7 @@ async fn fetch(
     local: &TreeState,
     sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
+    by_blocks: bool,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
     report.full_fetch_bytes += want.size;
@@ -451,19 +464,22 @@ async fn fetch(
     if let Some(p) = progress {
         p.plan(want.size);
     }
-    let got = fetch_by_cheapest(wc, remote, local, sources_going, want, report).await;
+    let got = fetch_by_cheapest(wc, remote, local, sources_going, want, by_blocks, report).await;
     if let (Some(p), Ok(_)) = (progress, &got) {
         p.file_done();
     }
     got
 }
 
+/// With `by_blocks`, a changed file is updated by the static path (the new
+/// version's signature and ranges) instead of a delta from the server.
 async fn fetch_by_cheapest(
     wc: &WorkingCopy,
     remote: &impl Remote,
     local: &TreeState,
     sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
+    by_blocks: bool,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
     let root = wc.root();
@@ -506,14 +522,14 @@ async fn fetch_by_cheapest(
         local.get(want.path).map(|e| &e.kind),
         Some(EntryKind::File { .. })
     ) {
-        let delta = if wc.saved.static_export {
+        let delta = if by_blocks {
             fetch_blocks(remote, &dest, want).await
         } else {
             fetch_delta(remote, &dest, want).await
         };
         match delta {
             Ok((version, stats)) => {
-                if wc.saved.static_export {
+                if by_blocks {
                     report.files_blocks += 1;
                 } else {
                     report.files_delta += 1;
@@ -622,7 +638,7 @@ async fn fetch_blocks(
             }
         }
     }
-    let fetched = fetch_ranges(remote, want.path, &missing).await?;
+    let fetched = fetch_ranges(remote, want.path, want.version, &missing).await?;
     let mut fetched = fetched.into_iter();
     let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
     let mut hashing = HashingWriter {
@@ -670,13 +686,14 @@ async fn fetch_blocks(
 async fn fetch_ranges(
     remote: &impl Remote,
     path: &TreePath,
+    version: Version,
     ranges: &[std::ops::Range<u64>],
 ) -> Result<Vec<bytes::Bytes>, SyncError> {
     let mut out = Vec::with_capacity(ranges.len());
     let mut multi = ranges.len() > 1;
     for chunk in ranges.chunks(64) {
         if multi && chunk.len() > 1 {
-            match remote.ranges(path, chunk).await {
+            match remote.ranges(path, version, chunk).await {
                 Ok(parts) => {
                     out.extend(parts);
                     continue;
@@ -689,7 +706,7 @@ async fn fetch_ranges(
             }
         }
         for r in chunk {
-            out.push(remote.range(path, r.clone()).await?);
+            out.push(remote.range(path, version, r.clone()).await?);
         }
     }
     Ok(out)
@@ -817,7 +834,7 @@ impl Write for HashingWriter<'_> {
 /// `NAME.conflict-<node>-<UTC time>` beside `path`.
 fn conflict_name(path: &TreePath, node: u64) -> Result<TreePath, SyncError> {
     let secs = scan::now_ns() / 1_000_000_000;
-    let stamp = utc_stamp(secs);
+    let stamp = scan::utc_stamp(secs);
     // Keep the whole name within NAME_MAX, cutting the original if need be.
     let stem: String = path
         .file_name()
@@ -833,28 +850,6 @@ fn conflict_name(path: &TreePath, node: u64) -> Result<TreePath, SyncError> {
         None => TreePath::new(&name),
     }
     .map_err(|e| SyncError::local(path, e))
-}
-
-/// `YYYYMMDDTHHMMSSZ` for seconds since the epoch.
-fn utc_stamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 fn move_in_state(state: &mut TreeState, from: &TreePath, to: &TreePath) {
@@ -885,17 +880,5 @@ trait FromBytesCompat {
 impl FromBytesCompat for std::ffi::OsStr {
     fn from_bytes_compat(bytes: &[u8]) -> &std::ffi::OsStr {
         std::os::unix::ffi::OsStrExt::from_bytes(bytes)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_stamps() {
-        assert_eq!(utc_stamp(0), "19700101T000000Z");
-        assert_eq!(utc_stamp(1_764_100_000), "20251125T194640Z");
-        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
     }
 }

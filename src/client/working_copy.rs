@@ -177,7 +177,7 @@ impl WorkingCopy {
     ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
         if options.pull {
-            pull::pull(self, remote, &mut report).await?;
+            pull::pull(self, remote, options, &mut report).await?;
             self.save()?;
         }
         if options.push && self.saved.static_export {
@@ -192,7 +192,7 @@ impl WorkingCopy {
             let pushed_any = push::push(self, remote, &mut report).await?;
             if pushed_any && options.pull {
                 // Our own writes come back as journal records: move past them.
-                pull::pull(self, remote, &mut report).await?;
+                pull::pull(self, remote, options, &mut report).await?;
             }
         }
         self.saved

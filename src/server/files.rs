@@ -16,12 +16,13 @@ use http_range_header::RangeUnsatisfiableError;
 use hyper::body::{Frame, Incoming};
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
-use intersync_protocol::TreePath;
+use intersync_protocol::{TreePath, Version};
 use tokio_util::io::ReaderStream;
 
 use super::export::Export;
 use super::{Body, Refusal, full};
 use crate::tree::EntryKind;
+use crate::tree::scan::StatKey;
 
 /// Most bytes a multi-range answer carries; past this, ask for fewer ranges.
 const MAX_MULTIRANGE_BYTES: u64 = 64 << 20;
@@ -77,6 +78,55 @@ pub async fn serve_tree_file(
     respond(req, served).await
 }
 
+/// `GET /.intersync/version/<hex>`: the content of a version, from the file
+/// that has it now. An immutable URL must never carry other bytes (a cache
+/// would keep them for a year), so the file is served only while its stat
+/// still vouches for the journaled version, or after hashing to it.
+pub async fn serve_version(
+    export: &Arc<Export>,
+    req: &Request<Incoming>,
+    version: &str,
+) -> Result<Response<Body>, Refusal> {
+    let version: Version = version
+        .parse()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))?;
+    let gone = || Refusal::new(StatusCode::NOT_FOUND, "no file has that version now");
+    let export = export.clone();
+    let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
+        let (path, seen) = {
+            let inner = export.lock();
+            let path = inner.index.state.find_version(version).cloned();
+            let path = path.ok_or_else(gone)?;
+            let seen = inner.index.stats.get(&path).copied();
+            (path, seen)
+        };
+        let mut file = open_beneath(export.root(), &path)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        if !seen.is_some_and(|s| s.vouches_for(&StatKey::of(&meta))) {
+            let mut hasher = blake3::Hasher::new();
+            hasher
+                .update_reader(&mut file)
+                .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+            if Version(*hasher.finalize().as_bytes()) != version {
+                // Changed since it was journaled: the next scan records it.
+                return Err(gone());
+            }
+        }
+        Ok(Served {
+            len: meta.len(),
+            modified: None,
+            file,
+            etag: version.etag(),
+            cache_control: super::IMMUTABLE,
+        })
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    respond(req, served).await
+}
+
 /// Serves a journal segment or checkpoint: immutable once sealed; the open
 /// segment (`committed` is its durable length) only up to what is durable.
 pub async fn serve_state_file(
@@ -96,7 +146,7 @@ pub async fn serve_state_file(
         // The open segment only grows: a length names its content.
         (format!("\"{name}-{len}\""), "no-cache")
     } else {
-        (format!("\"{name}\""), "public, max-age=31536000, immutable")
+        (format!("\"{name}\""), super::IMMUTABLE)
     };
     respond(
         req,

@@ -92,7 +92,7 @@ pub async fn signature(export: &Arc<Export>, version: &str) -> Result<Response<B
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, MEDIA_SIGNATURE)
         .header(header::ETAG, format!("\"sig-{version}\""))
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header(header::CACHE_CONTROL, super::IMMUTABLE)
         .header(header::CONTENT_LENGTH, bytes.len())
         .body(full(bytes))
         .expect("valid response"))

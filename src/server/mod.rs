@@ -184,6 +184,10 @@ pub fn tls_acceptor(
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// `Cache-Control` of everything immutable: versions, their signatures,
+/// sealed segments and checkpoints.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
 /// How an export is served.
 #[derive(Clone, Debug, Default)]
 pub struct ServeOptions {
@@ -193,6 +197,47 @@ pub struct ServeOptions {
     pub allow_anonymous_writes: bool,
     /// Longest a head long-poll may wait.
     pub max_wait: Duration,
+    /// Where to log every request, one line each.
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+/// One line a request: `TIME PEER METHOD PATH STATUS BYTES`, with the time
+/// as `YYYYMMDDTHHMMSSZ` and BYTES the body's length (`-` when streamed
+/// without one). Written whole, a line at a time, so a reader never sees half.
+#[derive(Debug)]
+pub struct AccessLog {
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl AccessLog {
+    /// Appends to `path`, creating it.
+    pub fn open(path: &std::path::Path) -> std::io::Result<AccessLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AccessLog {
+            file: std::sync::Mutex::new(file),
+        })
+    }
+
+    fn log(&self, peer: SocketAddr, method: &Method, path: &str, response: &Response<Body>) {
+        use std::io::Write;
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let stamp = crate::tree::scan::utc_stamp(crate::tree::scan::now_ns() / 1_000_000_000);
+        let line = format!(
+            "{stamp} {peer} {method} {path} {} {bytes}\n",
+            response.status().as_u16()
+        );
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "could not write the access log");
+        }
+    }
 }
 
 struct Service {
@@ -268,7 +313,11 @@ async fn maintain(export: Arc<Export>) {
 impl Service {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let mut response = match self.route(req).await {
             Ok(r) => r,
             Err(refusal) => refusal.into_response(),
@@ -278,6 +327,9 @@ impl Service {
             HeaderValue::from_str(&self.export.node().to_string()).expect("hex"),
         );
         tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
+        if let Some(log) = &self.options.access_log {
+            log.log(peer, &method, &path, &response);
+        }
         response
     }
 
@@ -299,6 +351,9 @@ impl Service {
                     files::serve_state_file(&req, &path, None).await
                 }
                 (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
+                (&Method::GET | &Method::HEAD, ("version", version)) => {
+                    files::serve_version(&self.export, &req, version).await
+                }
                 (&Method::POST, ("delta", path)) => {
                     let path = tree_path(path)?;
                     meta::delta(&self.export, path, req).await

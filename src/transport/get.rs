@@ -117,34 +117,9 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
             }
         }
     }
-    let mut target = url.to_owned();
-    let mut answer = None;
-    for _ in 0..=5 {
-        let a = remote
-            .send_url(Method::GET, &target, &headers, Bytes::new(), url)
-            .await?;
-        if a.status.is_redirection() && a.status != StatusCode::NOT_MODIFIED {
-            let location = a
-                .headers
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let Some(location) = location else {
-                return Err(TransportError::BadAnswer {
-                    what: url.into(),
-                    reason: "redirect without Location".into(),
-                });
-            };
-            target = resolve(&target, &location);
-            continue;
-        }
-        answer = Some(a);
-        break;
-    }
-    let answer = answer.ok_or_else(|| TransportError::BadAnswer {
-        what: url.into(),
-        reason: "too many redirects".into(),
-    })?;
+    let answer = remote
+        .send_url(Method::GET, url, &headers, Bytes::new(), url)
+        .await?;
     if answer.status == StatusCode::NOT_MODIFIED {
         return Ok(Got::Unchanged);
     }
@@ -181,8 +156,8 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
     let mut received = 0u64;
     let mut frames = BodyStream::new(answer.body);
     while let Some(frame) = frames.next().await {
-        let frame = frame.map_err(|e| TransportError::Unreachable {
-            url: url.into(),
+        let frame = frame.map_err(|e| TransportError::Interrupted {
+            what: url.into(),
             reason: e.to_string(),
         })?;
         if let Ok(data) = frame.into_data() {
@@ -220,36 +195,4 @@ fn write_json(path: &Path, v: &Validators) -> Result<(), TransportError> {
     out.write_all(&serde_json::to_vec(v).expect("json"))
         .map_err(local(path))?;
     out.install().map_err(local(path))
-}
-
-/// `location` relative to `base` (absolute URLs and absolute paths).
-fn resolve(base: &str, location: &str) -> String {
-    if location.contains("://") {
-        return location.to_owned();
-    }
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| i + scheme_end);
-    if location.starts_with('/') {
-        format!("{}{location}", &base[..host_end])
-    } else {
-        let dir_end = base
-            .rfind('/')
-            .filter(|&i| i >= host_end)
-            .map_or(base.len(), |i| i + 1);
-        format!("{}{location}", &base[..dir_end])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::resolve;
-
-    #[test]
-    fn redirects_resolve() {
-        assert_eq!(resolve("http://h:1/a/b", "/c"), "http://h:1/c");
-        assert_eq!(resolve("http://h:1/a/b", "c"), "http://h:1/a/c");
-        assert_eq!(resolve("http://h:1/a/b", "https://x/y"), "https://x/y");
-    }
 }

@@ -3,7 +3,7 @@
 //! counters of every byte each way.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,7 +35,13 @@ pub struct HttpRemote {
     bwlimit: Option<u64>,
     started: std::time::Instant,
     progress: Option<std::sync::Arc<crate::monitor::Progress>>,
+    /// The source serves versions at immutable URLs (a smart server, as its
+    /// head document says); a static export only has paths.
+    by_version: AtomicBool,
 }
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
 
 fn percent_path(path: &TreePath) -> String {
     const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -124,6 +130,7 @@ impl HttpRemote {
             bwlimit: None,
             started: std::time::Instant::now(),
             progress: None,
+            by_version: AtomicBool::new(false),
         })
     }
 
@@ -164,6 +171,23 @@ impl HttpRemote {
         &self.base
     }
 
+    /// Where to read `version` of the file at `path`: its immutable URL on
+    /// a smart server (cacheable by anything in between), else the path.
+    fn file_url(&self, path: &TreePath, version: Version) -> String {
+        if self.by_version.load(Ordering::Relaxed) {
+            format!(".intersync/version/{version}")
+        } else {
+            percent_path(path)
+        }
+    }
+
+    fn interrupted(what: &str, e: impl std::fmt::Display) -> TransportError {
+        TransportError::Interrupted {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -176,7 +200,44 @@ impl HttpRemote {
             .await
     }
 
+    /// Sends a request; GETs and HEADs follow redirects (at most
+    /// [`MAX_REDIRECTS`]), and the bearer token goes only to the base's origin.
     pub(crate) async fn send_url(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        what: &str,
+    ) -> Result<Answer, TransportError> {
+        let follows = method == Method::GET || method == Method::HEAD;
+        let mut target = url.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let answer = self
+                .send_once(method.clone(), &target, headers, body.clone(), what)
+                .await?;
+            if !(follows && answer.status.is_redirection())
+                || answer.status == StatusCode::NOT_MODIFIED
+            {
+                return Ok(answer);
+            }
+            let location = answer
+                .headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| TransportError::BadAnswer {
+                    what: what.to_owned(),
+                    reason: format!("{} without a Location", answer.status),
+                })?;
+            target = resolve(&target, location);
+        }
+        Err(TransportError::BadAnswer {
+            what: what.to_owned(),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         url: &str,
@@ -186,7 +247,9 @@ impl HttpRemote {
     ) -> Result<Answer, TransportError> {
         let url = url.to_owned();
         let mut req = Request::builder().method(method.clone()).uri(&url);
-        if let Some(token) = &self.token {
+        if let Some(token) = &self.token
+            && origin(&url) == origin(&self.base)
+        {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         for (k, v) in headers {
@@ -255,10 +318,7 @@ impl HttpRemote {
         let bytes = body
             .collect()
             .await
-            .map_err(|e| TransportError::Unreachable {
-                url: what.to_owned(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| Self::interrupted(what, e))?
             .to_bytes();
         self.received(bytes.len() as u64).await;
         Ok(bytes)
@@ -330,12 +390,13 @@ impl Remote for HttpRemote {
             return Ok(None);
         }
         let bytes = self.collect(answer.body, "head").await?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| TransportError::BadAnswer {
-                what: "head".into(),
-                reason: e.to_string(),
-            })
+        let head: Head = serde_json::from_slice(&bytes).map_err(|e| TransportError::BadAnswer {
+            what: "head".into(),
+            reason: e.to_string(),
+        })?;
+        self.by_version
+            .store(!head.static_export, Ordering::Relaxed);
+        Ok(Some(head))
     }
 
     async fn segment(&self, name: &str, offset: u64) -> Result<Bytes, TransportError> {
@@ -390,7 +451,7 @@ impl Remote for HttpRemote {
         let answer = self
             .send(
                 Method::GET,
-                &percent_path(path),
+                &self.file_url(path, version),
                 &headers,
                 Bytes::new(),
                 &what,
@@ -399,6 +460,12 @@ impl Remote for HttpRemote {
         let answer = match answer {
             // Nothing left to fetch: the partial is whole.
             Err(TransportError::Refused { status: 416, .. }) if have > 0 => return Ok(0),
+            // The version is gone from the server: the file moved on.
+            Err(TransportError::Refused { status: 404, .. })
+                if self.by_version.load(Ordering::Relaxed) =>
+            {
+                return Err(TransportError::Changed { what });
+            }
             other => other?,
         };
         // An InterSync ETag names the version: a different one means the
@@ -420,10 +487,7 @@ impl Remote for HttpRemote {
         let mut received = 0u64;
         let mut frames = BodyStream::new(answer.body);
         while let Some(frame) = frames.next().await {
-            let frame = frame.map_err(|e| TransportError::Unreachable {
-                url: what.clone(),
-                reason: e.to_string(),
-            })?;
+            let frame = frame.map_err(|e| Self::interrupted(&what, e))?;
             if let Ok(data) = frame.into_data() {
                 out.write_all(&data).map_err(local)?;
                 received += data.len() as u64;
@@ -486,10 +550,7 @@ impl Remote for HttpRemote {
             };
             let mut frames = BodyStream::new(answer.body);
             while let Some(frame) = frames.next().await {
-                let frame = frame.map_err(|e| TransportError::Unreachable {
-                    url: what.clone(),
-                    reason: e.to_string(),
-                })?;
+                let frame = frame.map_err(|e| Self::interrupted(&what, e))?;
                 if let Ok(data) = frame.into_data() {
                     sink.write_all(&data).map_err(bad)?;
                     self.received(data.len() as u64).await;
@@ -509,6 +570,7 @@ impl Remote for HttpRemote {
     async fn range(
         &self,
         path: &TreePath,
+        version: Version,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, TransportError> {
         let what = format!("{path} bytes {}-{}", range.start, range.end);
@@ -516,7 +578,7 @@ impl Remote for HttpRemote {
         let answer = self
             .send(
                 Method::GET,
-                &percent_path(path),
+                &self.file_url(path, version),
                 &[("range", header)],
                 Bytes::new(),
                 &what,
@@ -555,6 +617,7 @@ impl Remote for HttpRemote {
     async fn ranges(
         &self,
         path: &TreePath,
+        version: Version,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>, TransportError> {
         let what = format!("{path}, {} ranges", ranges.len());
@@ -566,7 +629,7 @@ impl Remote for HttpRemote {
         let answer = self
             .send(
                 Method::GET,
-                &percent_path(path),
+                &self.file_url(path, version),
                 &[("range", header)],
                 Bytes::new(),
                 &what,
@@ -708,5 +771,53 @@ impl Remote for HttpRemote {
             sent_bytes: self.sent.load(Ordering::Relaxed),
             received_bytes: self.received.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// `location` relative to `base` (absolute URLs and absolute paths).
+pub(crate) fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
+    if location.starts_with('/') {
+        format!("{}{location}", &base[..host_end])
+    } else {
+        let dir_end = base
+            .rfind('/')
+            .filter(|&i| i >= host_end)
+            .map_or(base.len(), |i| i + 1);
+        format!("{}{location}", &base[..dir_end])
+    }
+}
+
+/// The scheme and authority of a URL, lowercased.
+fn origin(url: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| i + scheme_end);
+    url[..host_end].to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{origin, resolve};
+
+    #[test]
+    fn redirects_resolve() {
+        assert_eq!(resolve("http://h:1/a/b", "/c"), "http://h:1/c");
+        assert_eq!(resolve("http://h:1/a/b", "c"), "http://h:1/a/c");
+        assert_eq!(resolve("http://h:1/a/b", "https://x/y"), "https://x/y");
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(origin("http://H:1/a/b"), "http://h:1");
+        assert_eq!(origin("https://x"), "https://x");
+        assert_ne!(origin("http://h:1/"), origin("http://h:2/"));
     }
 }

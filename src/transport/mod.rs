@@ -31,6 +31,11 @@ pub enum TransportError {
     },
     #[error("{what}: {reason}")]
     BadAnswer { what: String, reason: String },
+    /// The answer broke off (a truncated body). Whatever arrived is kept
+    /// where it can be resumed; unlike [`TransportError::Unreachable`], the
+    /// server did answer, so other ways to the same bytes are worth a try.
+    #[error("{what}: the answer broke off: {reason}")]
+    Interrupted { what: String, reason: String },
     #[error("bad URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
 }
@@ -122,18 +127,22 @@ pub trait Remote {
         signature: Vec<u8>,
         out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError>;
-    /// Bytes `range` of a file, by a ranged GET. A server that answers with
-    /// anything but exactly that range is refused (the caller falls back).
+    /// Bytes `range` of `version` of a file, by a ranged GET. A server that
+    /// answers with anything but exactly that range is refused (the caller
+    /// falls back).
     async fn range(
         &self,
         path: &TreePath,
+        version: Version,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, TransportError>;
-    /// Several ranges of a file in one request (multipart/byteranges), in
-    /// the order asked. Anything but exactly those ranges is an error.
+    /// Several ranges of `version` of a file in one request
+    /// (multipart/byteranges), in the order asked. Anything but exactly
+    /// those ranges is an error.
     async fn ranges(
         &self,
         path: &TreePath,
+        version: Version,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>, TransportError>;
     /// The server's signature of a version.

@@ -1,0 +1,211 @@
+//! Fan-out: a real nginx with `proxy_cache` in front of `intersync serve`,
+//! ten working copies syncing through it with `--via-cache`, and the
+//! origin's own access log showing that every immutable object (versions,
+//! their signatures, checkpoints) crossed from the origin to the cache once.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use crate::util::{Dir, Nginx, Server, intersync, random_bytes};
+
+const CLIENTS: usize = 10;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(root: &Path, port: u16, log: &Path) -> Server {
+    Server::start(
+        root,
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-watch",
+            "--checkpoint-every",
+            "8",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Every working copy syncs through the cache at once, as a fleet would.
+fn sync_all(url: &str, clients: &Dir) -> Vec<String> {
+    let children: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            intersync()
+                .args(["sync", "--via-cache", "--stats"])
+                .arg(url)
+                .arg(clients.path(&format!("wc{i}")))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start intersync sync")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "sync failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut names = Vec::new();
+    for entry in walk(a) {
+        let rel = entry.strip_prefix(a).unwrap().to_owned();
+        if rel.starts_with(".intersync") {
+            continue;
+        }
+        if entry.is_file() {
+            assert_eq!(
+                fs::read(&entry).unwrap(),
+                fs::read(b.join(&rel)).unwrap_or_default(),
+                "{} differs",
+                rel.display()
+            );
+        }
+        names.push(rel);
+    }
+    let others = walk(b)
+        .into_iter()
+        .filter(|p| !p.strip_prefix(b).unwrap().starts_with(".intersync"))
+        .count();
+    assert_eq!(names.len(), others, "{} has other files", b.display());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// `(method, path, status)` of every request the origin logged.
+fn origin_requests(log: &Path) -> Vec<(String, String, u16)> {
+    fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(f.len() == 6, "odd access log line {l:?}");
+            (f[2].to_owned(), f[3].to_owned(), f[4].parse().unwrap())
+        })
+        .collect()
+}
+
+fn immutable(path: &str) -> bool {
+    [
+        "/.intersync/version/",
+        "/.intersync/sig/",
+        "/.intersync/checkpoints/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
+}
+
+#[test]
+fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_once() {
+    let origin = Dir::new();
+    let root = origin.path("export");
+    fs::create_dir_all(root.join("docs")).unwrap();
+    fs::write(root.join("big.bin"), random_bytes(31, 3 << 20)).unwrap();
+    for i in 0..12 {
+        fs::write(
+            root.join(format!("docs/note{i}.txt")),
+            format!("note {i}\n").repeat(50 + i),
+        )
+        .unwrap();
+    }
+    fs::write(root.join("docs/copy.bin"), random_bytes(31, 3 << 20)).unwrap();
+    let log = origin.path("access.log");
+    let port = free_port();
+    let server = serve(&root, port, &log);
+    let nginx = Nginx::cache_in_front_of(&server.url);
+    let clients = Dir::new();
+
+    sync_all(&nginx.url, &clients);
+    for i in 0..CLIENTS {
+        assert_same_tree(&root, &clients.path(&format!("wc{i}")));
+    }
+
+    // A change on the origin: scattered edits of the big file, a new file,
+    // a rename and a delete; journaled by the scan when the server restarts.
+    drop(server);
+    let mut data = fs::read(root.join("big.bin")).unwrap();
+    for k in 0..8 {
+        let at = 200_000 + k * 350_000;
+        data[at..at + 100].copy_from_slice(&[k as u8; 100]);
+    }
+    fs::write(root.join("big.bin"), &data).unwrap();
+    fs::write(root.join("docs/new.txt"), random_bytes(32, 100_000)).unwrap();
+    fs::rename(root.join("docs/note3.txt"), root.join("note3-moved.txt")).unwrap();
+    fs::remove_file(root.join("docs/note4.txt")).unwrap();
+    let before = origin_requests(&log).len();
+    let _server = serve(&root, port, &log);
+
+    let outputs = sync_all(&nginx.url, &clients);
+    for (i, out) in outputs.iter().enumerate() {
+        assert_same_tree(&root, &clients.path(&format!("wc{i}")));
+        assert!(
+            out.contains("1 by blocks and ranges"),
+            "big.bin should be updated by blocks:\n{out}"
+        );
+    }
+
+    let requests = origin_requests(&log);
+    let mut fetched: HashMap<&str, usize> = HashMap::new();
+    for (method, path, status) in &requests {
+        assert_ne!(method, "POST", "a cacheable read path never POSTs");
+        if immutable(path) && *status < 300 {
+            *fetched.entry(path.as_str()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = fetched.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "immutable objects fetched from the origin more than once: {twice:?}"
+    );
+    let after: Vec<&str> = requests[before..]
+        .iter()
+        .filter(|(_, p, s)| immutable(p) && *s < 300)
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    // The new big.bin's signature and content, and docs/new.txt: each once.
+    let sigs = after.iter().filter(|p| p.contains("/sig/")).count();
+    let versions = after.iter().filter(|p| p.contains("/version/")).count();
+    assert_eq!(sigs, 1, "{after:?}");
+    assert_eq!(versions, 2, "{after:?}");
+    // The head is not cacheable: every client asked the origin itself.
+    let heads = requests[before..]
+        .iter()
+        .filter(|(_, p, _)| p.starts_with("/.intersync/head"))
+        .count();
+    assert!(heads >= CLIENTS, "{heads} head requests");
+    let hits = nginx
+        .requests()
+        .iter()
+        .filter(|l| l.contains(" HIT "))
+        .count();
+    assert!(
+        hits >= 2 * (CLIENTS - 1),
+        "the cache answered only {hits} requests"
+    );
+}
