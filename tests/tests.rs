@@ -6,6 +6,7 @@ mod util;
 mod cache;
 mod client;
 mod delta_cli;
+mod misbehaving;
 mod rdiff;
 mod server;
 mod static_export;

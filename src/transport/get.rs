@@ -70,9 +70,9 @@ fn validators(headers: &header::HeaderMap, url: &str) -> Validators {
 /// Fetches `url` into `file` (see the module documentation).
 pub async fn get(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, TransportError> {
     match get_once(remote, url, file).await {
-        // The partial was already whole, or the server changed its mind
-        // about ranges: start from zero, once.
-        Err(TransportError::Refused { status: 416, .. }) => {
+        // The partial was already whole, the server changed its mind about
+        // ranges, or it resumed another version: start from zero, once.
+        Err(TransportError::Refused { status: 416, .. } | TransportError::Changed { .. }) => {
             let _ = fs::remove_file(side(file, "intersync-partial"));
             let _ = fs::remove_file(side(file, "intersync-partial-get"));
             get_once(remote, url, file).await
@@ -136,6 +136,11 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
                 what: url.into(),
                 reason: format!("resumed at {cr:?}, not byte {have}"),
             });
+        }
+        // A server that ignores If-Range sends the rest of another version;
+        // its own ETag gives it away.
+        if v.etag.is_some() && v.etag != partial_known.as_ref().and_then(|k| k.etag.clone()) {
+            return Err(TransportError::Changed { what: url.into() });
         }
         have
     } else {
