@@ -1,6 +1,7 @@
 //! The end-to-end scenarios through the smart server: bytes both ways and
 //! requests per scenario, next to a full fetch of the changed files and to
-//! the bytes that really changed.
+//! the bytes that really changed. Then the static path against zsync,
+//! through the same real nginx (needs `nginx`, `zsync` and `zsyncmake`).
 //!
 //! `cargo bench --bench scenarios` runs the full sizes (100 MiB, 10,000
 //! files); `INTERSYNC_SCALE=0.05` runs smaller ones.
@@ -36,6 +37,32 @@ fn main() {
             m.moved_bytes(),
             m.requests,
             m.wall.as_secs_f64()
+        );
+    }
+    let rows = runtime
+        .block_on(intersync::measure::static_against_zsync(dir.path(), scale))
+        .expect("static scenarios run");
+    println!("\n# Static export against zsync, both behind one nginx, scale {scale}, loopback");
+    println!(
+        "| scenario | tool | file bytes | sent | received | total | total / file | requests | wall |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let ratio = if r.file_bytes == 0 {
+            "-".into()
+        } else {
+            format!("{:.4}", r.moved_bytes() as f64 / r.file_bytes as f64)
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {:.3} s |",
+            r.scenario,
+            r.tool,
+            r.file_bytes,
+            r.sent_bytes,
+            r.received_bytes,
+            r.moved_bytes(),
+            r.requests,
+            r.wall.as_secs_f64()
         );
     }
 }

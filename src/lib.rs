@@ -6,6 +6,7 @@
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
 //! - [`demo`]: `intersync demo`, the whole product on one machine.
+//! - [`harness`]: real programs (nginx) that benchmarks and tests measure through.
 //! - [`install`]: putting files in place atomically, never half-written.
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
@@ -25,6 +26,8 @@ pub mod client;
 pub mod delta;
 #[cfg(feature = "net")]
 pub mod demo;
+#[cfg(feature = "net")]
+pub mod harness;
 pub mod install;
 pub mod kml;
 #[cfg(feature = "net")]

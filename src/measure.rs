@@ -5,8 +5,9 @@
 //! requests (from the client's transport), next to what fetching every
 //! changed file whole would cost and to the bytes that really changed.
 //!
-//! So far this covers InterSync's smart path for S1, S6 and S7; the
-//! comparison with rsync, zsync and nginx arrives with the benchmark harness.
+//! This covers InterSync's smart path for S1, S6 and S7, and its static
+//! path against zsync through one real nginx for S1, S2 and S7; the
+//! comparison with rsync and the slow links arrive with the benchmark harness.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -164,4 +165,156 @@ async fn one_change(
         requests: report.traffic.requests,
         wall,
     })
+}
+
+/// One tool's figures for one scenario, as nginx's access log counts them
+/// (request lines, headers and bodies, both ways), so that every tool
+/// measured through the same nginx is counted the same way.
+#[derive(Debug, Clone)]
+pub struct StaticRow {
+    pub scenario: &'static str,
+    pub tool: &'static str,
+    /// Bytes of the changed file: what a full fetch moves, without headers.
+    pub file_bytes: u64,
+    /// Client to server.
+    pub sent_bytes: u64,
+    /// Server to client.
+    pub received_bytes: u64,
+    pub requests: u64,
+    pub wall: Duration,
+}
+
+impl StaticRow {
+    pub fn moved_bytes(&self) -> u64 {
+        self.sent_bytes + self.received_bytes
+    }
+}
+
+/// The static path against zsync, through one real nginx, on S1, S2 and S7
+/// (S7: S1's file again, unchanged) at `scale`. A folder is served with
+/// the export under `site/` (made by [`crate::server::Export::write_static`])
+/// and zsync's control file under `zsync/` (made by `zsyncmake`, as its
+/// manual says, pointing at `../site/data.bin`); both clients start from
+/// the old file and must end with the new one, byte for byte.
+pub async fn static_against_zsync(dir: &Path, scale: f64) -> Result<Vec<StaticRow>, DemoError> {
+    let len = ((FULL_LEN as f64 * scale) as usize).max(1 << 16);
+    let mut rows = Vec::new();
+    for scenario in [FileScenario::S1, FileScenario::S2] {
+        let pair = scenario.generate(len);
+        let www = dir.join(format!("{}-www", scenario.id()));
+        let site = www.join("site");
+        std::fs::create_dir_all(&site)?;
+        std::fs::create_dir_all(www.join("zsync"))?;
+        std::fs::write(site.join("data.bin"), &pair.old)?;
+        publish(&www)?;
+        let nginx = crate::harness::Nginx::serve(&www, "")?;
+        let site_url = format!("{}site/", nginx.url);
+        let zsync_url = format!("{}zsync/data.bin.zsync", nginx.url);
+        // The client side: a working copy and a plain copy of the old file.
+        let wc = dir.join(format!("{}-wc", scenario.id()));
+        let mut copy = WorkingCopy::open_or_create(&wc, &site_url).map_err(err)?;
+        copy.sync(
+            &HttpRemote::new(&site_url, None, None).map_err(err)?,
+            SyncOptions::default(),
+        )
+        .await?;
+        let plain = dir.join(format!("{}-plain", scenario.id()));
+        std::fs::create_dir_all(&plain)?;
+        std::fs::write(plain.join("old.bin"), &pair.old)?;
+
+        std::fs::write(site.join("data.bin"), &pair.new)?;
+        publish(&www)?;
+        for again in [false, true] {
+            let id = match (scenario, again) {
+                (FileScenario::S1, true) => "S7",
+                (_, true) => continue,
+                _ => scenario.id(),
+            };
+            let file_bytes = if again { 0 } else { pair.new.len() as u64 };
+            let started = Instant::now();
+            let from = nginx.settled_requests().len();
+            let remote = HttpRemote::new(&site_url, None, None).map_err(err)?;
+            copy.sync(&remote, SyncOptions::default()).await?;
+            if std::fs::read(wc.join("data.bin"))? != pair.new {
+                return Err(err(format!("{id}: the static path gave the wrong file")));
+            }
+            rows.push(counted(
+                &nginx,
+                from,
+                id,
+                "InterSync static",
+                file_bytes,
+                started,
+            ));
+
+            let started = Instant::now();
+            let from = nginx.settled_requests().len();
+            let out = plain.join(if again { "again.bin" } else { "new.bin" });
+            let base = plain.join(if again { "new.bin" } else { "old.bin" });
+            run_zsync(&base, &out, &zsync_url).await?;
+            if std::fs::read(&out)? != pair.new {
+                return Err(err(format!("{id}: zsync gave the wrong file")));
+            }
+            rows.push(counted(&nginx, from, id, "zsync", file_bytes, started));
+        }
+    }
+    Ok(rows)
+}
+
+/// Brings `www/site/.intersync/` and `www/zsync/data.bin.zsync` up to date.
+fn publish(www: &Path) -> Result<(), DemoError> {
+    let export = crate::server::Export::open(&www.join("site"), Default::default()).map_err(err)?;
+    export.write_static().map_err(err)?;
+    let made = crate::harness::program("zsyncmake")?
+        .arg("-o")
+        .arg(www.join("zsync/data.bin.zsync"))
+        .args(["-u", "../site/data.bin"])
+        .arg(www.join("site/data.bin"))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !made.success() {
+        return Err(err(format!("zsyncmake failed: {made}")));
+    }
+    Ok(())
+}
+
+async fn run_zsync(base: &Path, out: &Path, url: &str) -> Result<(), DemoError> {
+    let mut command = crate::harness::program("zsync")?;
+    command
+        .arg("-q")
+        .arg("-i")
+        .arg(base)
+        .arg("-o")
+        .arg(out)
+        .arg(url)
+        .current_dir(out.parent().unwrap_or(Path::new(".")))
+        .stdout(std::process::Stdio::null());
+    let status = tokio::task::spawn_blocking(move || command.status())
+        .await
+        .map_err(err)??;
+    if !status.success() {
+        return Err(err(format!("zsync failed: {status}")));
+    }
+    Ok(())
+}
+
+fn counted(
+    nginx: &crate::harness::Nginx,
+    from: usize,
+    scenario: &'static str,
+    tool: &'static str,
+    file_bytes: u64,
+    started: Instant,
+) -> StaticRow {
+    let requests = nginx.settled_requests();
+    let mine = &requests[from.min(requests.len())..];
+    StaticRow {
+        scenario,
+        tool,
+        file_bytes,
+        sent_bytes: mine.iter().map(|r| r.received).sum(),
+        received_bytes: mine.iter().map(|r| r.sent).sum(),
+        requests: mine.len() as u64,
+        wall: started.elapsed(),
+    }
 }

@@ -202,7 +202,7 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
     let hits = nginx
         .requests()
         .iter()
-        .filter(|l| l.contains(" HIT "))
+        .filter(|l| l.ends_with(" HIT"))
         .count();
     assert!(
         hits >= 2 * (CLIENTS - 1),

@@ -207,3 +207,45 @@ fn get_is_conditional_and_resumable() {
     ok(intersync().arg("get").arg(&url).arg(&dest));
     assert_eq!(fs::read(&dest).unwrap(), b"a new release");
 }
+
+/// The static path and zsync, from the same old file to the same new one
+/// through one real nginx (CI-sized S1, S2 and S7; the full sizes are in
+/// `cargo bench --bench scenarios`). Both must give the new file exactly;
+/// the figures are printed for the record and bounded where InterSync
+/// promises something.
+#[test]
+fn static_path_and_zsync_through_one_nginx() {
+    let dir = Dir::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rows = runtime
+        .block_on(intersync::measure::static_against_zsync(
+            &dir.path(""),
+            0.02,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for r in &rows {
+        println!(
+            "{} {}: {} bytes sent, {} received, {} requests, file {} bytes",
+            r.scenario, r.tool, r.sent_bytes, r.received_bytes, r.requests, r.file_bytes
+        );
+    }
+    let row = |scenario: &str, tool: &str| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.tool == tool)
+            .unwrap_or_else(|| panic!("no {scenario} row for {tool}"))
+    };
+    for s in ["S1", "S2"] {
+        let ours = row(s, "InterSync static");
+        assert!(
+            ours.moved_bytes() * 10 < ours.file_bytes,
+            "{s}: {} bytes moved for a {} byte file",
+            ours.moved_bytes(),
+            ours.file_bytes
+        );
+        let theirs = row(s, "zsync");
+        assert!(theirs.requests > 0 && theirs.moved_bytes() < theirs.file_bytes);
+    }
+    let noop = row("S7", "InterSync static");
+    assert_eq!(noop.requests, 1, "an unchanged export costs one request");
+    assert!(noop.moved_bytes() < 1000, "{} bytes", noop.moved_bytes());
+}

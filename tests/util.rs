@@ -14,14 +14,7 @@ pub fn intersync() -> Command {
 /// An external tool that a test depends on. A missing tool fails the test
 /// loudly: a test that cannot run is not a passing test.
 pub fn tool(name: &str) -> Command {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "`{name}` is not installed; `.ci/run` installs every tool the tests need"
-    );
-    Command::new(name)
+    intersync::harness::program(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a command, returning its output whatever the exit status.
@@ -232,97 +225,37 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     http("GET", url, headers, Vec::new(), None)
 }
 
-/// A real nginx serving `root` read-only on 127.0.0.1, stopped when dropped.
+/// A real nginx (the library's harness), failing the test if it cannot start.
 pub struct Nginx {
-    child: std::process::Child,
+    inner: intersync::harness::Nginx,
     pub url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Nginx {
     /// Starts nginx on `root`; `extra` goes into its `server` block (e.g. `max_ranges 0;`).
     pub fn start(root: &Path, extra: &str) -> Nginx {
-        Nginx::configure("", &format!("root {};\n    {extra}", root.display()))
+        Nginx::wrap(intersync::harness::Nginx::serve(root, extra))
     }
 
-    /// Starts nginx as a caching proxy (`proxy_cache`) in front of `origin`
-    /// (a URL like `http://127.0.0.1:PORT/`). Requests for one object that
-    /// arrive while it is being fetched wait for that fetch (`proxy_cache_lock`).
-    /// Its access log says, per request, whether the cache answered (HIT) or
-    /// the origin was asked (MISS, EXPIRED, or `-` when not cacheable).
+    /// Starts nginx as a caching proxy in front of `origin`.
     pub fn cache_in_front_of(origin: &str) -> Nginx {
-        let origin = origin.trim_end_matches('/');
-        Nginx::configure(
-            "proxy_cache_path {dir}/cache levels=1:2 keys_zone=intersync:10m max_size=1g use_temp_path=off;\n  \
-             log_format cache '$request $status $upstream_cache_status $body_bytes_sent';",
-            &format!(
-                "access_log {{dir}}/access.log cache;\n    location / {{\n      proxy_pass {origin};\n      \
-                 proxy_cache intersync;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 60s;\n      \
-                 proxy_cache_lock_age 60s;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}"
-            ),
-        )
+        Nginx::wrap(intersync::harness::Nginx::cache_in_front_of(origin))
     }
 
-    /// Starts nginx with `http_extra` in its `http` block and `server` as the
-    /// body of its one `server` block; `{dir}` in either stands for nginx's
-    /// own temporary folder.
-    pub fn configure(http_extra: &str, server: &str) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display().to_string();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    {}\n  }}\n}}\n",
-            http_extra.replace("{dir}", &d),
-            server.replace("{dir}", &d),
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let mut child = tool("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("start nginx");
-        let url = format!("http://127.0.0.1:{port}/");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nginx {
-                    child,
-                    url,
-                    _dir: dir,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx exited with {status}:\n{log}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    fn wrap(started: std::io::Result<intersync::harness::Nginx>) -> Nginx {
+        let inner = started.unwrap_or_else(|e| panic!("nginx: {e}"));
+        Nginx {
+            url: inner.url.clone(),
+            inner,
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nginx did not start on port {port}");
     }
 
-    /// The access log so far, one request a line.
+    /// The access log so far, a request a line: `REQUEST STATUS CACHE`.
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self._dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
+        self.inner
+            .requests()
+            .into_iter()
+            .map(|r| format!("{} {} {}", r.request, r.status, r.cache))
             .collect()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
