@@ -53,6 +53,26 @@ pub struct Inner {
     pub index: Index,
     /// The index changed since it was last saved.
     index_dirty: bool,
+    /// Which path has each version, as of a journal sequence number:
+    /// rebuilt on the first lookup after the journal moved.
+    by_version: Option<(u64, std::collections::HashMap<Version, TreePath>)>,
+}
+
+impl Inner {
+    /// A path whose file has `version` now, as journaled.
+    pub fn path_of(&mut self, version: Version) -> Option<&TreePath> {
+        let seq = self.index.state.seq;
+        if self.by_version.as_ref().is_none_or(|(at, _)| *at != seq) {
+            let map = self
+                .index
+                .state
+                .iter()
+                .filter_map(|(p, e)| Some((e.version()?, p.clone())))
+                .collect();
+            self.by_version = Some((seq, map));
+        }
+        self.by_version.as_ref()?.1.get(&version)
+    }
 }
 
 /// What a scan of the folder added to the journal.
@@ -87,6 +107,7 @@ impl Export {
                 journal,
                 index,
                 index_dirty: false,
+                by_version: None,
             }),
             seq,
         };
@@ -266,7 +287,7 @@ impl Export {
         if let Ok(bytes) = fs::read(&cache) {
             return Ok(Some(bytes));
         }
-        let Some(path) = self.state().find_version(version).cloned() else {
+        let Some(path) = self.lock().path_of(version).cloned() else {
             return Ok(None);
         };
         let Ok(file) = super::files::open_beneath(&self.root, &path) else {

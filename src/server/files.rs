@@ -94,9 +94,8 @@ pub async fn serve_version(
     let export = export.clone();
     let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
         let (path, seen) = {
-            let inner = export.lock();
-            let path = inner.index.state.find_version(version).cloned();
-            let path = path.ok_or_else(gone)?;
+            let mut inner = export.lock();
+            let path = inner.path_of(version).cloned().ok_or_else(gone)?;
             let seen = inner.index.stats.get(&path).copied();
             (path, seen)
         };
