@@ -681,6 +681,9 @@ async fn fetch_blocks(
     Ok((got, stats))
 }
 
+/// Single-range requests in flight at once when a server answers no multi-range.
+const RANGES_IN_FLIGHT: usize = 4;
+
 /// Fetches `ranges` of a file: in multi-range requests of up to 64 ranges
 /// where the server answers them correctly, else one range a request.
 async fn fetch_ranges(
@@ -705,8 +708,14 @@ async fn fetch_ranges(
                 }
             }
         }
-        for r in chunk {
-            out.push(remote.range(path, version, r.clone()).await?);
+        // One range a request, a few in flight at once (each on its own
+        // keep-alive connection), answers kept in order.
+        use futures_util::StreamExt;
+        let mut singles = futures_util::stream::iter(chunk)
+            .map(|r| remote.range(path, version, r.clone()))
+            .buffered(RANGES_IN_FLIGHT);
+        while let Some(bytes) = singles.next().await {
+            out.push(bytes?);
         }
     }
     Ok(out)
