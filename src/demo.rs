@@ -191,11 +191,7 @@ fn edit_laptop(root: &Path) -> std::io::Result<()> {
 /// Waits (long-polling) until the server journaled at least `records` more
 /// records after `seq` (edits made behind its back, found by its watcher),
 /// and then until the journal has been still for a second.
-pub async fn wait_for_journal(
-    remote: &impl Remote,
-    seq: u64,
-    records: u64,
-) -> Result<(), DemoError> {
+async fn wait_for_journal(remote: &impl Remote, seq: u64, records: u64) -> Result<(), DemoError> {
     let mut latest = seq;
     for _ in 0..60 {
         let settled = latest >= seq + records;

@@ -117,6 +117,20 @@ impl Nginx {
         )))
     }
 
+    /// nginx's process (one: `master_process off`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("nginx's URL holds an address")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("access.log")
     }

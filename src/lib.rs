@@ -2,6 +2,7 @@
 //! blocks that changed.
 //!
 //! The main parts:
+//! - [`bench`](mod@bench): the scenario benchmark against full fetch, rsync and zsync.
 //! - [`client`]: a working copy kept in sync both ways: pull, push, conflicts.
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
@@ -13,7 +14,6 @@
 //! - [`server`]: `intersync serve`, the HTTP(S) service of an export.
 //! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
-//! - [`measure`]: the scenarios run end to end against the smart server, measured.
 //! - [`monitor`]: progress counters the library advances and front ends read.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
@@ -21,6 +21,8 @@
 //! exists only to match rsync in `intersync-compat`. The library never
 //! prints; the `intersync` binary renders what it returns.
 
+#[cfg(feature = "net")]
+pub mod bench;
 #[cfg(feature = "net")]
 pub mod client;
 pub mod delta;
@@ -30,8 +32,6 @@ pub mod demo;
 pub mod harness;
 pub mod install;
 pub mod kml;
-#[cfg(feature = "net")]
-pub mod measure;
 pub mod monitor;
 pub mod scenario;
 #[cfg(feature = "net")]

@@ -427,24 +427,6 @@ fn watch_follows_both_sides_and_survives_the_server_going_away() {
 }
 
 #[test]
-fn scenarios_at_small_scale() {
-    // S1 at 2 MiB, S6 and S7 on 200 files: correctness (checked inside) and bytes.
-    let dir = Dir::new();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let rows = runtime
-        .block_on(intersync::measure::measure(&dir.path(""), 0.02))
-        .unwrap();
-    let by_id = |id: &str| rows.iter().find(|m| m.id == id).unwrap().clone();
-    let s1 = by_id("S1");
-    assert!(s1.moved_bytes() * 10 < s1.full_fetch_bytes, "{s1:?}");
-    let s6 = by_id("S6");
-    assert!(s6.moved_bytes() < s6.full_fetch_bytes, "{s6:?}");
-    let s7 = by_id("S7");
-    assert_eq!(s7.requests, 1, "{s7:?}");
-    assert!(s7.moved_bytes() < 1024, "{s7:?}");
-}
-
-#[test]
 fn a_clone_from_a_checkpoint_reads_only_new_records_next_time() {
     let export = Dir::new();
     for i in 0..40 {

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod bench;
 mod cache;
 mod client;
 mod delta_cli;

@@ -1,0 +1,117 @@
+//! Running the measured programs: a client's exit status, wall time, CPU
+//! seconds and peak memory (from `wait4`'s resource usage), and a server's
+//! CPU seconds and peak memory from `/proc` while it still runs.
+
+use std::io;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one client process cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub wall: Duration,
+    /// User and system CPU seconds.
+    pub cpu: f64,
+    /// Peak resident memory, KiB.
+    pub peak_kib: u64,
+}
+
+impl Usage {
+    /// Several processes run one after another: times add, memory peaks.
+    pub fn then(self, next: Usage) -> Usage {
+        Usage {
+            wall: self.wall + next.wall,
+            cpu: self.cpu + next.cpu,
+            peak_kib: self.peak_kib.max(next.peak_kib),
+        }
+    }
+}
+
+/// A finished client: its output and what it cost.
+pub struct Finished {
+    pub stdout: String,
+    pub stderr: String,
+    pub usage: Usage,
+}
+
+/// Runs `command` to the end, failing unless it exits with 0.
+pub fn run(command: &mut Command) -> io::Result<Finished> {
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("{command:?}: {e}")))?;
+    let pid = child.id() as libc::pid_t;
+    // Read the pipes on threads so a chatty child never blocks on them.
+    let mut out = child.stdout.expect("piped");
+    let mut err = child.stderr.expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our child, not yet reaped; both pointers are valid.
+        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if got == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let wall = started.elapsed();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    if exited != Some(0) {
+        return Err(io::Error::other(format!(
+            "{command:?} failed ({}): {}",
+            exited.map_or("killed".to_owned(), |c| format!("exit {c}")),
+            stderr.trim()
+        )));
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(Finished {
+        stdout,
+        stderr,
+        usage: Usage {
+            wall,
+            cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            peak_kib: usage.ru_maxrss.max(0) as u64,
+        },
+    })
+}
+
+/// CPU seconds a running process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// Peak resident memory of a running process, KiB.
+pub fn peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

@@ -1,0 +1,128 @@
+//! A TCP relay between a client and a server that counts every byte each
+//! way at the socket (so every tool is counted the same way, whatever its
+//! own statistics say) and can hold each chunk back for a fixed time, so
+//! that a link has a round-trip time (tbf adds none, and netem is not
+//! available here).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Bytes and connections through a relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Client to server.
+    pub up: u64,
+    /// Server to client.
+    pub down: u64,
+    pub connections: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    up: AtomicU64,
+    down: AtomicU64,
+    connections: AtomicU64,
+}
+
+/// A running relay; stops when dropped.
+pub struct Relay {
+    pub addr: SocketAddr,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on 127.0.0.1 and forwards every connection to `target`,
+    /// each byte arriving `one_way` later on the other side.
+    pub async fn start(target: SocketAddr, one_way: Duration) -> std::io::Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let shared = counters.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                let counters = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let up = pipe(cr, sw, one_way, counters.clone(), true);
+                    let down = pipe(sr, cw, one_way, counters, false);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(Relay {
+            addr,
+            counters,
+            task,
+        })
+    }
+
+    /// What crossed so far.
+    pub fn counted(&self) -> Counted {
+        Counted {
+            up: self.counters.up.load(Ordering::Relaxed),
+            down: self.counters.down.load(Ordering::Relaxed),
+            connections: self.counters.connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, counting, each chunk held back by `delay`
+/// (chunks in flight keep flowing: a delay line, not a stop-and-wait).
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    counters: Arc<Counters>,
+    up: bool,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let counter = if up { &counters.up } else { &counters.down };
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
