@@ -1,41 +1,75 @@
 //! The scenario benchmark: S0 to S7 with InterSync (smart server and static
 //! export behind nginx), a full fetch with curl, rsync (plain and `-z`) and
-//! zsync, side by side, every byte counted at the socket.
+//! zsync, side by side, every byte counted at the socket, over loopback and
+//! two slow links.
 //!
-//!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--tools smart,rsync]
-//!                                      [--scenarios S1,S6] [--out target/bench]
+//!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--slow-runs 1]
+//!         [--links loopback,slow,slow-delayed] [--tools smart,static,full,rsync,rsync-z,zsync]
+//!         [--scenarios S0,S1,...] [--out target/bench]
 //!
-//! Needs nginx, curl, rsync, zsync and zsyncmake (`.ci/run` installs them).
-//! Writes `scenarios.md` and `scenarios.json` to the output folder and
-//! prints the table.
+//! Needs nginx, curl, rsync, zsync, zsyncmake and, for the slow links, root
+//! and iproute2 (`.ci/run` installs them). Writes `scenarios.md`,
+//! `scenarios.json` and `scenarios.svg` to the output folder and prints the
+//! table. Each slow link runs in a network namespace made for it: this
+//! program runs itself again inside it (`--in-namespace`) and reads back
+//! the figures as JSON.
 
 use std::path::PathBuf;
 
-use intersync::bench::{self, Options, Tool, report};
+use intersync::bench::link::{Link, Namespace};
+use intersync::bench::{self, Figure, Options, Tool, report};
 
-fn main() {
-    let mut options = Options {
-        scale: 1.0,
-        runs: 3,
-        tools: Tool::ALL.to_vec(),
-        scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7"]
-            .map(String::from)
-            .to_vec(),
-        intersync: PathBuf::from(env!("CARGO_BIN_EXE_intersync")),
-        one_way_delay: std::time::Duration::ZERO,
-        link: "loopback".into(),
+struct Args {
+    options: Options,
+    slow_runs: usize,
+    links: Vec<Link>,
+    out: PathBuf,
+    /// Run one link here and write its figures to this file.
+    in_namespace: Option<PathBuf>,
+    /// Every argument, to pass on to the run inside a namespace.
+    raw: Vec<String>,
+}
+
+fn parse() -> Args {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let mut a = Args {
+        options: Options {
+            scale: 1.0,
+            runs: 3,
+            tools: Tool::ALL.to_vec(),
+            scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+                .map(String::from)
+                .to_vec(),
+            intersync: PathBuf::from(env!("CARGO_BIN_EXE_intersync")),
+            link: Link::Loopback,
+        },
+        slow_runs: 1,
+        links: Link::ALL.to_vec(),
+        out: PathBuf::from("target/bench"),
+        in_namespace: None,
+        raw: raw.clone(),
     };
-    let mut out = PathBuf::from("target/bench");
-    let mut args = std::env::args().skip(1);
+    let mut args = raw.into_iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
         match arg.as_str() {
-            "--scale" => options.scale = value().parse().expect("--scale is a number"),
-            "--runs" => options.runs = value().parse().expect("--runs is a number"),
-            "--out" => out = PathBuf::from(value()),
-            "--scenarios" => options.scenarios = value().split(',').map(String::from).collect(),
+            "--scale" => a.options.scale = value().parse().expect("--scale is a number"),
+            "--runs" => a.options.runs = value().parse().expect("--runs is a number"),
+            "--slow-runs" => a.slow_runs = value().parse().expect("--slow-runs is a number"),
+            "--out" => a.out = PathBuf::from(value()),
+            "--in-namespace" => a.in_namespace = Some(PathBuf::from(value())),
+            "--scenarios" => a.options.scenarios = value().split(',').map(String::from).collect(),
+            "--links" => {
+                a.links = value()
+                    .split(',')
+                    .map(|l| {
+                        Link::parse(l)
+                            .unwrap_or_else(|| panic!("no link {l} (loopback, slow, slow-delayed)"))
+                    })
+                    .collect()
+            }
             "--tools" => {
-                options.tools = value()
+                a.options.tools = value()
                     .split(',')
                     .map(|t| match t {
                         "smart" => Tool::Smart,
@@ -55,28 +89,85 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
+    a
+}
+
+fn run_here(options: &Options) -> Vec<Figure> {
     let work = tempfile::tempdir().expect("temporary folder");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let figures = runtime
-        .block_on(bench::run(work.path(), &options, |scenario, tool, n| {
-            eprintln!("{scenario}: {} (run {})", tool.name(), n + 1);
+    runtime
+        .block_on(bench::run(work.path(), options, |scenario, tool, n| {
+            eprintln!(
+                "{} {scenario}: {} (run {})",
+                options.link.name(),
+                tool.name(),
+                n + 1
+            );
         }))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `link` in a namespace of its own, through this same program.
+fn run_in_namespace(args: &Args, link: Link) -> Vec<Figure> {
+    let ns = Namespace::create().unwrap_or_else(|e| panic!("a namespace for {}: {e}", link.name()));
+    let json = tempfile::NamedTempFile::new().expect("temporary file");
+    let me = std::env::current_exe().expect("this program's path");
+    let status = ns
+        .command(&me)
+        .expect("ip")
+        .args(&args.raw)
+        .args(["--links", link.arg(), "--runs", &args.slow_runs.to_string()])
+        .arg("--in-namespace")
+        .arg(json.path())
+        .status()
+        .expect("run in the namespace");
+    assert!(status.success(), "the {} run failed: {status}", link.name());
+    serde_json::from_slice(&std::fs::read(json.path()).expect("figures")).expect("figures")
+}
+
+fn main() {
+    let args = parse();
+    if let Some(json) = &args.in_namespace {
+        let mut options = args.options.clone();
+        options.link = args.links[0];
+        let figures = run_here(&options);
+        std::fs::write(json, serde_json::to_vec(&figures).expect("json")).expect("write figures");
+        return;
+    }
+    let mut figures = Vec::new();
+    for &link in &args.links {
+        if link.shaped() {
+            figures.extend(run_in_namespace(&args, link));
+        } else {
+            let mut options = args.options.clone();
+            options.link = link;
+            figures.extend(run_here(&options));
+        }
+    }
     let report = report::Report {
         date: intersync::tree::scan::utc_stamp(intersync::tree::scan::now_ns() / 1_000_000_000),
         machine: report::machine(),
-        scale: options.scale,
-        runs: options.runs,
+        scale: args.options.scale,
+        runs: args.options.runs,
+        slow_runs: if args.links.iter().any(|l| l.shaped()) {
+            args.slow_runs
+        } else {
+            0
+        },
         figures,
     };
     let table = report::markdown(&report);
     println!("\n{table}");
-    std::fs::create_dir_all(&out).expect("output folder");
-    std::fs::write(out.join("scenarios.md"), &table).expect("write the table");
+    std::fs::create_dir_all(&args.out).expect("output folder");
+    std::fs::write(args.out.join("scenarios.md"), &table).expect("write the table");
     std::fs::write(
-        out.join("scenarios.json"),
+        args.out.join("scenarios.json"),
         serde_json::to_vec_pretty(&report).expect("json"),
     )
     .expect("write the JSON");
-    eprintln!("wrote {}/scenarios.md and scenarios.json", out.display());
+    std::fs::write(args.out.join("scenarios.svg"), report::svg(&report)).expect("write the chart");
+    eprintln!(
+        "wrote scenarios.md, scenarios.json and scenarios.svg to {}",
+        args.out.display()
+    );
 }

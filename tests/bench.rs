@@ -25,8 +25,7 @@ fn every_tool_on_every_scenario_at_small_scale() {
             .map(String::from)
             .to_vec(),
         intersync: env!("CARGO_BIN_EXE_intersync").into(),
-        one_way_delay: std::time::Duration::ZERO,
-        link: "loopback".into(),
+        link: bench::link::Link::Loopback,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let figures = runtime
@@ -37,8 +36,21 @@ fn every_tool_on_every_scenario_at_small_scale() {
         machine: report::machine(),
         scale: options.scale,
         runs: options.runs,
+        slow_runs: 0,
         figures: figures.clone(),
     });
+    let chart = report::svg(&report::Report {
+        date: "test".into(),
+        machine: String::new(),
+        scale: options.scale,
+        runs: 1,
+        slow_runs: 0,
+        figures: figures.clone(),
+    });
+    assert_eq!(
+        chart.matches("<rect").count(),
+        1 + Tool::ALL.len() + 2 * figures.len()
+    );
     println!("{table}");
     assert_eq!(figures.len(), 8 * Tool::ALL.len());
     let wrong: Vec<_> = figures
@@ -72,4 +84,58 @@ fn every_tool_on_every_scenario_at_small_scale() {
         s4.total_bytes() < s4.full_fetch_bytes + s4.full_fetch_bytes * 3 / 100,
         "{s4:?}"
     );
+}
+
+/// The slow-link machinery: a network namespace with the shaped `lo`, the
+/// relay holding bytes back, and the run inside it. This test runs itself
+/// again inside a namespace (root is needed, as in CI) and checks what the
+/// inner run measured: the right trees, and a sync that cannot take less
+/// than one round trip a request.
+#[test]
+fn the_slow_link_runs_inside_its_own_namespace() {
+    const INNER: &str = "INTERSYNC_TEST_IN_NAMESPACE";
+    if let Some(json) = std::env::var_os(INNER) {
+        let work = Dir::new();
+        let options = Options {
+            scale: 0.005,
+            runs: 1,
+            tools: vec![Tool::Smart, Tool::Rsync],
+            scenarios: vec!["S1".into()],
+            intersync: env!("CARGO_BIN_EXE_intersync").into(),
+            link: bench::link::Link::SlowDelayed,
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let figures = runtime
+            .block_on(bench::run(&work.path(""), &options, |_, _, _| {}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(json, serde_json::to_vec(&figures).unwrap()).unwrap();
+        return;
+    }
+    let ns = bench::link::Namespace::create().unwrap_or_else(|e| panic!("{e}"));
+    let out = Dir::new();
+    let json = out.path("figures.json");
+    let me = std::env::current_exe().unwrap();
+    let status = ns
+        .command(&me)
+        .unwrap()
+        .args([
+            "bench::the_slow_link_runs_inside_its_own_namespace",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(INNER, &json)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let figures: Vec<Figure> = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .unwrap_or_else(|e| panic!("the inner run wrote no figures: {e}"));
+    assert_eq!(figures.len(), 2);
+    for f in &figures {
+        assert!(f.correct, "{f:?}");
+        assert_eq!(f.link, "8 Mbit/s, 100 ms RTT");
+    }
+    let s1 = figure(&figures, "S1", Tool::Smart);
+    // The emulated link, not a speed: each request costs a 100 ms round trip.
+    let requests = s1.requests.unwrap();
+    assert!(s1.wall_s >= 0.1 * requests as f64, "{s1:?}");
 }

@@ -12,6 +12,7 @@
 //! fresh copies and must end with the new tree, byte for byte, or it says
 //! why not.
 
+pub mod link;
 pub mod proc;
 pub mod relay;
 pub mod report;
@@ -100,10 +101,9 @@ pub struct Options {
     pub scenarios: Vec<String>,
     /// The `intersync` binary to measure.
     pub intersync: PathBuf,
-    /// Delay each byte this long each way in the relay.
-    pub one_way_delay: Duration,
-    /// The name of the link, for the report.
-    pub link: String,
+    /// The link the clients reach their servers over (a slow one needs this
+    /// process to run inside a [`link::Namespace`]).
+    pub link: link::Link,
 }
 
 /// One tool's figures on one scenario.
@@ -272,7 +272,7 @@ pub async fn run(
                 let _ = std::fs::remove_dir_all(&dir);
                 samples.push(sample);
             }
-            figures.push(tools::summarize(s, tool, &options.link, samples));
+            figures.push(tools::summarize(s, tool, options.link.name(), samples));
         }
     }
     Ok(figures)

@@ -39,10 +39,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Listens on 127.0.0.1 and forwards every connection to `target`,
-    /// each byte arriving `one_way` later on the other side.
-    pub async fn start(target: SocketAddr, one_way: Duration) -> std::io::Result<Relay> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    /// Listens on `ip` and forwards every connection to `target`, each
+    /// byte arriving `one_way` later on the other side.
+    pub async fn start(
+        ip: std::net::Ipv4Addr,
+        target: SocketAddr,
+        one_way: Duration,
+    ) -> std::io::Result<Relay> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let shared = counters.clone();

@@ -14,7 +14,11 @@ pub struct Report {
     pub date: String,
     pub machine: String,
     pub scale: f64,
+    /// Runs of each figure on loopback; times are their median.
     pub runs: usize,
+    /// Runs on the slow links.
+    #[serde(default)]
+    pub slow_runs: usize,
     pub figures: Vec<Figure>,
 }
 
@@ -40,9 +44,10 @@ pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Scenario benchmark, scale {}, median of {} run(s), {} ({}). Bytes counted at the socket, \
-         both ways, headers included; `total / changed` is against the bytes the change really made.\n",
-        report.scale, report.runs, report.date, report.machine
+        "Scenario benchmark, scale {}, times the median of {} run(s) on loopback and {} on the slow \
+         links, {} ({}). Bytes counted at the socket, both ways, headers included; `total / changed` \
+         is against the bytes the change really made.\n",
+        report.scale, report.runs, report.slow_runs, report.date, report.machine
     );
     let _ = writeln!(
         out,
@@ -82,6 +87,140 @@ pub fn markdown(report: &Report) -> String {
         );
     }
     out
+}
+
+/// A chart of the report: for each scenario, a bar per tool for the bytes
+/// moved (on a log scale) and, beside it, for the time over the first slow
+/// link in the report (log scale too), or over loopback if there is none.
+pub fn svg(report: &Report) -> String {
+    let mut scenarios: Vec<&str> = Vec::new();
+    let mut tools: Vec<&str> = Vec::new();
+    for f in &report.figures {
+        if !scenarios.contains(&f.scenario.as_str()) {
+            scenarios.push(&f.scenario);
+        }
+        if !tools.contains(&f.tool.as_str()) {
+            tools.push(&f.tool);
+        }
+    }
+    let time_link = report
+        .figures
+        .iter()
+        .map(|f| f.link.as_str())
+        .find(|l| *l != "loopback")
+        .unwrap_or("loopback");
+    let colours = [
+        "#1f77b4", "#aec7e8", "#7f7f7f", "#d62728", "#ff9896", "#2ca02c",
+    ];
+    let (bar, gap, label_w, panel_w) = (9.0, 10.0, 40.0, 420.0);
+    let group = bar * tools.len() as f64 + gap;
+    let top = 40.0 + 16.0 * tools.len() as f64;
+    let height = top + group * scenarios.len() as f64 + 40.0;
+    let width = label_w + 2.0 * panel_w + 60.0;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        out,
+        "<text x=\"{label_w}\" y=\"16\" font-size=\"13\">Bytes moved (log scale) and time over {time_link} (log scale), scale {}, {}</text>",
+        report.scale, report.date
+    );
+    for (i, t) in tools.iter().enumerate() {
+        let y = 30.0 + 16.0 * i as f64;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{label_w}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            y - 9.0,
+            colours[i % colours.len()],
+            label_w + 14.0,
+            y,
+            escape(t)
+        );
+    }
+    // Log scales from the smallest to the largest value present.
+    let scale = |values: Vec<f64>| {
+        let lo = values
+            .iter()
+            .copied()
+            .filter(|v| *v > 0.0)
+            .fold(f64::MAX, f64::min);
+        let hi = values.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = (
+            lo.min(hi).max(1e-9).log10().floor(),
+            hi.max(1e-9).log10().ceil(),
+        );
+        move |v: f64| {
+            if v <= 0.0 {
+                0.0
+            } else {
+                ((v.log10() - lo) / (hi - lo).max(1.0)).clamp(0.0, 1.0) * panel_w
+            }
+        }
+    };
+    let bytes = |f: &Figure| f.total_bytes() as f64;
+    let loopback: Vec<&Figure> = report
+        .figures
+        .iter()
+        .filter(|f| f.link == "loopback")
+        .collect();
+    let timed: Vec<&Figure> = report
+        .figures
+        .iter()
+        .filter(|f| f.link == time_link)
+        .collect();
+    let bx = scale(loopback.iter().map(|f| bytes(f)).collect());
+    let tx = scale(timed.iter().map(|f| f.wall_s).collect());
+    let panels = [
+        (label_w, "bytes", &loopback),
+        (label_w + panel_w + 40.0, "time", &timed),
+    ];
+    for (si, s) in scenarios.iter().enumerate() {
+        let y0 = top + group * si as f64;
+        let _ = writeln!(out, "<text x=\"4\" y=\"{}\">{s}</text>", y0 + group / 2.0);
+        for (x0, what, figures) in &panels {
+            for (ti, t) in tools.iter().enumerate() {
+                let Some(f) = figures.iter().find(|f| f.scenario == *s && f.tool == *t) else {
+                    continue;
+                };
+                let (w, label) = if *what == "bytes" {
+                    (bx(bytes(f)), thousands(f.total_bytes()))
+                } else {
+                    (tx(f.wall_s), format!("{:.2} s", f.wall_s))
+                };
+                let y = y0 + bar * ti as f64;
+                let _ = writeln!(
+                    out,
+                    "<rect x=\"{x0}\" y=\"{y}\" width=\"{:.1}\" height=\"{}\" fill=\"{}\"><title>{} {}: {label}</title></rect>",
+                    w.max(1.0),
+                    bar - 1.0,
+                    colours[ti % colours.len()],
+                    escape(s),
+                    escape(t)
+                );
+            }
+        }
+    }
+    for (x0, what, _) in &panels {
+        let _ = writeln!(
+            out,
+            "<text x=\"{x0}\" y=\"{}\">{}</text>",
+            height - 14.0,
+            if *what == "bytes" {
+                "total bytes, loopback (log)".to_owned()
+            } else {
+                format!("wall time, {time_link} (log)")
+            }
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A one-line description of this machine: CPUs and memory.

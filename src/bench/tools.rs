@@ -94,6 +94,11 @@ pub fn summarize(s: &Prepared, tool: Tool, link: &str, samples: Vec<Sample>) -> 
     }
 }
 
+async fn relay(options: &Options, target: SocketAddr) -> Outcome<Relay> {
+    let link = options.link;
+    io(Relay::start(link.relay_ip(), target, link.one_way_delay()).await)
+}
+
 fn free_port() -> Outcome<u16> {
     Ok(io(io(std::net::TcpListener::bind("127.0.0.1:0"))?.local_addr())?.port())
 }
@@ -170,7 +175,7 @@ async fn smart(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
     let root = dir.join("server");
     io(tree::mirror(&s.old, &root))?;
     let port = free_port()?;
-    let relay = io(Relay::start(addr(port), options.one_way_delay).await)?;
+    let relay = relay(options, addr(port)).await?;
     let url = format!("http://{}/", relay.addr);
     let server = Serve::start(options, &root, port)?;
     io(proc::run(
@@ -228,7 +233,7 @@ async fn static_export(
     io(tree::mirror(&s.old, &site))?;
     export(options, &site)?;
     let nginx = io(Nginx::serve(&www, ""))?;
-    let relay = io(Relay::start(nginx.addr(), options.one_way_delay).await)?;
+    let relay = relay(options, nginx.addr()).await?;
     let url = format!("http://{}/site/", relay.addr);
     io(proc::run(
         Command::new(&options.intersync)
@@ -299,7 +304,7 @@ async fn full_fetch(s: &Prepared, dir: &Path, client: &Path, options: &Options) 
     io(tree::mirror(&s.new, &www))?;
     io(tree::mirror(&s.old, client))?;
     let nginx = io(Nginx::serve(&www, ""))?;
-    let relay = io(Relay::start(nginx.addr(), options.one_way_delay).await)?;
+    let relay = relay(options, nginx.addr()).await?;
     let wanted = changed_files(&s.old, &s.new)?;
     let mut config = String::new();
     for f in &wanted {
@@ -386,7 +391,7 @@ async fn rsync(
         let _ = daemon.kill();
         return Err("rsync --daemon did not start".into());
     }
-    let relay = io(Relay::start(addr(port), options.one_way_delay).await)?;
+    let relay = relay(options, addr(port)).await?;
     let before = relay.counted();
     let mut command = io(program("rsync"))?;
     command.args(["-a", "--delete", "--stats"]);
@@ -395,7 +400,7 @@ async fn rsync(
     }
     let done = proc::run(
         command
-            .arg(format!("rsync://127.0.0.1:{}/data/", relay.addr.port()))
+            .arg(format!("rsync://{}/data/", relay.addr))
             .arg(format!("{}/", client.display())),
     );
     let _ = daemon.kill();
@@ -437,7 +442,7 @@ async fn zsync(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
         ))?;
     }
     let nginx = io(Nginx::serve(&www, ""))?;
-    let relay = io(Relay::start(nginx.addr(), options.one_way_delay).await)?;
+    let relay = relay(options, nginx.addr()).await?;
     let before = (
         relay.counted(),
         nginx_stats(&nginx),
