@@ -78,8 +78,11 @@ fn parse() -> Args {
                         "rsync" => Tool::Rsync,
                         "rsync-z" => Tool::RsyncZ,
                         "zsync" => Tool::Zsync,
+                        "get" => Tool::Get,
                         other => {
-                            panic!("no tool {other} (smart, static, full, rsync, rsync-z, zsync)")
+                            panic!(
+                                "no tool {other} (smart, static, full, rsync, rsync-z, zsync, get)"
+                            )
                         }
                     })
                     .collect()

@@ -139,3 +139,46 @@ fn the_slow_link_runs_inside_its_own_namespace() {
     let requests = s1.requests.unwrap();
     assert!(s1.wall_s >= 0.1 * requests as f64, "{s1:?}");
 }
+
+/// `intersync bench OLD NEW` on a user's two files: no setup, a table of
+/// bytes, requests and time against a full fetch (and rsync, installed here).
+#[test]
+fn intersync_bench_compares_on_your_own_files() {
+    let dir = Dir::new();
+    let old = crate::util::random_bytes(51, 1 << 20);
+    let mut new = old.clone();
+    new[300_000..300_100].copy_from_slice(&[7; 100]);
+    let old_path = dir.write("old.iso", &old);
+    let new_path = dir.write("new.iso", &new);
+    // Older than NEW, as a real old version would be.
+    std::fs::File::options()
+        .write(true)
+        .open(&old_path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let out = crate::util::ok(
+        crate::util::intersync()
+            .args(["bench", "--rtt", "20"])
+            .arg(&old_path)
+            .arg(&new_path),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |tool: &str| -> Vec<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("| {tool} |")))
+            .unwrap_or_else(|| panic!("no {tool} row in\n{text}"))
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let bytes = |r: &[String]| r[2].replace(',', "").parse::<u64>().unwrap();
+    let ours = row("InterSync");
+    let full = row("full fetch (intersync get)");
+    let rsync = row("rsync");
+    for r in [&ours, &full, &rsync] {
+        assert_eq!(r[6], "yes", "{text}");
+    }
+    assert!(bytes(&ours) * 10 < bytes(&full), "{text}");
+    assert!(bytes(&full) >= 1 << 20, "{text}");
+}

@@ -24,6 +24,12 @@ pub enum Link {
     Slow,
     /// 8 Mbit/s and 100 ms of round-trip time.
     SlowDelayed,
+    /// A rate (bits a second) and a round-trip time, both made by the relay
+    /// alone: no namespace, no root (`intersync bench --link`).
+    Emulated {
+        bits_per_sec: Option<u64>,
+        rtt_ms: u64,
+    },
 }
 
 /// The slow links' rate, for tc.
@@ -32,11 +38,18 @@ pub const SLOW_RATE: &str = "8mbit";
 impl Link {
     pub const ALL: [Link; 3] = [Link::Loopback, Link::Slow, Link::SlowDelayed];
 
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Link::Loopback => "loopback",
-            Link::Slow => "8 Mbit/s",
-            Link::SlowDelayed => "8 Mbit/s, 100 ms RTT",
+            Link::Loopback => "loopback".into(),
+            Link::Slow => "8 Mbit/s".into(),
+            Link::SlowDelayed => "8 Mbit/s, 100 ms RTT".into(),
+            Link::Emulated {
+                bits_per_sec,
+                rtt_ms,
+            } => format!(
+                "{}, {rtt_ms} ms RTT (emulated)",
+                bits_per_sec.map_or("loopback".into(), |b| format!("{} Mbit/s", b as f64 / 1e6))
+            ),
         }
     }
 
@@ -54,6 +67,7 @@ impl Link {
             Link::Loopback => "loopback",
             Link::Slow => "slow",
             Link::SlowDelayed => "slow-delayed",
+            Link::Emulated { .. } => "emulated",
         }
     }
 
@@ -61,20 +75,31 @@ impl Link {
     pub fn one_way_delay(self) -> Duration {
         match self {
             Link::SlowDelayed => Duration::from_millis(50),
+            Link::Emulated { rtt_ms, .. } => Duration::from_millis(rtt_ms) / 2,
             _ => Duration::ZERO,
+        }
+    }
+
+    /// The rate the relay itself keeps to, bytes a second each way.
+    pub fn relay_rate(self) -> Option<u64> {
+        match self {
+            Link::Emulated { bits_per_sec, .. } => bits_per_sec.map(|b| b / 8),
+            _ => None,
         }
     }
 
     /// Where the relay listens: the shaped address on slow links.
     pub fn relay_ip(self) -> std::net::Ipv4Addr {
-        match self {
-            Link::Loopback => std::net::Ipv4Addr::new(127, 0, 0, 1),
-            _ => std::net::Ipv4Addr::new(127, 0, 0, 2),
+        if self.shaped() {
+            std::net::Ipv4Addr::new(127, 0, 0, 2)
+        } else {
+            std::net::Ipv4Addr::new(127, 0, 0, 1)
         }
     }
 
+    /// Whether the link is made by tc in a namespace.
     pub fn shaped(self) -> bool {
-        self != Link::Loopback
+        matches!(self, Link::Slow | Link::SlowDelayed)
     }
 }
 

@@ -54,6 +54,9 @@ pub enum Tool {
     RsyncZ,
     /// zsyncmake for every file, nginx, zsync for every file.
     Zsync,
+    /// `intersync get` of every changed file whole from `intersync serve`:
+    /// a full fetch that needs nothing else installed.
+    Get,
 }
 
 impl Tool {
@@ -74,13 +77,14 @@ impl Tool {
             Tool::Rsync => "rsync",
             Tool::RsyncZ => "rsync -z",
             Tool::Zsync => "zsync (nginx)",
+            Tool::Get => "full fetch (intersync get)",
         }
     }
 
     /// The programs the tool needs besides `intersync`.
     pub fn programs(self) -> &'static [&'static str] {
         match self {
-            Tool::Smart => &[],
+            Tool::Smart | Tool::Get => &[],
             Tool::Static => &["nginx"],
             Tool::FullFetch => &["nginx", "curl"],
             Tool::Rsync | Tool::RsyncZ => &["rsync"],
@@ -219,6 +223,44 @@ pub fn prepare(dir: &Path, scale: f64, ids: &[String]) -> Result<Vec<Prepared>, 
     Ok(out)
 }
 
+/// A user's own pair, for `intersync bench OLD NEW`: two folders as they
+/// are, or two files (copied into folders under `work`, under NEW's name).
+pub fn pair(old: &Path, new: &Path, work: &Path) -> Result<Prepared, BenchError> {
+    let (old_dir, new_dir) = if new.is_dir() {
+        (old.to_owned(), new.to_owned())
+    } else {
+        let name = new
+            .file_name()
+            .ok_or_else(|| std::io::Error::other(format!("{}: not a file name", new.display())))?;
+        let (o, n) = (work.join("pair/old"), work.join("pair/new"));
+        std::fs::create_dir_all(&o)?;
+        std::fs::create_dir_all(&n)?;
+        // Copies keep their times: rsync's quick check looks at them.
+        for (from, to) in [(old, o.join(name)), (new, n.join(name))] {
+            std::fs::copy(from, &to)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&to)?
+                .set_modified(from.metadata()?.modified()?)?;
+        }
+        (o, n)
+    };
+    let mut full = 0;
+    for f in tree::files(&new_dir)? {
+        let bytes = std::fs::read(new_dir.join(&f))?;
+        if std::fs::read(old_dir.join(&f)).ok().as_ref() != Some(&bytes) {
+            full += bytes.len() as u64;
+        }
+    }
+    Ok(Prepared {
+        id: "yours".into(),
+        old: old_dir,
+        new: new_dir,
+        changed_bytes: 0,
+        full_fetch_bytes: full,
+    })
+}
+
 /// Gives the trees the times a real change leaves: every old file a fixed
 /// time, every new file that differs a day later, unchanged files the old
 /// time (so that quick checks by size and time, like rsync's, see exactly
@@ -247,6 +289,17 @@ fn settle_times(old: &Path, new: &Path) -> std::io::Result<()> {
 pub async fn run(
     work: &Path,
     options: &Options,
+    progress: impl FnMut(&str, Tool, usize),
+) -> Result<Vec<Figure>, BenchError> {
+    let scenarios = prepare(&work.join("scenarios"), options.scale, &options.scenarios)?;
+    run_prepared(work, &scenarios, options, progress).await
+}
+
+/// Runs every tool on `scenarios` (already on disk), `options.runs` times each.
+pub async fn run_prepared(
+    work: &Path,
+    scenarios: &[Prepared],
+    options: &Options,
     mut progress: impl FnMut(&str, Tool, usize),
 ) -> Result<Vec<Figure>, BenchError> {
     for tool in &options.tools {
@@ -254,9 +307,8 @@ pub async fn run(
             crate::harness::program(program)?;
         }
     }
-    let scenarios = prepare(&work.join("scenarios"), options.scale, &options.scenarios)?;
     let mut figures = Vec::new();
-    for s in &scenarios {
+    for s in scenarios {
         for &tool in &options.tools {
             let mut samples = Vec::new();
             for n in 0..options.runs.max(1) {
@@ -272,7 +324,7 @@ pub async fn run(
                 let _ = std::fs::remove_dir_all(&dir);
                 samples.push(sample);
             }
-            figures.push(tools::summarize(s, tool, options.link.name(), samples));
+            figures.push(tools::summarize(s, tool, &options.link.name(), samples));
         }
     }
     Ok(figures)

@@ -39,6 +39,7 @@ pub async fn run_once(tool: Tool, s: &Prepared, dir: &Path, options: &Options) -
         Tool::FullFetch => full_fetch(s, dir, &client, options).await?,
         Tool::Rsync | Tool::RsyncZ => rsync(s, dir, &client, options, tool == Tool::RsyncZ).await?,
         Tool::Zsync => zsync(s, dir, &client, options).await?,
+        Tool::Get => get(s, dir, &client, options).await?,
     };
     let want = io(tree::contents(&s.new))?;
     let got = io(tree::contents(&client))?;
@@ -96,7 +97,13 @@ pub fn summarize(s: &Prepared, tool: Tool, link: &str, samples: Vec<Sample>) -> 
 
 async fn relay(options: &Options, target: SocketAddr) -> Outcome<Relay> {
     let link = options.link;
-    io(Relay::start(link.relay_ip(), target, link.one_way_delay()).await)
+    io(Relay::start(
+        link.relay_ip(),
+        target,
+        link.one_way_delay(),
+        link.relay_rate(),
+    )
+    .await)
 }
 
 fn free_port() -> Outcome<u16> {
@@ -336,6 +343,50 @@ async fn full_fetch(s: &Prepared, dir: &Path, client: &Path, options: &Options) 
         requests: Some(wanted.len() as u64),
         client: usage,
         server: server_delta(before.1, nginx_stats(&nginx)),
+        correct: false,
+        note: format!("told which files changed; {deleted} deletions made by the harness"),
+    })
+}
+
+async fn get(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Outcome<Sample> {
+    let root = dir.join("server");
+    io(tree::mirror(&s.new, &root))?;
+    io(tree::mirror(&s.old, client))?;
+    let port = free_port()?;
+    let server = Serve::start(options, &root, port)?;
+    let relay = relay(options, addr(port)).await?;
+    let wanted = changed_files(&s.old, &s.new)?;
+    let before = (relay.counted(), server.stats());
+    let mut usage = Usage::default();
+    for f in &wanted {
+        let out = client.join(f);
+        io(std::fs::create_dir_all(out.parent().expect("has a folder")))?;
+        let done = io(proc::run(
+            Command::new(&options.intersync)
+                .arg("get")
+                .arg(format!("http://{}/{}", relay.addr, url_path(f)))
+                .arg(&out),
+        ))?;
+        usage = usage.then(done.usage);
+    }
+    let counted = since(relay.counted(), before.0);
+    let after = server.stats();
+    // What `get` keeps beside each file to make the next one conditional.
+    for f in &wanted {
+        let name = f.file_name().expect("a file").to_string_lossy();
+        let _ = std::fs::remove_file(
+            client
+                .join(f)
+                .with_file_name(format!(".{name}.intersync-get")),
+        );
+    }
+    let deleted = delete_extra(client, &s.new)?;
+    Ok(Sample {
+        counted,
+        tool_bytes: None,
+        requests: Some(wanted.len() as u64),
+        client: usage,
+        server: server_delta(before.1, after),
         correct: false,
         note: format!("told which files changed; {deleted} deletions made by the harness"),
     })
