@@ -3,7 +3,7 @@
 //! zsync, side by side, every byte counted at the socket, over loopback and
 //! two slow links.
 //!
-//!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--slow-runs 1]
+//!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--slow-runs 1] [--max-step 300]
 //!         [--links loopback,slow,slow-delayed] [--tools smart,static,full,rsync,rsync-z,zsync]
 //!         [--scenarios S0,S1,...] [--out target/bench]
 //!
@@ -42,6 +42,7 @@ fn parse() -> Args {
                 .to_vec(),
             intersync: PathBuf::from(env!("CARGO_BIN_EXE_intersync")),
             link: Link::Loopback,
+            max_step: Some(std::time::Duration::from_secs(300)),
         },
         slow_runs: 1,
         links: Link::ALL.to_vec(),
@@ -56,6 +57,11 @@ fn parse() -> Args {
             "--scale" => a.options.scale = value().parse().expect("--scale is a number"),
             "--runs" => a.options.runs = value().parse().expect("--runs is a number"),
             "--slow-runs" => a.slow_runs = value().parse().expect("--slow-runs is a number"),
+            "--max-step" => {
+                a.options.max_step = Some(std::time::Duration::from_secs(
+                    value().parse().expect("--max-step is whole seconds"),
+                ))
+            }
             "--out" => a.out = PathBuf::from(value()),
             "--in-namespace" => a.in_namespace = Some(PathBuf::from(value())),
             "--scenarios" => a.options.scenarios = value().split(',').map(String::from).collect(),

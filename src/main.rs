@@ -611,6 +611,7 @@ fn bench(
                 rtt_ms: rtt,
             }
         },
+        max_step: None,
     };
     let bar = indicatif::ProgressBar::new((tools.len() * options.runs) as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")

@@ -26,6 +26,7 @@ fn every_tool_on_every_scenario_at_small_scale() {
             .to_vec(),
         intersync: env!("CARGO_BIN_EXE_intersync").into(),
         link: bench::link::Link::Loopback,
+        max_step: None,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let figures = runtime
@@ -103,6 +104,7 @@ fn the_slow_link_runs_inside_its_own_namespace() {
             scenarios: vec!["S1".into()],
             intersync: env!("CARGO_BIN_EXE_intersync").into(),
             link: bench::link::Link::SlowDelayed,
+            max_step: None,
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let figures = runtime

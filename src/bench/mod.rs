@@ -108,6 +108,9 @@ pub struct Options {
     /// The link the clients reach their servers over (a slow one needs this
     /// process to run inside a [`link::Namespace`]).
     pub link: link::Link,
+    /// Longest a measured step may take; past it the tool is stopped and
+    /// its figure says so.
+    pub max_step: Option<Duration>,
 }
 
 /// One tool's figures on one scenario.

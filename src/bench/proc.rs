@@ -14,6 +14,8 @@ pub struct Usage {
     pub cpu: f64,
     /// Peak resident memory, KiB.
     pub peak_kib: u64,
+    /// Stopped at its deadline: the figures are for what it did until then.
+    pub timed_out: bool,
 }
 
 impl Usage {
@@ -23,6 +25,7 @@ impl Usage {
             wall: self.wall + next.wall,
             cpu: self.cpu + next.cpu,
             peak_kib: self.peak_kib.max(next.peak_kib),
+            timed_out: self.timed_out || next.timed_out,
         }
     }
 }
@@ -34,8 +37,9 @@ pub struct Finished {
     pub usage: Usage,
 }
 
-/// Runs `command` to the end, failing unless it exits with 0.
-pub fn run(command: &mut Command) -> io::Result<Finished> {
+/// Runs `command` to the end, failing unless it exits with 0; or, at the
+/// deadline, kills it and says so in its usage.
+pub fn run(command: &mut Command, deadline: Option<Instant>) -> io::Result<Finished> {
     let started = Instant::now();
     let child = command
         .stdin(Stdio::null())
@@ -60,11 +64,28 @@ pub fn run(command: &mut Command) -> io::Result<Finished> {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut timed_out = false;
     loop {
+        let past = deadline.is_some_and(|d| Instant::now() >= d);
+        if past && !timed_out {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            timed_out = true;
+        }
+        // Without a deadline, block; with one, look every millisecond.
+        let flags = if deadline.is_some() && !timed_out {
+            libc::WNOHANG
+        } else {
+            0
+        };
         // SAFETY: `pid` is our child, not yet reaped; both pointers are valid.
-        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        let got = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
         if got == pid {
             break;
+        }
+        if got == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -75,7 +96,7 @@ pub fn run(command: &mut Command) -> io::Result<Finished> {
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-    if exited != Some(0) {
+    if exited != Some(0) && !timed_out {
         return Err(io::Error::other(format!(
             "{command:?} failed ({}): {}",
             exited.map_or("killed".to_owned(), |c| format!("exit {c}")),
@@ -90,6 +111,7 @@ pub fn run(command: &mut Command) -> io::Result<Finished> {
             wall,
             cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
             peak_kib: usage.ru_maxrss.max(0) as u64,
+            timed_out,
         },
     })
 }

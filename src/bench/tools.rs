@@ -41,6 +41,10 @@ pub async fn run_once(tool: Tool, s: &Prepared, dir: &Path, options: &Options) -
         Tool::Zsync => zsync(s, dir, &client, options).await?,
         Tool::Get => get(s, dir, &client, options).await?,
     };
+    if sample.client.timed_out {
+        let limit = options.max_step.unwrap_or_default().as_secs();
+        sample.note = join(&sample.note, &format!("stopped after {limit} s"));
+    }
     let want = io(tree::contents(&s.new))?;
     let got = io(tree::contents(&client))?;
     sample.correct = want == got;
@@ -104,6 +108,41 @@ async fn relay(options: &Options, target: SocketAddr) -> Outcome<Relay> {
         link.relay_rate(),
     )
     .await)
+}
+
+/// The unmeasured first sync, straight from the server (not over the
+/// link, where a slow one could take many minutes), then the working copy
+/// pointed at the link's URL for the measured sync.
+fn clone(options: &Options, direct: &str, client: &Path, url: &str) -> Outcome<()> {
+    io(run_setup(
+        Command::new(&options.intersync)
+            .arg("sync")
+            .arg(direct)
+            .arg(client),
+    ))?;
+    let state = client.join(".intersync/state.json");
+    let mut saved: serde_json::Value = io(serde_json::from_slice(&io(std::fs::read(&state))?)
+        .map_err(std::io::Error::other))?;
+    saved["url"] = url.into();
+    io(std::fs::write(&state, saved.to_string()))
+}
+
+/// A setup step: no deadline.
+fn run_setup(command: &mut Command) -> std::io::Result<proc::Finished> {
+    proc::run(command, None)
+}
+
+/// A measured step's process, stopped at `until`.
+fn measured(
+    until: Option<std::time::Instant>,
+    command: &mut Command,
+) -> std::io::Result<proc::Finished> {
+    proc::run(command, until)
+}
+
+/// When a measured step that starts now must end.
+fn deadline(options: &Options) -> Option<std::time::Instant> {
+    options.max_step.map(|d| std::time::Instant::now() + d)
 }
 
 fn free_port() -> Outcome<u16> {
@@ -185,19 +224,16 @@ async fn smart(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
     let relay = relay(options, addr(port)).await?;
     let url = format!("http://{}/", relay.addr);
     let server = Serve::start(options, &root, port)?;
-    io(proc::run(
-        Command::new(&options.intersync)
-            .arg("sync")
-            .arg(&url)
-            .arg(client),
-    ))?;
+    clone(options, &format!("http://127.0.0.1:{port}/"), client, &url)?;
     // The change happens on the server while it is down; its start-up scan
     // journals it, as it would for any change made behind its back.
     drop(server);
     io(tree::mirror(&s.new, &root))?;
     let server = Serve::start(options, &root, port)?;
     let before = (relay.counted(), server.stats());
-    let done = io(proc::run(
+    let until = deadline(options);
+    let done = io(measured(
+        until,
         Command::new(&options.intersync)
             .args(["sync", "--stats"])
             .arg(&url)
@@ -223,7 +259,7 @@ fn nginx_stats(nginx: &Nginx) -> Option<(f64, u64)> {
 }
 
 fn export(options: &Options, site: &Path) -> Outcome<()> {
-    io(proc::run(
+    io(run_setup(
         Command::new(&options.intersync).arg("export").arg(site),
     ))
     .map(|_| ())
@@ -242,12 +278,7 @@ async fn static_export(
     let nginx = io(Nginx::serve(&www, ""))?;
     let relay = relay(options, nginx.addr()).await?;
     let url = format!("http://{}/site/", relay.addr);
-    io(proc::run(
-        Command::new(&options.intersync)
-            .arg("sync")
-            .arg(&url)
-            .arg(client),
-    ))?;
+    clone(options, &format!("{}site/", nginx.url), client, &url)?;
     io(tree::mirror(&s.new, &site))?;
     export(options, &site)?;
     let before = (
@@ -255,7 +286,9 @@ async fn static_export(
         nginx_stats(&nginx),
         nginx.settled_requests().len(),
     );
-    let done = io(proc::run(
+    let until = deadline(options);
+    let done = io(measured(
+        until,
         Command::new(&options.intersync)
             .args(["sync", "--stats"])
             .arg(&url)
@@ -325,10 +358,12 @@ async fn full_fetch(s: &Prepared, dir: &Path, client: &Path, options: &Options) 
     let list = dir.join("curl.conf");
     io(std::fs::write(&list, config))?;
     let before = (relay.counted(), nginx_stats(&nginx));
+    let until = deadline(options);
     let usage = if wanted.is_empty() {
         Usage::default()
     } else {
-        io(proc::run(
+        io(measured(
+            until,
             io(program("curl"))?
                 .args(["-s", "-S", "-f", "--create-dirs", "-K"])
                 .arg(&list),
@@ -358,10 +393,12 @@ async fn get(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Outc
     let wanted = changed_files(&s.old, &s.new)?;
     let before = (relay.counted(), server.stats());
     let mut usage = Usage::default();
+    let until = deadline(options);
     for f in &wanted {
         let out = client.join(f);
         io(std::fs::create_dir_all(out.parent().expect("has a folder")))?;
-        let done = io(proc::run(
+        let done = io(measured(
+            until,
             Command::new(&options.intersync)
                 .arg("get")
                 .arg(format!("http://{}/{}", relay.addr, url_path(f)))
@@ -449,7 +486,9 @@ async fn rsync(
     if compress {
         command.arg("-z");
     }
-    let done = proc::run(
+    let until = deadline(options);
+    let done = measured(
+        until,
         command
             .arg(format!("rsync://{}/data/", relay.addr))
             .arg(format!("{}/", client.display())),
@@ -474,24 +513,30 @@ async fn zsync(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
     io(tree::mirror(&s.new, &site))?;
     io(tree::mirror(&s.old, client))?;
     let files = io(tree::files(&s.new))?;
-    for f in &files {
-        let control = www
-            .join("zsync")
-            .join(f)
-            .with_extension(extension(f, "zsync"));
-        io(std::fs::create_dir_all(
-            control.parent().expect("has a folder"),
-        ))?;
-        let up = "../".repeat(f.components().count());
-        io(proc::run(
-            io(program("zsyncmake"))?
-                .arg("-o")
-                .arg(&control)
-                .arg("-u")
-                .arg(format!("{up}site/{}", url_path(f)))
-                .arg(site.join(f)),
-        ))?;
+    // Control files depend only on the new tree: made once per scenario.
+    let made = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(format!("zsync-control-{}", s.id));
+    if !made.join(".complete").exists() {
+        for f in &files {
+            let control = made.join(f).with_extension(extension(f, "zsync"));
+            io(std::fs::create_dir_all(
+                control.parent().expect("has a folder"),
+            ))?;
+            let up = "../".repeat(f.components().count());
+            io(run_setup(
+                io(program("zsyncmake"))?
+                    .arg("-o")
+                    .arg(&control)
+                    .arg("-u")
+                    .arg(format!("{up}site/{}", url_path(f)))
+                    .arg(site.join(f)),
+            ))?;
+        }
+        io(std::fs::write(made.join(".complete"), b""))?;
     }
+    io(tree::mirror(&made, &www.join("zsync")))?;
     let nginx = io(Nginx::serve(&www, ""))?;
     let relay = relay(options, nginx.addr()).await?;
     let before = (
@@ -500,10 +545,12 @@ async fn zsync(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
         nginx.settled_requests().len(),
     );
     let mut usage = Usage::default();
+    let until = deadline(options);
     for f in &files {
         let out = client.join(f);
         io(std::fs::create_dir_all(out.parent().expect("has a folder")))?;
-        let done = io(proc::run(
+        let done = io(measured(
+            until,
             io(program("zsync"))?
                 .arg("-q")
                 .arg("-o")
