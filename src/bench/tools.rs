@@ -121,8 +121,8 @@ fn clone(options: &Options, direct: &str, client: &Path, url: &str) -> Outcome<(
             .arg(client),
     ))?;
     let state = client.join(".intersync/state.json");
-    let mut saved: serde_json::Value = io(serde_json::from_slice(&io(std::fs::read(&state))?)
-        .map_err(std::io::Error::other))?;
+    let mut saved: serde_json::Value =
+        io(serde_json::from_slice(&io(std::fs::read(&state))?).map_err(std::io::Error::other))?;
     saved["url"] = url.into();
     io(std::fs::write(&state, saved.to_string()))
 }
