@@ -134,6 +134,33 @@ fn run_in_namespace(args: &Args, link: Link) -> Vec<Figure> {
     serde_json::from_slice(&std::fs::read(json.path()).expect("figures")).expect("figures")
 }
 
+/// Writes the table, JSON and chart of what has been measured so far, so
+/// that a run cut short keeps every link it finished.
+fn write_report(args: &Args, figures: &[Figure], done: &[Link]) -> String {
+    let report = report::Report {
+        date: intersync::tree::scan::utc_stamp(intersync::tree::scan::now_ns() / 1_000_000_000),
+        machine: report::machine(),
+        scale: args.options.scale,
+        runs: args.options.runs,
+        slow_runs: if done.iter().any(|l| l.shaped()) {
+            args.slow_runs
+        } else {
+            0
+        },
+        figures: figures.to_vec(),
+    };
+    let table = report::markdown(&report);
+    std::fs::create_dir_all(&args.out).expect("output folder");
+    std::fs::write(args.out.join("scenarios.md"), &table).expect("write the table");
+    std::fs::write(
+        args.out.join("scenarios.json"),
+        serde_json::to_vec_pretty(&report).expect("json"),
+    )
+    .expect("write the JSON");
+    std::fs::write(args.out.join("scenarios.svg"), report::svg(&report)).expect("write the chart");
+    table
+}
+
 fn main() {
     let args = parse();
     if let Some(json) = &args.in_namespace {
@@ -144,6 +171,8 @@ fn main() {
         return;
     }
     let mut figures = Vec::new();
+    let mut done = Vec::new();
+    let mut table = String::new();
     for &link in &args.links {
         if link.shaped() {
             figures.extend(run_in_namespace(&args, link));
@@ -152,31 +181,13 @@ fn main() {
             options.link = link;
             figures.extend(run_here(&options));
         }
+        done.push(link);
+        table = write_report(&args, &figures, &done);
+        eprintln!(
+            "{} done: wrote scenarios.md, scenarios.json and scenarios.svg to {}",
+            link.name(),
+            args.out.display()
+        );
     }
-    let report = report::Report {
-        date: intersync::tree::scan::utc_stamp(intersync::tree::scan::now_ns() / 1_000_000_000),
-        machine: report::machine(),
-        scale: args.options.scale,
-        runs: args.options.runs,
-        slow_runs: if args.links.iter().any(|l| l.shaped()) {
-            args.slow_runs
-        } else {
-            0
-        },
-        figures,
-    };
-    let table = report::markdown(&report);
     println!("\n{table}");
-    std::fs::create_dir_all(&args.out).expect("output folder");
-    std::fs::write(args.out.join("scenarios.md"), &table).expect("write the table");
-    std::fs::write(
-        args.out.join("scenarios.json"),
-        serde_json::to_vec_pretty(&report).expect("json"),
-    )
-    .expect("write the JSON");
-    std::fs::write(args.out.join("scenarios.svg"), report::svg(&report)).expect("write the chart");
-    eprintln!(
-        "wrote scenarios.md, scenarios.json and scenarios.svg to {}",
-        args.out.display()
-    );
 }

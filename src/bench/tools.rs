@@ -205,6 +205,31 @@ fn since(now: Counted, then: Counted) -> Counted {
     }
 }
 
+/// What `intersync sync --stats` did and said about itself.
+struct Synced {
+    done: proc::Finished,
+    /// Its own figures: (sent, received).
+    bytes: Option<(u64, u64)>,
+    requests: Option<u64>,
+}
+
+/// The measured step of both InterSync tools.
+fn sync_step(options: &Options, url: &str, client: &Path) -> Outcome<Synced> {
+    let done = io(measured(
+        deadline(options),
+        Command::new(&options.intersync)
+            .args(["sync", "--stats"])
+            .arg(url)
+            .arg(client),
+    ))?;
+    let (bytes, requests) = intersync_stats(&done.stdout);
+    Ok(Synced {
+        done,
+        bytes,
+        requests,
+    })
+}
+
 /// `intersync sync --stats` figures: (sent, received), requests.
 fn intersync_stats(stdout: &str) -> (Option<(u64, u64)>, Option<u64>) {
     let field = |name: &str| {
@@ -231,15 +256,11 @@ async fn smart(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
     io(tree::mirror(&s.new, &root))?;
     let server = Serve::start(options, &root, port)?;
     let before = (relay.counted(), server.stats());
-    let until = deadline(options);
-    let done = io(measured(
-        until,
-        Command::new(&options.intersync)
-            .args(["sync", "--stats"])
-            .arg(&url)
-            .arg(client),
-    ))?;
-    let (tool_bytes, requests) = intersync_stats(&done.stdout);
+    let Synced {
+        done,
+        bytes: tool_bytes,
+        requests,
+    } = sync_step(options, &url, client)?;
     Ok(Sample {
         counted: since(relay.counted(), before.0),
         tool_bytes,
@@ -286,15 +307,11 @@ async fn static_export(
         nginx_stats(&nginx),
         nginx.settled_requests().len(),
     );
-    let until = deadline(options);
-    let done = io(measured(
-        until,
-        Command::new(&options.intersync)
-            .args(["sync", "--stats"])
-            .arg(&url)
-            .arg(client),
-    ))?;
-    let (tool_bytes, requests) = intersync_stats(&done.stdout);
+    let Synced {
+        done,
+        bytes: tool_bytes,
+        requests,
+    } = sync_step(options, &url, client)?;
     let logged = nginx.settled_requests().len() - before.2;
     let mut note = String::new();
     if requests != Some(logged as u64) {
