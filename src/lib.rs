@@ -12,6 +12,7 @@
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
 //! - [`server`]: `intersync serve`, the HTTP(S) service of an export.
+//! - [`transfer`]: an rsync command line carried out with rsync's semantics.
 //! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
 //! - [`monitor`]: progress counters the library advances and front ends read.
@@ -36,6 +37,8 @@ pub mod monitor;
 pub mod scenario;
 #[cfg(feature = "net")]
 pub mod server;
+#[cfg(feature = "net")]
+pub mod transfer;
 #[cfg(feature = "net")]
 pub mod transport;
 pub mod tree;

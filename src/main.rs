@@ -12,6 +12,9 @@ use intersync_compat::ExitCode;
 use intersync_protocol::Version;
 use intersync_protocol::signature::{SignatureFormat, StrongSumKind, WeakSumKind};
 
+#[path = "cli/rsync.rs"]
+mod rsync;
+
 #[derive(Parser)]
 #[command(
     name = "intersync",
@@ -25,6 +28,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// rsync's command line: `intersync [OPTIONS] SRC... DEST` (this word may be left out).
+    #[command(disable_help_flag = true)]
+    Rsync {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Export DIR over HTTP(S): files, the modification log, signatures, deltas and writes.
     Serve(ServeArgs),
     /// Write (or bring up to date) DIR/.intersync/ so that any web server serving DIR is an InterSync source.
@@ -201,6 +210,22 @@ enum Rollsum {
 }
 
 fn main() -> ProcessExitCode {
+    // A command line that does not start with one of our subcommands is
+    // rsync's (`intersync -av src/ dst/`); `intersync rsync ...` says so.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        use clap::CommandFactory;
+        let ours = Cli::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == first)
+            || matches!(first, "help" | "--help" | "-V" | "--version");
+        if first == "rsync" {
+            return rsync::main(&args[2..]).into();
+        }
+        if !ours {
+            return rsync::main(&args[1..]).into();
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -228,6 +253,8 @@ fn main() -> ProcessExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let stdout = || PathBuf::from("-");
     match cli.command {
+        // main() takes rsync command lines before clap sees them.
+        Command::Rsync { .. } => unreachable!("handled in main"),
         Command::Serve(args) => serve(args)?,
         Command::Sync(args) => return sync(args),
         Command::Watch(args) => watch(args)?,

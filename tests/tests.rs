@@ -9,5 +9,6 @@ mod client;
 mod delta_cli;
 mod misbehaving;
 mod rdiff;
+mod rsync_compat;
 mod server;
 mod static_export;

@@ -1,14 +1,15 @@
 //! Everything InterSync does only to match rsync: its exit codes and
 //! `--bwlimit` units (which every InterSync command uses, so that scripts
 //! written for rsync can branch on them unchanged), its wildcard matching,
-//! filter rules, and its command line turned into a validated plan. Later:
-//! rsyncd.conf.
+//! filter rules, its command line turned into a validated plan, and what
+//! it prints (itemize lines, `--stats`). Later: rsyncd.conf.
 
 pub mod bwlimit;
 pub mod exit;
 pub mod filter;
 #[cfg(feature = "cli")]
 pub mod options;
+pub mod output;
 pub mod wildmatch;
 
 pub use exit::ExitCode;

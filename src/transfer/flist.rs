@@ -1,0 +1,406 @@
+//! The sender's file list: what a source argument puts into a transfer,
+//! walked depth first in rsync's order (a folder, then its non-folders by
+//! name, then its subfolders by name with a `/` appended), each name
+//! judged by the sender-side filter rules as the walk goes, per-directory
+//! merge files read from the folder being entered.
+//!
+//! What it trusts: the local file system, read without following
+//! symlinks. Names are bytes and never contain `/`; an entry that cannot be
+//! read is an error of the list (rsync's "I/O error"), not of the walk.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use intersync_compat::filter::{Filters, LocalFiles, Side};
+
+/// What kind of file an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    /// A block or character device (rsync's "device").
+    Device {
+        rdev: u64,
+        block: bool,
+    },
+    /// A FIFO or socket (rsync's "special").
+    Special {
+        fifo: bool,
+    },
+}
+
+impl Kind {
+    /// rsync's type letter in itemize output.
+    pub fn letter(&self) -> char {
+        match self {
+            Kind::File => 'f',
+            Kind::Dir => 'd',
+            Kind::Symlink(_) => 'L',
+            Kind::Device { .. } => 'D',
+            Kind::Special { .. } => 'S',
+        }
+    }
+}
+
+/// One item of the list.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The path from the transfer root; empty for the root itself (".").
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    /// Where it is on disk.
+    pub path: PathBuf,
+}
+
+impl Entry {
+    pub fn from_meta(
+        name: Vec<u8>,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+    ) -> std::io::Result<Entry> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            Kind::File
+        } else if ft.is_symlink() {
+            Kind::Symlink(std::fs::read_link(&path)?.as_os_str().as_bytes().to_vec())
+        } else if ft.is_block_device() || ft.is_char_device() {
+            Kind::Device {
+                rdev: meta.rdev(),
+                block: ft.is_block_device(),
+            }
+        } else {
+            Kind::Special { fifo: ft.is_fifo() }
+        };
+        Ok(Entry {
+            name,
+            kind,
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: if ft.is_file() { meta.len() } else { 0 },
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec() as u32,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+            path,
+        })
+    }
+
+    /// The name as rsync prints it: `./` for the root, a `/` after folders.
+    pub fn display(&self) -> String {
+        let mut s = if self.name.is_empty() {
+            ".".to_string()
+        } else {
+            String::from_utf8_lossy(&self.name).into_owned()
+        };
+        if self.kind == Kind::Dir {
+            s.push('/');
+        }
+        s
+    }
+}
+
+/// A message of the sender about something it could not list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// rsync's "link_stat ... failed" or "opendir ... failed": an I/O error
+    /// that also disables deletions.
+    Io(String),
+    /// Not sent, said as rsync says it ("skipping non-regular file ...").
+    Skipped(String),
+}
+
+/// The list, and what went wrong while making it.
+#[derive(Debug, Default)]
+pub struct FileList {
+    pub entries: Vec<Entry>,
+    pub problems: Vec<Problem>,
+    /// For each folder entry (by index), the names of its children in the
+    /// list.
+    pub children: std::collections::HashMap<usize, Vec<Vec<u8>>>,
+}
+
+impl FileList {
+    pub fn io_error(&self) -> bool {
+        self.problems.iter().any(|p| matches!(p, Problem::Io(_)))
+    }
+}
+
+/// What the walk needs to know of the plan.
+pub struct Walk<'a> {
+    pub recursive: bool,
+    pub dirs: bool,
+    pub links: bool,
+    pub devices: bool,
+    pub specials: bool,
+    pub one_file_system: bool,
+    pub filters: &'a Filters,
+}
+
+/// rsync's order of the children of one folder.
+fn sort_children(v: &mut [Entry]) {
+    v.sort_by(|a, b| {
+        let key = |e: &Entry| {
+            let mut n = e.name.rsplit(|&c| c == b'/').next().unwrap_or(&[]).to_vec();
+            if e.kind == Kind::Dir {
+                n.push(b'/');
+            }
+            (e.kind == Kind::Dir, n)
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+impl Walk<'_> {
+    /// Lists one source argument. `contents` is its trailing slash: the
+    /// folder's contents go into the destination, not the folder.
+    pub fn list(&self, source: &Path, contents: bool, list: &mut FileList) {
+        let meta = match std::fs::symlink_metadata(source) {
+            Ok(m) => m,
+            Err(e) => {
+                list.problems.push(Problem::Io(format!(
+                    "link_stat \"{}\" failed: {}",
+                    absolute(source).display(),
+                    os_error(&e)
+                )));
+                return;
+            }
+        };
+        let mut filters = self.filters.clone();
+        if contents && meta.is_dir() {
+            if !self.recursive && !self.dirs {
+                list.problems
+                    .push(Problem::Skipped("skipping directory .".into()));
+                return;
+            }
+            if let Err(e) = filters.enter_root(&absolute(source), &LocalFiles) {
+                list.problems.push(Problem::Io(e.to_string()));
+                return;
+            }
+            let root = match Entry::from_meta(Vec::new(), source.to_path_buf(), &meta) {
+                Ok(e) => e,
+                Err(e) => {
+                    list.problems.push(Problem::Io(os_error(&e)));
+                    return;
+                }
+            };
+            let dev = root.dev;
+            list.entries.push(root);
+            let at = list.entries.len() - 1;
+            // The root's merge files were read by enter_root.
+            self.walk_dir(&mut filters, source, b"", at, dev, list, true);
+            return;
+        }
+        // "src" without a slash: the transfer root is its parent and "src"
+        // is one name in it.
+        let name = source
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_else(|| b".".to_vec());
+        let parent = absolute(source)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        if let Err(e) = filters.enter_root(&parent, &LocalFiles) {
+            list.problems.push(Problem::Io(e.to_string()));
+            return;
+        }
+        let entry = match Entry::from_meta(name.clone(), source.to_path_buf(), &meta) {
+            Ok(e) => e,
+            Err(e) => {
+                list.problems.push(Problem::Io(os_error(&e)));
+                return;
+            }
+        };
+        if filters.excluded(&name, entry.kind == Kind::Dir, Side::Sender) {
+            return;
+        }
+        if !self.admit(&entry, list) {
+            return;
+        }
+        let is_dir = entry.kind == Kind::Dir;
+        let dev = entry.dev;
+        list.entries.push(entry);
+        if is_dir && self.recursive {
+            let at = list.entries.len() - 1;
+            self.walk_dir(&mut filters, source, &name, at, dev, list, false);
+        }
+    }
+
+    /// Whether the kind of `entry` is sent, noting why not.
+    fn admit(&self, entry: &Entry, list: &mut FileList) -> bool {
+        let said = |list: &mut FileList, what: &str| {
+            list.problems.push(Problem::Skipped(format!(
+                "skipping {what} \"{}\"",
+                String::from_utf8_lossy(&entry.name)
+            )));
+            false
+        };
+        match entry.kind {
+            Kind::Dir if !self.recursive && !self.dirs => said(list, "directory"),
+            Kind::Symlink(_) if !self.links => said(list, "non-regular file"),
+            Kind::Device { .. } if !self.devices => said(list, "non-regular file"),
+            Kind::Special { .. } if !self.specials => said(list, "non-regular file"),
+            _ => true,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn walk_dir(
+        &self,
+        filters: &mut Filters,
+        dir: &Path,
+        rel: &[u8],
+        at: usize,
+        root_dev: u64,
+        list: &mut FileList,
+        is_root: bool,
+    ) {
+        if !is_root && let Err(e) = filters.enter_dir(rel, dir, &LocalFiles) {
+            list.problems.push(Problem::Io(e.to_string()));
+            return;
+        }
+        let read = match std::fs::read_dir(dir) {
+            Ok(r) => r,
+            Err(e) => {
+                list.problems.push(Problem::Io(format!(
+                    "opendir \"{}\" failed: {}",
+                    absolute(dir).display(),
+                    os_error(&e)
+                )));
+                if !is_root {
+                    filters.leave_dir();
+                }
+                return;
+            }
+        };
+        let mut kids = Vec::new();
+        for item in read {
+            let item = match item {
+                Ok(i) => i,
+                Err(e) => {
+                    list.problems.push(Problem::Io(format!(
+                        "readdir \"{}\" failed: {}",
+                        absolute(dir).display(),
+                        os_error(&e)
+                    )));
+                    continue;
+                }
+            };
+            let base = item.file_name().as_bytes().to_vec();
+            let mut name = rel.to_vec();
+            if !name.is_empty() {
+                name.push(b'/');
+            }
+            name.extend_from_slice(&base);
+            let path = item.path();
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    // Gone between readdir and stat: not an error (rsync
+                    // says nothing either).
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        list.problems.push(Problem::Io(format!(
+                            "link_stat \"{}\" failed: {}",
+                            absolute(&path).display(),
+                            os_error(&e)
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let entry = match Entry::from_meta(name, path, &meta) {
+                Ok(e) => e,
+                Err(e) => {
+                    list.problems.push(Problem::Io(os_error(&e)));
+                    continue;
+                }
+            };
+            if filters.excluded(&entry.name, entry.kind == Kind::Dir, Side::Sender) {
+                continue;
+            }
+            kids.push(entry);
+        }
+        sort_children(&mut kids);
+        let mut names = Vec::new();
+        let mut subdirs = Vec::new();
+        for kid in kids {
+            if !self.admit(&kid, list) {
+                continue;
+            }
+            names.push(
+                kid.name
+                    .rsplit(|&c| c == b'/')
+                    .next()
+                    .unwrap_or(&[])
+                    .to_vec(),
+            );
+            if kid.kind == Kind::Dir {
+                subdirs.push(kid);
+            } else {
+                list.entries.push(kid);
+            }
+        }
+        list.children.insert(at, names);
+        // Depth first: each subfolder comes with its own listing, after
+        // the folder's non-folders.
+        for sub in subdirs {
+            let descend = self.recursive && !(self.one_file_system && sub.dev != root_dev);
+            let (path, name) = (sub.path.clone(), sub.name.clone());
+            list.entries.push(sub);
+            let sub_at = list.entries.len() - 1;
+            if descend {
+                self.walk_dir(filters, &path, &name, sub_at, root_dev, list, false);
+            }
+        }
+        if !is_root {
+            filters.leave_dir();
+        }
+    }
+}
+
+/// `path` made absolute against the current folder (without resolving
+/// symlinks), for messages and the `/` filter modifier.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mut out = cwd;
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// An I/O error as rsync prints it: "No such file or directory (2)".
+pub fn os_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => {
+            let text = e.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+            format!("{text} ({n})")
+        }
+        None => e.to_string(),
+    }
+}
