@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{intersync, random_bytes, run, tool};
+use crate::util::{Server, intersync, random_bytes, run, tool};
 
 /// A base time for every generated mtime, so that the twins agree.
 const T0: i64 = 1_600_000_000;
@@ -181,6 +181,19 @@ fn old_copy(src: &Path, dst: &Path) {
 
 /// What a tree looks like, item by item, for comparison.
 fn describe(root: &Path, times: bool) -> BTreeMap<String, String> {
+    describe_with(root, if times { Times::All } else { Times::None })
+}
+
+/// Which mtimes a comparison holds to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Times {
+    None,
+    All,
+    /// Files only: an export's journal records no folder or symlink times.
+    Files,
+}
+
+fn describe_with(root: &Path, times: Times) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if std::fs::symlink_metadata(root).is_err() {
         return out;
@@ -238,7 +251,7 @@ fn describe(root: &Path, times: bool) -> BTreeMap<String, String> {
             d.push_str(&format!(" mode {:o}", meta.mode() & 0o7777));
         }
         d.push_str(&format!(" owner {}:{}", meta.uid(), meta.gid()));
-        if times && !ft.is_symlink() {
+        if (times == Times::All && !ft.is_symlink()) || (times == Times::Files && ft.is_file()) {
             // Times nobody set are the time of the run, which differs
             // between the twins by a second or so.
             if (meta.mtime() - now).abs() < 600 {
@@ -908,5 +921,129 @@ fn refused_options_exit_4_by_name() {
         assert_eq!(rc, 4, "{opt}: {err}");
         assert!(err.contains("not supported"), "{opt}: {err}");
         assert!(!twin.base.join("dst").exists(), "{opt} copied something");
+    }
+}
+
+/// An export on a real server as the source: the same tree as rsync makes
+/// from the folder, with rsync's exit code (and, for a fresh copy, the
+/// same itemize lines). Its journal has no FIFOs, folder or symlink
+/// times: the source has no FIFO here and those times are not compared.
+#[test]
+fn pulls_from_a_server_match_rsync() {
+    let cases: &[(&[&str], bool)] = &[
+        (&["-a"], false),
+        (&["-ai"], false),
+        (&["-ri"], false),
+        (&["-rlpi"], false),
+        (&["-ai", "--exclude=*.o", "--exclude=build/"], false),
+        (
+            &["-ai", "--include=*/", "--include=*.c", "--exclude=*"],
+            false,
+        ),
+        (&["-ai", "--stats"], false),
+        (&["-a"], true),
+        (&["-a", "--delete"], true),
+        (&["-a", "--delete", "--exclude=*.o"], true),
+        (&["-ac"], true),
+        (&["-a", "--size-only"], true),
+        (&["-rlp", "--delete"], true),
+    ];
+    let mut failures = Vec::new();
+    for &(args, old) in cases {
+        let c = Case {
+            old,
+            ..case("through a server", &[])
+        };
+        let (theirs, ours) = (Twin::new(&c), Twin::new(&c));
+        for t in [&theirs, &ours] {
+            std::fs::remove_file(t.base.join("src/fifo")).unwrap();
+            set_mtime(&t.base.join("src"), T0 - 1000);
+            if old {
+                std::fs::remove_file(t.base.join("dst/fifo")).unwrap();
+            }
+        }
+        let server = Server::start(&ours.base.join("src"), &[]);
+        let mut rsync_args: Vec<&str> = args.to_vec();
+        rsync_args.extend(["--exclude=/.intersync/", "SRC/", "DST"]);
+        let (rc_r, out_r, err_r) = theirs.run(tool("rsync"), &rsync_args);
+        let mut our_args: Vec<&str> = args.to_vec();
+        our_args.extend([server.url.as_str(), "DST"]);
+        let (rc_i, out_i, err_i) = ours.run(intersync(), &our_args);
+        let context = format!(
+            "{args:?} old={old}\nrsync exit {rc_r}:\n{}{}\nintersync exit {rc_i}:\n{}{}",
+            String::from_utf8_lossy(&out_r),
+            String::from_utf8_lossy(&err_r),
+            String::from_utf8_lossy(&out_i),
+            String::from_utf8_lossy(&err_i)
+        );
+        let times = if args.iter().any(|a| a.starts_with("-a")) {
+            Times::Files
+        } else {
+            Times::None
+        };
+        let want = describe_with(&theirs.base.join("dst"), times);
+        let got = describe_with(&ours.base.join("dst"), times);
+        // Folders' modes come from the journal too; the root's does not.
+        if rc_r != rc_i {
+            failures.push(format!("exit codes differ: {context}"));
+        } else if want != got {
+            let diff: Vec<String> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, v)| format!("  {k}: rsync {v} / intersync {:?}", got.get(k)))
+                .chain(
+                    got.keys()
+                        .filter(|k| !want.contains_key(*k))
+                        .map(|k| format!("  only intersync: {k}")),
+                )
+                .collect();
+            failures.push(format!("trees differ:\n{}\n{context}", diff.join("\n")));
+        } else if !old
+            && args.iter().any(|a| a.contains('i'))
+            && comparable(&out_r) != comparable(&out_i)
+        {
+            failures.push(format!("output differs: {context}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+/// A pull from an export moves a changed file by delta: rsync's statistics
+/// show the matched data, and the bytes received are a small part of it.
+#[test]
+fn pulls_from_a_server_move_deltas() {
+    let twin = Twin::new(&case("delta", &[]));
+    std::fs::remove_file(twin.base.join("src/fifo")).unwrap();
+    let server = Server::start(&twin.base.join("src"), &[]);
+    let (rc, _, err) = twin.run(intersync(), &["-a", &server.url, "DST"]);
+    assert_eq!(rc, 0, "{}", String::from_utf8_lossy(&err));
+    // One byte changes in the middle of the 300 KB file.
+    let big = twin.base.join("src/big.dat");
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[150_000] ^= 0x55;
+    std::fs::write(&big, &bytes).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (rc, out, err) = twin.run(intersync(), &["-a", "--stats", &server.url, "DST"]);
+        assert_eq!(rc, 0, "{}", String::from_utf8_lossy(&err));
+        if std::fs::read(twin.base.join("dst/big.dat")).unwrap() == bytes {
+            let out = String::from_utf8_lossy(&out);
+            let figure = |name: &str| -> u64 {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().trim_end_matches(" bytes").replace(',', ""))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in {out}"))
+            };
+            assert!(figure("Matched data:") > 250_000, "{out}");
+            assert!(figure("Literal data:") < 20_000, "{out}");
+            assert!(figure("Total bytes received:") < 40_000, "{out}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never journaled the change"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }

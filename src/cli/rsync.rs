@@ -26,14 +26,9 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return code;
         }
     };
-    let remote = plan
-        .sources
-        .iter()
-        .chain(std::iter::once(&plan.dest))
-        .any(|l| matches!(l, Location::Url(_)));
-    if remote {
+    if matches!(plan.dest, Location::Url(_)) {
         eprintln!(
-            "intersync: rsync command lines with an http(s):// source or destination are not supported yet; use `intersync sync URL DIR`"
+            "intersync: an http(s):// destination (a push) is not supported by rsync command lines yet; use `intersync sync URL DIR` from a working copy"
         );
         fail(ExitCode::Unsupported);
         return ExitCode::Unsupported;
@@ -42,7 +37,7 @@ pub fn main(args: &[OsString]) -> ExitCode {
     if plan.verbose > 0 && !plan.quiet {
         screen.out("sending incremental file list");
     }
-    let outcome = transfer::run_local(&plan, &mut |e| screen.event(e));
+    let outcome = transfer::run(&plan, &mut |e| screen.event(e));
     screen.end(&outcome.stats);
     if outcome.exit != ExitCode::Ok {
         fail(outcome.exit);

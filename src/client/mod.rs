@@ -21,6 +21,7 @@
 //! The base is saved after the disk matches it.
 
 mod pull;
+pub use pull::{export_tree, fetch_one};
 mod push;
 pub mod watch;
 pub mod working_copy;

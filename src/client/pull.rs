@@ -62,7 +62,28 @@ async fn server_tree(
         }
         _ => {}
     }
-    let base = &wc.saved.base.state;
+    tree_from(remote, head, &wc.saved.base.state, &wc.saved.cursor).await
+}
+
+/// The export's tree as it stands now, read from nothing (a checkpoint and
+/// the journal after it): what a one-way copy of an export starts from.
+pub async fn export_tree(remote: &impl Remote) -> Result<TreeState, SyncError> {
+    let head = remote
+        .head(None, 0)
+        .await?
+        .ok_or_else(|| SyncError::Journal("no head document".into()))?;
+    let (tree, _, _) = tree_from(remote, head, &TreeState::default(), &Cursor::default()).await?;
+    Ok(tree)
+}
+
+/// Folds the journal after `base` (read up to `cursor`) into the tree the
+/// head describes.
+async fn tree_from(
+    remote: &impl Remote,
+    head: intersync_protocol::api::Head,
+    base: &TreeState,
+    known: &Cursor,
+) -> Result<(TreeState, Cursor, intersync_protocol::api::Head), SyncError> {
     let first_kept = head
         .segments
         .first()
@@ -90,7 +111,7 @@ async fn server_tree(
             base.seq
         )));
     } else {
-        (base.clone(), wc.saved.cursor.clone())
+        (base.clone(), known.clone())
     };
     for seg in &head.segments {
         if seg.last_seq <= tree.seq {
@@ -719,6 +740,54 @@ async fn fetch_ranges(
         }
     }
     Ok(out)
+}
+
+/// Brings one file of the export to `dest`, verified and installed whole:
+/// by a delta against what `dest` holds when it holds a file, else whole.
+/// Returns (literal, matched) bytes. The file's attributes are left to the
+/// caller.
+pub async fn fetch_one(
+    remote: &impl Remote,
+    path: &TreePath,
+    entry: &Entry,
+    dest: &std::path::Path,
+) -> Result<(u64, u64), SyncError> {
+    let EntryKind::File { version, size } = entry.kind else {
+        return Err(SyncError::local(path, "not a file"));
+    };
+    let want = Wanted {
+        path,
+        entry,
+        version,
+        size,
+    };
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.is_file()) {
+        match fetch_delta(remote, dest, &want).await {
+            Ok((_, stats)) => return Ok((stats.literal_bytes, stats.matched_bytes)),
+            Err(SyncError::Transport(e)) if e.is_unreachable() => return Err(e.into()),
+            Err(e) => tracing::info!(%path, error = %e, "delta failed; fetching whole"),
+        }
+    }
+    let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+    for attempt in 0..2 {
+        let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+        let mut spool =
+            tempfile::tempfile_in(dir).map_err(|e| SyncError::local(dir.display(), e))?;
+        let received = remote.fetch_into(path, version, &mut spool).await?;
+        let data = MappedFile::map(&spool).map_err(|e| SyncError::local(dest.display(), e))?;
+        if Version(*blake3::hash(&data).as_bytes()) == version {
+            out.write_all(&data)
+                .map_err(|e| SyncError::local(dest.display(), e))?;
+            out.install()
+                .map_err(|e| SyncError::local(dest.display(), e))?;
+            return Ok((received, 0));
+        }
+        tracing::warn!(%path, attempt, "download did not verify; fetching again");
+    }
+    Err(SyncError::local(
+        path,
+        "the download never matched its version",
+    ))
 }
 
 async fn fetch_delta(

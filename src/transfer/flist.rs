@@ -59,8 +59,16 @@ pub struct Entry {
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
-    /// Where it is on disk.
+    /// Where it is on disk (for an export's file, its path in the export).
     pub path: PathBuf,
+    /// An export's file: its path and entry there, to fetch it by.
+    pub remote: Option<(intersync_protocol::TreePath, crate::tree::Entry)>,
+    /// Nothing is known of its attributes (an export's root, which its
+    /// journal does not describe): made if missing, never changed.
+    pub bare: bool,
+    /// Its mtime is not known (an export's folders and symlinks: the
+    /// journal does not record their times): never compared or set.
+    pub time_unknown: bool,
 }
 
 impl Entry {
@@ -97,6 +105,9 @@ impl Entry {
             ino: meta.ino(),
             nlink: meta.nlink(),
             path,
+            remote: None,
+            bare: false,
+            time_unknown: false,
         })
     }
 
@@ -370,6 +381,118 @@ impl Walk<'_> {
         if !is_root {
             filters.leave_dir();
         }
+    }
+}
+
+/// Lists an export's tree (its root's contents) as rsync's sender would,
+/// judged by the sender-side rules. Per-directory merge files are not read
+/// from an export.
+pub fn list_export(tree: &crate::tree::TreeState, walk: &Walk, list: &mut FileList) {
+    use crate::tree::EntryKind;
+    use std::collections::BTreeMap;
+    let mut kids: BTreeMap<Vec<u8>, Vec<Entry>> = BTreeMap::new();
+    for (path, e) in tree.iter() {
+        let name = path.as_str().as_bytes().to_vec();
+        let parent = match name.iter().rposition(|&b| b == b'/') {
+            Some(i) => name[..i].to_vec(),
+            None => Vec::new(),
+        };
+        let (kind, type_bits, size) = match &e.kind {
+            EntryKind::File { size, .. } => (Kind::File, libc::S_IFREG, *size),
+            EntryKind::Dir => (Kind::Dir, libc::S_IFDIR, 0),
+            EntryKind::Symlink { target } => (Kind::Symlink(target.clone()), libc::S_IFLNK, 0),
+        };
+        kids.entry(parent).or_default().push(Entry {
+            name,
+            kind,
+            mode: (e.mode & 0o7777) | type_bits,
+            uid: e.uid,
+            gid: e.gid,
+            size,
+            mtime: e.mtime_ns.div_euclid(1_000_000_000),
+            mtime_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as u32,
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+            path: PathBuf::from(path.as_str()),
+            remote: Some((path.clone(), e.clone())),
+            bare: false,
+            time_unknown: !matches!(e.kind, EntryKind::File { .. }),
+        });
+    }
+    let mut filters = walk.filters.clone();
+    let _ = filters.enter_root(Path::new("/"), &NoFiles);
+    list.entries.push(Entry {
+        name: Vec::new(),
+        kind: Kind::Dir,
+        mode: 0o755 | libc::S_IFDIR,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        dev: 0,
+        ino: 0,
+        nlink: 1,
+        path: PathBuf::new(),
+        remote: None,
+        bare: true,
+        time_unknown: true,
+    });
+    export_dir(walk, &filters, &mut kids, Vec::new(), 0, list);
+}
+
+fn export_dir(
+    walk: &Walk,
+    filters: &Filters,
+    kids: &mut std::collections::BTreeMap<Vec<u8>, Vec<Entry>>,
+    dir: Vec<u8>,
+    at: usize,
+    list: &mut FileList,
+) {
+    let mut mine: Vec<Entry> = kids
+        .remove(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !filters.excluded(&e.name, e.kind == Kind::Dir, Side::Sender))
+        .collect();
+    sort_children(&mut mine);
+    let mut names = Vec::new();
+    let mut subdirs = Vec::new();
+    for kid in mine {
+        if !walk.admit(&kid, list) {
+            continue;
+        }
+        names.push(
+            kid.name
+                .rsplit(|&c| c == b'/')
+                .next()
+                .unwrap_or(&[])
+                .to_vec(),
+        );
+        if kid.kind == Kind::Dir {
+            subdirs.push(kid);
+        } else {
+            list.entries.push(kid);
+        }
+    }
+    list.children.insert(at, names);
+    for sub in subdirs {
+        let name = sub.name.clone();
+        list.entries.push(sub);
+        let sub_at = list.entries.len() - 1;
+        if walk.recursive {
+            export_dir(walk, filters, kids, name, sub_at, list);
+        }
+    }
+}
+
+/// No merge files: an export's per-directory files are not read.
+struct NoFiles;
+
+impl intersync_compat::filter::RuleSource for NoFiles {
+    fn read(&self, _: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(None)
     }
 }
 

@@ -96,10 +96,19 @@ struct Receiver<'a> {
     /// The destination folder was made by this transfer: its root entry
     /// is new.
     made_dest: bool,
+    /// Where an export's files come from.
+    export: Option<Export>,
 }
 
-/// Carries out `plan` between local folders.
-pub fn run_local(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
+/// An export a transfer reads from.
+pub struct Export {
+    pub runtime: tokio::runtime::Runtime,
+    pub remote: crate::transport::HttpRemote,
+}
+
+/// Carries out `plan`: between local folders, or from an export (an
+/// `http(s)://` source) into a local folder.
+pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     let started = Instant::now();
     let Location::Local {
         path: dest,
@@ -123,18 +132,36 @@ pub fn run_local(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     };
     // One list per source, each with its own transfer root.
     let mut lists = Vec::new();
+    let mut export = None;
     for source in &plan.sources {
-        let Location::Local { path, contents } = source else {
-            events(Event::Error(
-                "a URL source with a local destination is a pull: use one source".into(),
-            ));
-            return Outcome {
-                stats: Stats::default(),
-                exit: ExitCode::Unsupported,
-            };
-        };
         let mut list = FileList::default();
-        walk.list(path, *contents, &mut list);
+        match source {
+            Location::Local { path, contents } => walk.list(path, *contents, &mut list),
+            Location::Url(url) => {
+                if plan.sources.len() > 1 {
+                    events(Event::Error(
+                        "an export must be the only source of a transfer".into(),
+                    ));
+                    return Outcome {
+                        stats: Stats::default(),
+                        exit: ExitCode::Unsupported,
+                    };
+                }
+                match open_export(url) {
+                    Ok((found, tree)) => {
+                        flist::list_export(&tree, &walk, &mut list);
+                        export = Some(found);
+                    }
+                    Err((code, message)) => {
+                        events(Event::Error(message));
+                        return Outcome {
+                            stats: Stats::default(),
+                            exit: code,
+                        };
+                    }
+                }
+            }
+        }
         if plan.prune_empty_dirs {
             prune_empty_dirs(&mut list);
         }
@@ -155,6 +182,7 @@ pub fn run_local(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
         linked: Default::default(),
         started,
         made_dest: false,
+        export,
     };
     receiver.stats.file_list_seconds = started.elapsed().as_secs_f64();
     for list in &lists {
@@ -282,6 +310,31 @@ pub fn run_local(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     receiver.finish()
 }
 
+/// Connects to the export at `url` and reads its tree; on failure, rsync's
+/// exit code and the message.
+fn open_export(url: &str) -> Result<(Export, crate::tree::TreeState), (ExitCode, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (ExitCode::Ipc, format!("cannot start the runtime: {e}")))?;
+    let token = std::env::var("INTERSYNC_TOKEN").ok();
+    let remote = crate::transport::HttpRemote::new(url, token, None)
+        .map_err(|e| (ExitCode::Syntax, e.to_string()))?;
+    let tree = runtime
+        .block_on(crate::client::export_tree(&remote))
+        .map_err(|e| {
+            let code = if e.is_auth() {
+                ExitCode::StartClient
+            } else if e.is_unreachable() {
+                ExitCode::SocketIo
+            } else {
+                ExitCode::StreamIo
+            };
+            (code, format!("{url}: {e}"))
+        })?;
+    Ok((Export { runtime, remote }, tree))
+}
+
 /// Drops folders with nothing but folders in them (rsync's `-m`).
 fn prune_empty_dirs(list: &mut FileList) {
     loop {
@@ -350,6 +403,12 @@ impl Receiver<'_> {
         // Between local folders the bytes that move are the literal data;
         // rsync's own figures add its protocol's overhead.
         self.stats.sent_bytes = self.stats.literal_bytes;
+        if let Some(export) = &self.export {
+            use crate::transport::Remote;
+            let t = export.remote.traffic();
+            self.stats.sent_bytes = t.sent_bytes;
+            self.stats.received_bytes = t.received_bytes;
+        }
         self.stats.seconds = self.started.elapsed().as_secs_f64();
         if self.deletions_skipped > 0 {
             let n = self.deletions_skipped;
@@ -521,6 +580,9 @@ impl Receiver<'_> {
     fn attr_flags(&self, e: &Entry, meta: &std::fs::Metadata, content: char, size: bool) -> String {
         let plan = self.plan;
         let mut f = ['.'; 9];
+        if e.bare {
+            return f.iter().collect();
+        }
         f[0] = content;
         if size {
             f[1] = 's';
@@ -532,6 +594,7 @@ impl Receiver<'_> {
             }
         };
         if time_applies
+            && !e.time_unknown
             && !same_mtime(
                 plan,
                 (e.mtime, e.mtime_nsec),
@@ -657,7 +720,13 @@ impl Receiver<'_> {
             let size_differs = meta.len() != e.size;
             let mut content = '.';
             let unchanged = if plan.checksum {
-                let same = !size_differs && same_content(&e.path, path).unwrap_or(false);
+                let same = !size_differs
+                    && match &e.remote {
+                        // An export's versions are the BLAKE3 of the content.
+                        Some((_, entry)) => crate::tree::scan::hash_file(path)
+                            .is_ok_and(|v| Some(v) == entry.version()),
+                        None => same_content(&e.path, path).unwrap_or(false),
+                    };
                 if !same {
                     content = 'c';
                 }
@@ -755,10 +824,37 @@ impl Receiver<'_> {
     fn copy(&mut self, e: &Entry, path: &Path, existing: Option<&std::fs::Metadata>) {
         self.stats.regular_transferred += 1;
         self.stats.transferred_size += e.size;
-        self.stats.literal_bytes += e.size;
         if self.plan.dry_run {
+            self.stats.literal_bytes += e.size;
             return;
         }
+        if let (Some((tree_path, entry)), Some(export)) = (&e.remote, &self.export) {
+            let got = export.runtime.block_on(crate::client::fetch_one(
+                &export.remote,
+                tree_path,
+                entry,
+                path,
+            ));
+            match got {
+                Ok((literal, matched)) => {
+                    self.stats.literal_bytes += literal;
+                    self.stats.matched_bytes += matched;
+                    self.set_attrs(e, path, existing, true);
+                    if !self.plan.times {
+                        // The transfer's time, as rsync leaves it.
+                        set_mtime_now(path);
+                    }
+                }
+                Err(err) => {
+                    self.errors = true;
+                    self.say(Event::Error(format!(
+                        "fetching \"{tree_path}\" failed: {err:#}"
+                    )));
+                }
+            }
+            return;
+        }
+        self.stats.literal_bytes += e.size;
         match self.copy_into_place(e, path) {
             Ok(()) => self.set_attrs(e, path, existing, true),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound && !e.path.exists() => {
@@ -848,6 +944,9 @@ impl Receiver<'_> {
         fresh: bool,
     ) {
         let plan = self.plan;
+        if e.bare {
+            return;
+        }
         let is_link = matches!(e.kind, Kind::Symlink(_));
         if (plan.owner && self.am_root) || plan.group {
             let uid = if plan.owner && self.am_root {
@@ -902,7 +1001,7 @@ impl Receiver<'_> {
                     (m.mtime(), m.mtime_nsec() as u32),
                 )
         });
-        if times && differs {
+        if times && differs && !e.time_unknown {
             set_mtime(path, e.mtime, e.mtime_nsec);
         }
     }
@@ -1007,6 +1106,9 @@ impl Receiver<'_> {
         }
         let fixups = std::mem::take(&mut self.dir_fixups);
         for (path, e, fresh) in fixups.iter().rev() {
+            if e.bare {
+                continue;
+            }
             if *fresh {
                 let mode = if self.plan.perms {
                     e.mode & 0o7777
@@ -1014,7 +1116,7 @@ impl Receiver<'_> {
                     self.new_mode(e)
                 };
                 let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-                if self.plan.times && !self.plan.omit_dir_times {
+                if self.plan.times && !self.plan.omit_dir_times && !e.time_unknown {
                     set_mtime(path, e.mtime, e.mtime_nsec);
                 }
                 if (self.plan.owner && self.am_root) || self.plan.group {
@@ -1214,6 +1316,15 @@ fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
         Ok(h.finalize())
     };
     Ok(hash(a)? == hash(b)?)
+}
+
+fn set_mtime_now(path: &Path) {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    unsafe {
+        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0);
+    }
 }
 
 /// Sets an item's mtime without following a symlink.
