@@ -10,5 +10,6 @@ mod delta_cli;
 mod misbehaving;
 mod rdiff;
 mod rsync_compat;
+mod rsync_golden;
 mod server;
 mod static_export;
