@@ -2,7 +2,7 @@
 //! `--bwlimit` units (which every InterSync command uses, so that scripts
 //! written for rsync can branch on them unchanged), its wildcard matching,
 //! filter rules, its command line turned into a validated plan, and what
-//! it prints (itemize lines, `--stats`). Later: rsyncd.conf.
+//! it prints (itemize lines, `--stats`), and rsyncd.conf.
 
 pub mod bwlimit;
 pub mod exit;
@@ -10,6 +10,7 @@ pub mod filter;
 #[cfg(feature = "cli")]
 pub mod options;
 pub mod output;
+pub mod rsyncd;
 pub mod wildmatch;
 
 pub use exit::ExitCode;
