@@ -124,8 +124,18 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// The folder to export.
-    dir: PathBuf,
+    /// The folder to export (or give --rsyncd-conf).
+    #[arg(required_unless_present = "rsyncd_conf")]
+    dir: Option<PathBuf>,
+    /// Serve every module of this rsyncd.conf at /MODULE/ (path, read only,
+    /// write only, list, auth users with secrets file as HTTP Basic, hosts
+    /// allow/deny, max connections).
+    #[arg(long, conflicts_with = "dir")]
+    rsyncd_conf: Option<PathBuf>,
+    /// Accept the Basic logins of rsyncd.conf's auth users over plain HTTP
+    /// (passwords then cross the network readable; use TLS instead).
+    #[arg(long)]
+    insecure_auth: bool,
     /// Address to listen on (port 0 picks a free one; the URL is printed).
     #[arg(long, default_value = "127.0.0.1:8740")]
     listen: std::net::SocketAddr,
@@ -389,8 +399,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let rsyncd = match &args.rsyncd_conf {
+        Some(path) => {
+            let conf = intersync_compat::rsyncd::Config::load(path)?;
+            for warning in &conf.warnings {
+                eprintln!("intersync: {warning}");
+            }
+            Some(conf)
+        }
+        None => None,
+    };
+    let what = match (&args.dir, &rsyncd) {
+        (Some(dir), _) => dir.display().to_string(),
+        (None, Some(conf)) => format!(
+            "{} modules ({})",
+            conf.modules.len(),
+            conf.modules
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, None) => unreachable!("clap requires one"),
+    };
     let config = server::ServeConfig {
-        root: args.dir.clone(),
+        root: args.dir.clone().unwrap_or_default(),
+        rsyncd,
+        insecure_auth: args.insecure_auth,
         listen: args.listen,
         tls: args.tls_cert.zip(args.tls_key),
         options: server::ServeOptions {
@@ -417,7 +452,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         |_, url| {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "intersync: serving {} at {url}", args.dir.display());
+            let _ = writeln!(out, "intersync: serving {what} at {url}");
             let _ = out.flush();
         },
         shutdown_signal(),

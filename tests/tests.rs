@@ -11,5 +11,6 @@ mod misbehaving;
 mod rdiff;
 mod rsync_compat;
 mod rsync_golden;
+mod rsyncd;
 mod server;
 mod static_export;

@@ -60,6 +60,9 @@ impl Dir {
 
     pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("make the test file's folder");
+        }
         std::fs::write(&path, bytes).expect("write test file");
         path
     }
@@ -83,11 +86,18 @@ impl Server {
     /// Starts a server on `root` with extra arguments (on 127.0.0.1:0 unless
     /// they say `--listen`), and waits for its URL.
     pub fn start(root: &Path, args: &[&str]) -> Server {
+        let mut all = vec![root.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        Server::serve(&all)
+    }
+
+    /// Starts `intersync serve ARGS` (on 127.0.0.1:0 unless they say
+    /// `--listen`), and waits for its URL.
+    pub fn serve(args: &[&std::ffi::OsStr]) -> Server {
         use std::io::BufRead;
         let mut child = intersync()
             .arg("serve")
-            .arg(root)
-            .args(if args.contains(&"--listen") {
+            .args(if args.iter().any(|a| *a == "--listen") {
                 &[][..]
             } else {
                 &["--listen", "127.0.0.1:0"][..]

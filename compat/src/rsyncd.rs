@@ -386,15 +386,15 @@ impl Module {
         !deny.iter().any(|p| host_matches(p, addr))
     }
 
-    /// Who may do what: `None` when the module needs no login; otherwise
-    /// the access of the first rule matching `user` (no match: denied).
-    pub fn user_access(&self, user: &str) -> Access {
+    /// The access of the first `auth users` rule matching `user`; `None`
+    /// when no rule names them (a failed login, as in rsync).
+    pub fn user_access(&self, user: &str) -> Option<Access> {
         self.auth_users
             .iter()
             .find(|r| {
                 !r.pattern.starts_with('@') && wildmatch(r.pattern.as_bytes(), user.as_bytes())
             })
-            .map_or(Access::Deny, |r| r.access)
+            .map(|r| r.access)
     }
 
     /// Whether `user` may write, given the rule that admitted them.
@@ -534,10 +534,10 @@ mystery = 1
         let private = c.module("private").unwrap();
         assert!(!private.read_only && !private.list);
         assert_eq!(private.auth_users.len(), 4);
-        assert_eq!(private.user_access("alice"), Access::ReadWrite);
-        assert_eq!(private.user_access("bob"), Access::Default);
-        assert_eq!(private.user_access("carol"), Access::Deny);
-        assert_eq!(private.user_access("mallory"), Access::Deny);
+        assert_eq!(private.user_access("alice"), Some(Access::ReadWrite));
+        assert_eq!(private.user_access("bob"), Some(Access::Default));
+        assert_eq!(private.user_access("carol"), Some(Access::Deny));
+        assert_eq!(private.user_access("mallory"), None);
         assert!(private.writable_by(Access::Default));
         let warned = c.warnings.join("\n");
         assert!(warned.contains("\"uid\" has no meaning"), "{warned}");

@@ -9,6 +9,7 @@
 pub mod export;
 mod files;
 mod meta;
+pub mod modules;
 mod watch;
 mod writes;
 
@@ -43,6 +44,10 @@ pub struct ServeConfig {
     /// Watch the folder for changes made by other programs.
     pub watch: bool,
     pub journal: crate::kml::JournalOptions,
+    /// Serve an rsyncd.conf's modules at `/MODULE/` instead of `root`.
+    pub rsyncd: Option<intersync_compat::rsyncd::Config>,
+    /// Accept HTTP Basic logins over plain HTTP.
+    pub insecure_auth: bool,
 }
 
 /// Why a server could not start.
@@ -61,6 +66,8 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("the server stopped: {0}")]
     Stopped(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Opens the export, listens, calls `ready` with the bound address and the
@@ -70,6 +77,9 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr, String),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    if let Some(conf) = config.rsyncd.clone() {
+        return run_modules(config, conf, ready, shutdown).await;
+    }
     let root = config.root.clone();
     let journal = config.journal;
     let export = tokio::task::spawn_blocking(move || Export::open(&root, journal))
@@ -103,6 +113,53 @@ pub async fn run(
         .map_err(|source| StartError::Listen { addr, source })
 }
 
+/// `run` for an rsyncd.conf: every module's export, one listener.
+async fn run_modules(
+    config: ServeConfig,
+    conf: intersync_compat::rsyncd::Config,
+    ready: impl FnOnce(SocketAddr, String),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(cert, key)| tls_acceptor(cert, key))
+        .transpose()?;
+    let (journal, options, secure, insecure) = (
+        config.journal,
+        config.options.clone(),
+        tls.is_some(),
+        config.insecure_auth,
+    );
+    let modules = tokio::task::spawn_blocking(move || {
+        modules::Modules::open(&conf, journal, options, secure, insecure)
+    })
+    .await
+    .map_err(|e| StartError::Stopped(e.to_string()))??;
+    let modules = Arc::new(modules);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let mut watchers = Vec::new();
+    if config.watch {
+        for export in modules.exports() {
+            watchers.push(watch::watch(export)?);
+        }
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    ready(addr, format!("{scheme}://{addr}/"));
+    serve_root(listener, tls, Root::Modules(modules), shutdown)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
 /// A server running inside this process (for the demo and benchmarks),
 /// stopped when dropped or by [`LocalServer::stop`].
 pub struct LocalServer {
@@ -127,6 +184,8 @@ impl LocalServer {
             },
             watch: true,
             journal: Default::default(),
+            rsyncd: None,
+            insecure_auth: false,
         };
         let task = tokio::spawn(run(
             config,
@@ -245,6 +304,21 @@ struct Service {
     options: ServeOptions,
 }
 
+/// What a server serves: one export at `/`, or an rsyncd.conf's modules.
+pub enum Root {
+    One(Arc<Export>, ServeOptions),
+    Modules(Arc<modules::Modules>),
+}
+
+impl Root {
+    fn exports(&self) -> Vec<Arc<Export>> {
+        match self {
+            Root::One(e, _) => vec![e.clone()],
+            Root::Modules(m) => m.exports(),
+        }
+    }
+}
+
 /// Serves `export` on `listener` (through TLS when `tls` is given) until
 /// `shutdown` completes; connections in flight are then dropped.
 pub async fn serve(
@@ -254,8 +328,25 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let service = Arc::new(Service { export, options });
-    let background = tokio::spawn(maintain(service.export.clone()));
+    serve_root(listener, tls, Root::One(export, options), shutdown).await
+}
+
+/// Serves `root` on `listener` until `shutdown` completes.
+pub async fn serve_root(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    root: Root,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let exports = root.exports();
+    let background: Vec<_> = exports
+        .iter()
+        .map(|e| tokio::spawn(maintain(e.clone())))
+        .collect();
+    let root = Arc::new(match root {
+        Root::One(export, options) => Handler::One(Arc::new(Service { export, options })),
+        Root::Modules(m) => Handler::Modules(m),
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -269,12 +360,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let root = root.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(req, peer).await) }
+                let root = root.clone();
+                async move {
+                    Ok::<_, Infallible>(match &*root {
+                        Handler::One(service) => service.handle(req, peer).await,
+                        Handler::Modules(m) => m.handle(req, peer).await,
+                    })
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             // Bounds what one request's headers may make us buffer.
@@ -294,10 +390,18 @@ pub async fn serve(
             }
         });
     }
-    background.abort();
-    let export = service.export.clone();
-    let _ = tokio::task::spawn_blocking(move || export.save_index()).await;
+    for b in background {
+        b.abort();
+    }
+    for export in exports {
+        let _ = tokio::task::spawn_blocking(move || export.save_index()).await;
+    }
     Ok(())
+}
+
+enum Handler {
+    One(Arc<Service>),
+    Modules(Arc<modules::Modules>),
 }
 
 /// Background work: save the index now and then.
@@ -475,7 +579,7 @@ impl Refusal {
         self
     }
 
-    fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let mut r = text(self.status, format!("{}\n", self.reason));
         for (k, v) in self.headers {
             r.headers_mut().insert(k, v);

@@ -26,7 +26,10 @@ type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// An InterSync server at a base URL.
 pub struct HttpRemote {
     base: String,
-    token: Option<String>,
+    /// The `Authorization` header: a bearer token, or HTTP Basic from the
+    /// URL's `user:password@` (the password may come from
+    /// `RSYNC_PASSWORD`, as rsync takes it).
+    authorization: Option<String>,
     client: Client<HttpsConnector, Full<Bytes>>,
     requests: AtomicU64,
     sent: AtomicU64,
@@ -59,6 +62,31 @@ fn headers_len(h: &HeaderMap) -> u64 {
         .sum()
 }
 
+/// `scheme://user:password@host/...` into the URL without the login, and
+/// the login (percent-decoded).
+fn split_login(url: &str) -> (String, Option<(String, Option<String>)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = match rest[..at].split_once(':') {
+        Some((u, p)) => (decode(u), Some(decode(p))),
+        None => (decode(&rest[..at]), None),
+    };
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        Some((user, password)),
+    )
+}
+
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
@@ -77,10 +105,25 @@ impl HttpRemote {
             url: base.to_owned(),
             reason,
         };
-        let mut base = base.to_owned();
+        let (mut base, login) = split_login(base);
         if !base.ends_with('/') {
             base.push('/');
         }
+        let authorization = match (token, login) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, Some((user, password))) => {
+                use base64::Engine;
+                let password = password
+                    .or_else(|| std::env::var("RSYNC_PASSWORD").ok())
+                    .unwrap_or_default();
+                let pair = format!("{user}:{password}");
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                ))
+            }
+            (None, None) => None,
+        };
         let uri: hyper::Uri = base.parse().map_err(|e| bad(format!("{e}")))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(bad("not http:// or https://".into()));
@@ -122,7 +165,7 @@ impl HttpRemote {
             .build(connector);
         Ok(HttpRemote {
             base,
-            token,
+            authorization,
             client,
             requests: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -247,10 +290,10 @@ impl HttpRemote {
     ) -> Result<Answer, TransportError> {
         let url = url.to_owned();
         let mut req = Request::builder().method(method.clone()).uri(&url);
-        if let Some(token) = &self.token
+        if let Some(value) = &self.authorization
             && origin(&url) == origin(&self.base)
         {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            req = req.header(header::AUTHORIZATION, value);
         }
         for (k, v) in headers {
             req = req.header(*k, v);
