@@ -18,6 +18,8 @@ fn conf(d: &Dir, extra: &str) -> std::path::PathBuf {
         d.write(&format!("{m}/{f}"), format!("{m} data\n").as_bytes());
         d.write(&format!("{m}/sub/deeper.txt"), b"deeper\n");
     }
+    d.write("public/junk.tmp", b"junk");
+    d.write("public/secret/key", b"do not serve");
     let secrets = d.write("rsyncd.secrets", b"alice:wonderland\nbob:builder\n");
     std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
     let text = format!(
@@ -27,6 +29,7 @@ timeout = 300
 [public]
     path = {public}
     comment = Anyone may read
+    exclude = *.tmp secret/
 
 [private]
     path = {private}
@@ -92,6 +95,12 @@ fn three_modules_serve_as_configured() {
     assert_eq!(d.read("got-public/readme.txt"), b"public data\n");
     assert_eq!(d.read("got-public/sub/deeper.txt"), b"deeper\n");
     assert!(!d.path("got-public/.intersync").exists());
+    // The module's exclude rules leave files out of the export.
+    assert!(!d.path("got-public/junk.tmp").exists());
+    assert!(!d.path("got-public/secret").exists());
+    assert_eq!(get(&server.url("public/secret/key"), &[]).status, 404);
+    assert_eq!(get(&server.url("public/junk.tmp"), &[]).status, 404);
+    assert_eq!(get(&server.url("public/readme.txt"), &[]).status, 200);
 
     // The private module: a login, with the right password.
     let private = server.url("private/");

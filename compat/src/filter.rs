@@ -383,6 +383,31 @@ impl Filters {
         Ok(())
     }
 
+    /// Several rules or patterns in one string, split on whitespace (as
+    /// rsyncd.conf's `filter`, `exclude` and `include` give them):
+    /// `old_style` is `Some(include)` for `exclude`/`include` patterns.
+    pub fn add_words(
+        &mut self,
+        text: &str,
+        old_style: Option<bool>,
+        files: &dyn RuleSource,
+    ) -> Result<(), FilterError> {
+        let reading = Reading {
+            old_prefixes: old_style.is_some(),
+            template: Mods {
+                include: old_style.unwrap_or(false),
+                word_split: true,
+                ..Mods::default()
+            },
+            perdir: None,
+            depth: 0,
+        };
+        let mut list = std::mem::take(&mut self.global);
+        let r = self.parse_into(&mut list, text.as_bytes(), reading, files);
+        self.global = list;
+        r
+    }
+
     /// `-C`: a `:C` per-directory `.cvsignore` and the `-C` list, after
     /// every other rule (as rsync adds them).
     pub fn add_cvs_exclude(&mut self, files: &dyn RuleSource) -> Result<(), FilterError> {

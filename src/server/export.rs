@@ -6,6 +6,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 
 use intersync_protocol::api::{CheckpointRef, FORMAT_VERSION, Head, SegmentRef};
@@ -46,6 +47,8 @@ pub struct Export {
     inner: Mutex<Inner>,
     /// The latest sequence number, for long-polls of the head document.
     seq: watch::Sender<u64>,
+    /// What is left out of the export (an rsync module's exclude rules).
+    hide: Option<Arc<scan::Hide>>,
 }
 
 pub struct Inner {
@@ -87,6 +90,16 @@ impl Export {
     /// with it (journaling what changed while nobody watched), and is ready
     /// to serve.
     pub fn open(root: &Path, options: JournalOptions) -> Result<Export, ExportError> {
+        Export::open_hiding(root, options, None)
+    }
+
+    /// [`Export::open`], leaving out what `hide` hides: not journaled, not
+    /// served, not writable.
+    pub fn open_hiding(
+        root: &Path,
+        options: JournalOptions,
+        hide: Option<Arc<scan::Hide>>,
+    ) -> Result<Export, ExportError> {
         let root = root.canonicalize().map_err(io_err(root))?;
         let state_dir = root.join(STATE_DIR);
         fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
@@ -110,10 +123,27 @@ impl Export {
                 by_version: None,
             }),
             seq,
+            hide,
         };
         export.rescan()?;
         export.save_index();
         Ok(export)
+    }
+
+    /// Whether `path` is left out of the export: it, or a folder above it,
+    /// is hidden.
+    pub fn hidden(&self, path: &TreePath, is_dir: bool) -> bool {
+        let Some(hide) = &self.hide else {
+            return false;
+        };
+        let mut above = path.parent();
+        while let Some(dir) = above {
+            if hide(&dir, true) {
+                return true;
+            }
+            above = dir.parent();
+        }
+        hide(path, is_dir)
     }
 
     pub fn root(&self) -> &Path {
@@ -142,7 +172,8 @@ impl Export {
 
     pub fn rescan_locked(&self, inner: &mut Inner) -> Result<ScanReport, ExportError> {
         let before = inner.index.state.clone();
-        let outcome = scan::scan(&self.root, &mut inner.index).map_err(io_err(&self.root))?;
+        let outcome = scan::scan_hiding(&self.root, &mut inner.index, self.hide.as_deref())
+            .map_err(io_err(&self.root))?;
         for skipped in &outcome.skipped {
             tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "not exported");
         }

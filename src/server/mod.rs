@@ -459,7 +459,7 @@ impl Service {
                     files::serve_version(&self.export, &req, version).await
                 }
                 (&Method::POST, ("delta", path)) => {
-                    let path = tree_path(path)?;
+                    let path = self.visible(tree_path(path)?)?;
                     meta::delta(&self.export, path, req).await
                 }
                 (&Method::POST, ("ops", "")) => {
@@ -472,7 +472,7 @@ impl Service {
                 )),
             };
         }
-        let path = tree_path(raw.strip_prefix('/').unwrap_or(&raw))?;
+        let path = self.visible(tree_path(raw.strip_prefix('/').unwrap_or(&raw))?)?;
         match method {
             Method::GET | Method::HEAD => files::serve_tree_file(&self.export, &req, path).await,
             Method::PUT => {
@@ -514,6 +514,17 @@ impl Service {
                     .with_header(header::WWW_AUTHENTICATE, "Bearer"),
             ),
         }
+    }
+
+    /// Refuses a path the export leaves out as if it did not exist.
+    fn visible(&self, path: TreePath) -> Result<TreePath, Refusal> {
+        if self.export.hidden(&path, false) {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "excluded by the module's rules",
+            ));
+        }
+        Ok(path)
     }
 
     fn may_write(&self) -> Result<(), Refusal> {

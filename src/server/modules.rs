@@ -3,8 +3,10 @@
 //! serve it: `hosts allow`/`hosts deny` on the peer's address, `auth users`
 //! with the `secrets file` as HTTP Basic (refused over plain HTTP unless
 //! the operator says otherwise), `read only`/`write only` and per-user
-//! `:ro`/`:rw`/`:deny`, `list` for the listing at `/`, and `max
-//! connections` as requests in flight.
+//! `:ro`/`:rw`/`:deny`, `list` for the listing at `/`, `max connections` as
+//! requests in flight, and `filter`/`exclude`/`include` (and their `from`
+//! files) as paths the module's export leaves out: not journaled, not
+//! served, not writable.
 //!
 //! What it trusts: nothing from the request. The module name is one path
 //! segment matched exactly; credentials are compared in constant time; a
@@ -20,6 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use intersync_compat::rsyncd::{self, Access, Config};
 
 use super::{Body, Export, Refusal, ServeOptions, Service, StartError, text};
+use crate::tree::scan::Hide;
 
 /// One module and its export.
 struct Module {
@@ -53,13 +56,8 @@ impl Modules {
                     conf.name
                 )));
             }
-            if !conf.filters.is_empty() {
-                return Err(StartError::Config(format!(
-                    "module [{}]: exclude/include/filter parameters are not supported yet; remove them or serve the module's path directly",
-                    conf.name
-                )));
-            }
-            let export = Export::open(&conf.path, journal).map_err(|e| {
+            let hide = module_filters(conf)?;
+            let export = Export::open_hiding(&conf.path, journal, hide).map_err(|e| {
                 StartError::Config(format!(
                     "module [{}] ({}): {e}",
                     conf.name,
@@ -173,6 +171,38 @@ impl Modules {
         }
         text(StatusCode::OK, out)
     }
+}
+
+/// A module's `filter`, `exclude`, `include`, `exclude from` and `include
+/// from`, in order, as what its export leaves out.
+fn module_filters(conf: &rsyncd::Module) -> Result<Option<Arc<Hide>>, StartError> {
+    use intersync_compat::filter::{Filters, LocalFiles, Side};
+    use intersync_compat::rsyncd::ModuleFilter;
+    if conf.filters.is_empty() {
+        return Ok(None);
+    }
+    let bad = |e: intersync_compat::filter::FilterError| {
+        StartError::Config(format!("module [{}]: {e}", conf.name))
+    };
+    let mut filters = Filters::new(false);
+    for f in &conf.filters {
+        match f {
+            ModuleFilter::Rules(text) => filters.add_words(text, None, &LocalFiles),
+            ModuleFilter::Patterns { include, patterns } => {
+                filters.add_words(patterns, Some(*include), &LocalFiles)
+            }
+            ModuleFilter::From { include, file } => {
+                filters.add_pattern_file(file, *include, false, &LocalFiles)
+            }
+        }
+        .map_err(bad)?;
+    }
+    filters.enter_root(&conf.path, &LocalFiles).map_err(bad)?;
+    Ok(Some(Arc::new(
+        move |path: &intersync_protocol::TreePath, is_dir: bool| {
+            filters.excluded(path.as_str().as_bytes(), is_dir, Side::Sender)
+        },
+    )))
 }
 
 /// Gives back a request slot when the request is done.

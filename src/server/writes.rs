@@ -459,6 +459,20 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
         }
     };
     let io = |e: std::io::Error| conflict(e.to_string());
+    let paths: Vec<&TreePath> = match &op {
+        BatchOp::Mkdir { path, .. }
+        | BatchOp::Unlink { path, .. }
+        | BatchOp::Rmdir { path }
+        | BatchOp::Setattr { path, .. }
+        | BatchOp::Symlink { path, .. } => vec![path],
+        BatchOp::Rename { from, to, .. } => vec![from, to],
+    };
+    if paths.iter().any(|p| export.hidden(p, false)) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "excluded by the module's rules",
+        ));
+    }
     let journal_op = match op {
         BatchOp::Mkdir { path, mode } => {
             if state.get(&path).is_some() {

@@ -136,9 +136,19 @@ enum FoundKind {
 /// what it found. The returned operations, journaled in order, take any
 /// copy of the old state to the new one.
 pub fn scan(root: &Path, index: &mut Index) -> io::Result<ScanOutcome> {
+    scan_hiding(root, index, None)
+}
+
+/// Decides that a path (and, for a folder, everything in it) is not part
+/// of the tree: (path, is_dir).
+pub type Hide = dyn Fn(&TreePath, bool) -> bool + Send + Sync;
+
+/// [`scan`], leaving out what `hide` hides (an rsync module's exclude
+/// rules): hidden paths are neither journaled nor descended into.
+pub fn scan_hiding(root: &Path, index: &mut Index, hide: Option<&Hide>) -> io::Result<ScanOutcome> {
     let mut outcome = ScanOutcome::default();
     let mut found = Vec::new();
-    walk(root, None, &mut found, &mut outcome.skipped)?;
+    walk(root, None, &mut found, &mut outcome.skipped, hide)?;
     let found: HashMap<TreePath, Found> = found.into_iter().collect();
     let mut paths: Vec<&TreePath> = found.keys().collect();
     paths.sort();
@@ -422,6 +432,7 @@ fn walk(
     prefix: Option<&TreePath>,
     out: &mut Vec<(TreePath, Found)>,
     skipped: &mut Vec<Skipped>,
+    hide: Option<&Hide>,
 ) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -476,9 +487,12 @@ fn walk(
             continue;
         };
         let is_dir = matches!(kind, FoundKind::Dir);
+        if hide.is_some_and(|h| h(&path, is_dir)) {
+            continue;
+        }
         out.push((path.clone(), Found { meta, kind }));
         if is_dir {
-            walk(&full, Some(&path), out, skipped)?;
+            walk(&full, Some(&path), out, skipped, hide)?;
         }
     }
     Ok(())

@@ -301,3 +301,19 @@ fn merge_loops_stop_at_the_depth_limit() {
         .unwrap_err();
     assert!(matches!(err, FilterError::TooDeep { .. }), "{err:?}");
 }
+
+#[test]
+fn word_split_rules_as_rsyncd_conf_gives_them() {
+    let none = Files::default();
+    let mut f = Filters::new(false);
+    f.add_words("- *.tmp + keep.log - *.log", None, &none)
+        .unwrap();
+    f.add_words("secret/  *.bak", Some(false), &none).unwrap();
+    f.enter_root(Path::new("/m"), &none).unwrap();
+    assert_eq!(verdict(&f, "a.tmp", false), 'x');
+    assert_eq!(verdict(&f, "keep.log", false), 'i');
+    assert_eq!(verdict(&f, "other.log", false), 'x');
+    assert_eq!(verdict(&f, "secret", true), 'x');
+    assert_eq!(verdict(&f, "x.bak", false), 'x');
+    assert_eq!(verdict(&f, "plain", false), '.');
+}
