@@ -1047,3 +1047,121 @@ fn pulls_from_a_server_move_deltas() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
 }
+
+/// An export on a real server as the destination (a push): the export's
+/// folder ends as rsync leaves a local destination, with rsync's exit
+/// code. Folder and symlink times are not journaled, so not compared.
+#[test]
+fn pushes_to_a_server_match_rsync() {
+    let cases: &[(&[&str], bool)] = &[
+        (&["-a"], false),
+        (&["-rlp"], false),
+        (&["-a", "--exclude=*.o", "--exclude=build/"], false),
+        (&["-a"], true),
+        (&["-a", "--delete"], true),
+        (&["-a", "--delete", "--exclude=*.o"], true),
+        (&["-ac"], true),
+        (&["-a", "--size-only"], true),
+        (&["-a", "--ignore-existing"], true),
+    ];
+    let mut failures = Vec::new();
+    for &(args, old) in cases {
+        let c = Case {
+            old,
+            ..case("push", &[])
+        };
+        let (theirs, ours) = (Twin::new(&c), Twin::new(&c));
+        for t in [&theirs, &ours] {
+            std::fs::remove_file(t.base.join("src/fifo")).unwrap();
+            set_mtime(&t.base.join("src"), T0 - 1000);
+            if old {
+                std::fs::remove_file(t.base.join("dst/fifo")).unwrap();
+            } else {
+                std::fs::create_dir(t.base.join("dst")).unwrap();
+            }
+        }
+        let server = Server::start(&ours.base.join("dst"), &["--allow-anonymous-writes"]);
+        let mut rsync_args: Vec<&str> = args.to_vec();
+        rsync_args.extend(["SRC/", "DST/"]);
+        let (rc_r, out_r, err_r) = theirs.run(tool("rsync"), &rsync_args);
+        let mut our_args: Vec<&str> = args.to_vec();
+        our_args.extend(["SRC/", server.url.as_str()]);
+        let (rc_i, out_i, err_i) = ours.run(intersync(), &our_args);
+        let context = format!(
+            "{args:?} old={old}\nrsync exit {rc_r}:\n{}{}\nintersync exit {rc_i}:\n{}{}",
+            String::from_utf8_lossy(&out_r),
+            String::from_utf8_lossy(&err_r),
+            String::from_utf8_lossy(&out_i),
+            String::from_utf8_lossy(&err_i)
+        );
+        let times = if args.iter().any(|a| a.starts_with("-a")) {
+            Times::Files
+        } else {
+            Times::None
+        };
+        let want = describe_with(&theirs.base.join("dst"), times);
+        let mut got = describe_with(&ours.base.join("dst"), times);
+        got.retain(|k, _| k != ".intersync" && !k.starts_with(".intersync/"));
+        // The export's root folder is the server's; rsync set its mode.
+        got.remove(".");
+        let mut want = want;
+        want.remove(".");
+        // Hard links in an old copy are the copy's, not the source's.
+        let strip = |m: &mut BTreeMap<String, String>| {
+            for v in m.values_mut() {
+                if let Some(i) = v.find(" linked-with") {
+                    let end = v[i + 1..].find(" mode").map_or(v.len(), |j| i + 1 + j);
+                    v.replace_range(i..end, "");
+                }
+            }
+        };
+        strip(&mut want);
+        strip(&mut got);
+        if rc_r != rc_i {
+            failures.push(format!("exit codes differ: {context}"));
+        } else if want != got {
+            let diff: Vec<String> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .map(|(k, v)| format!("  {k}: rsync {v} / intersync {:?}", got.get(k)))
+                .chain(
+                    got.keys()
+                        .filter(|k| !want.contains_key(*k))
+                        .map(|k| format!("  only intersync: {k}")),
+                )
+                .collect();
+            failures.push(format!("trees differ:\n{}\n{context}", diff.join("\n")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+/// A push of a changed file sends a delta against the server's signature of
+/// its version: rsync's statistics show the matched data.
+#[test]
+fn pushes_to_a_server_move_deltas() {
+    let twin = Twin::new(&case("push delta", &[]));
+    std::fs::remove_file(twin.base.join("src/fifo")).unwrap();
+    std::fs::create_dir(twin.base.join("dst")).unwrap();
+    let server = Server::start(&twin.base.join("dst"), &["--allow-anonymous-writes"]);
+    let (rc, _, err) = twin.run(intersync(), &["-a", "SRC/", &server.url]);
+    assert_eq!(rc, 0, "{}", String::from_utf8_lossy(&err));
+    let big = twin.base.join("src/big.dat");
+    let mut bytes = std::fs::read(&big).unwrap();
+    bytes[150_000] ^= 0x55;
+    std::fs::write(&big, &bytes).unwrap();
+    let (rc, out, err) = twin.run(intersync(), &["-a", "--stats", "SRC/", &server.url]);
+    assert_eq!(rc, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(std::fs::read(twin.base.join("dst/big.dat")).unwrap(), bytes);
+    let out = String::from_utf8_lossy(&out);
+    let figure = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().trim_end_matches(" bytes").replace(',', ""))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    assert!(figure("Matched data:") > 250_000, "{out}");
+    assert!(figure("Literal data:") < 20_000, "{out}");
+    assert!(figure("Total bytes sent:") < 40_000, "{out}");
+}

@@ -162,6 +162,27 @@ fn writes_follow_read_only_and_user_rights() {
     assert_eq!(rc, 5, "{err}");
     assert!(err.contains("read only"), "{err}");
     assert!(!d.path("public/new.txt").exists());
+    // So is an rsync command line pushing to it.
+    d.write("upload/file.txt", b"pushed\n");
+    let out = run(intersync().arg("-a").arg(d.path("upload/")).arg(&public));
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.path("public/file.txt").exists());
+    // And alice may push to the private module.
+    let out = run(intersync()
+        .arg("-a")
+        .arg(d.path("upload/"))
+        .arg(with_login(&server.url("private/"), "alice:wonderland")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.read("private/file.txt"), b"pushed\n");
 
     // Private: bob may only read; alice may write.
     let as_bob = with_login(&server.url("private/"), "bob:builder");

@@ -625,9 +625,18 @@ impl Plan {
 
         let mut paths = a.paths.clone();
         if paths.len() < 2 {
-            return Err(PlanError::Unsupported(
-                "listing a source (a single path, or --list-only) is not supported; give SRC... DEST".into(),
-            ));
+            let one = paths.first().map(|p| p.to_string_lossy().into_owned());
+            return Err(match one {
+                // A mistyped subcommand is likelier than a listing.
+                Some(word) if !std::path::Path::new(&word).exists() && !word.contains("://") => {
+                    PlanError::Syntax(format!(
+                        "unknown command '{word}', and no such file to list (intersync --help lists the commands)"
+                    ))
+                }
+                _ => PlanError::Unsupported(
+                    "listing a source (a single path, or --list-only) is not supported; give SRC... DEST".into(),
+                ),
+            });
         }
         let dest = Location::parse(&paths.pop().expect("two or more"))?;
         let sources = paths
@@ -887,7 +896,8 @@ mod tests {
         assert_eq!(code("-aR a b"), 4);
         assert_eq!(code("--exclude-from=/nonexistent/file a b"), 11);
         assert_eq!(code("-f ?bad a b"), 1);
-        assert_eq!(code("a"), 4);
+        assert_eq!(code("no-such-word"), 1);
+        assert_eq!(code("/"), 4);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::io::Write;
 
 use intersync::transfer::{self, Event};
 use intersync_compat::ExitCode;
-use intersync_compat::options::{Location, Plan, PlanError, ProgressMode};
+use intersync_compat::options::{Plan, PlanError, ProgressMode};
 use intersync_compat::output;
 
 /// Runs an rsync command line (without the program name).
@@ -26,13 +26,6 @@ pub fn main(args: &[OsString]) -> ExitCode {
             return code;
         }
     };
-    if matches!(plan.dest, Location::Url(_)) {
-        eprintln!(
-            "intersync: an http(s):// destination (a push) is not supported by rsync command lines yet; use `intersync sync URL DIR` from a working copy"
-        );
-        fail(ExitCode::Unsupported);
-        return ExitCode::Unsupported;
-    }
     let mut screen = Screen::new(&plan);
     if plan.verbose > 0 && !plan.quiet {
         screen.out("sending incremental file list");

@@ -17,6 +17,7 @@
 //! The library never prints: everything rsync would say is an [`Event`].
 
 pub mod flist;
+mod push;
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -58,7 +59,7 @@ pub enum Event {
     Error(String),
 }
 
-fn count(c: &mut Count, kind: &Kind) {
+pub(crate) fn count(c: &mut Count, kind: &Kind) {
     match kind {
         Kind::File => c.reg += 1,
         Kind::Dir => c.dir += 1,
@@ -110,16 +111,15 @@ pub struct Export {
 /// `http(s)://` source) into a local folder.
 pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     let started = Instant::now();
+    if let Location::Url(url) = &plan.dest {
+        return push_to(plan, url, events);
+    }
     let Location::Local {
         path: dest,
         contents: dest_slash,
     } = &plan.dest
     else {
-        events(Event::Error("the destination is not a local path".into()));
-        return Outcome {
-            stats: Stats::default(),
-            exit: ExitCode::Unsupported,
-        };
+        unreachable!("a destination is a path or a URL");
     };
     let walk = Walk {
         recursive: plan.recursive,
@@ -310,6 +310,50 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     receiver.finish()
 }
 
+/// A push: the local sources to the export at `url`.
+fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
+    let walk = Walk {
+        recursive: plan.recursive,
+        dirs: plan.dirs,
+        links: plan.links,
+        devices: plan.devices,
+        specials: plan.specials,
+        one_file_system: plan.one_file_system,
+        filters: &plan.filters,
+    };
+    let mut lists = Vec::new();
+    for source in &plan.sources {
+        let Location::Local { path, contents } = source else {
+            events(Event::Error(
+                "from one export to another: not supported".into(),
+            ));
+            return Outcome {
+                stats: Stats::default(),
+                exit: ExitCode::Unsupported,
+            };
+        };
+        let mut list = FileList::default();
+        walk.list(path, *contents, &mut list);
+        for p in &list.problems {
+            match p {
+                Problem::Io(msg) => events(Event::Error(format!("[sender] {msg}"))),
+                Problem::Skipped(msg) => events(Event::Info(msg.clone())),
+            }
+        }
+        lists.push(list);
+    }
+    match open_export(url) {
+        Ok((export, tree)) => push::push(plan, &lists, &export, &tree, events),
+        Err((code, message)) => {
+            events(Event::Error(message));
+            Outcome {
+                stats: Stats::default(),
+                exit: code,
+            }
+        }
+    }
+}
+
 /// Connects to the export at `url` and reads its tree; on failure, rsync's
 /// exit code and the message.
 fn open_export(url: &str) -> Result<(Export, crate::tree::TreeState), (ExitCode, String)> {
@@ -357,7 +401,7 @@ fn prune_empty_dirs(list: &mut FileList) {
     }
 }
 
-fn current_umask() -> u32 {
+pub(crate) fn current_umask() -> u32 {
     // umask can only be read by setting it; set it straight back.
     unsafe {
         let m = libc::umask(0o022);
@@ -367,7 +411,7 @@ fn current_umask() -> u32 {
 }
 
 /// Two mtimes the same, within `--modify-window`.
-fn same_mtime(plan: &Plan, a: (i64, u32), b: (i64, u32)) -> bool {
+pub(crate) fn same_mtime(plan: &Plan, a: (i64, u32), b: (i64, u32)) -> bool {
     if plan.modify_window < 0 {
         a == b
     } else {
