@@ -147,7 +147,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
                         exit: ExitCode::Unsupported,
                     };
                 }
-                match open_export(url) {
+                match open_export(url, plan.bwlimit) {
                     Ok((found, tree)) => {
                         flist::list_export(&tree, &walk, &mut list);
                         export = Some(found);
@@ -342,7 +342,7 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
         }
         lists.push(list);
     }
-    match open_export(url) {
+    match open_export(url, plan.bwlimit) {
         Ok((export, tree)) => push::push(plan, &lists, &export, &tree, events),
         Err((code, message)) => {
             events(Event::Error(message));
@@ -356,14 +356,18 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
 
 /// Connects to the export at `url` and reads its tree; on failure, rsync's
 /// exit code and the message.
-fn open_export(url: &str) -> Result<(Export, crate::tree::TreeState), (ExitCode, String)> {
+fn open_export(
+    url: &str,
+    bwlimit: Option<u64>,
+) -> Result<(Export, crate::tree::TreeState), (ExitCode, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| (ExitCode::Ipc, format!("cannot start the runtime: {e}")))?;
     let token = std::env::var("INTERSYNC_TOKEN").ok();
     let remote = crate::transport::HttpRemote::new(url, token, None)
-        .map_err(|e| (ExitCode::Syntax, e.to_string()))?;
+        .map_err(|e| (ExitCode::Syntax, e.to_string()))?
+        .with_bwlimit(bwlimit);
     let tree = runtime
         .block_on(crate::client::export_tree(&remote))
         .map_err(|e| {
