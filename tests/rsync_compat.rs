@@ -559,6 +559,24 @@ const OPTIONS_2: &[Case] = &[
     ),
     case("numeric ids", &["-ai", "--numeric-ids", "SRC/", "DST"]),
     case("one file system", &["-aix", "SRC/", "DST"]),
+    case("chmod octal", &["-ai", "--chmod=D700,F600", "SRC/", "DST"]),
+    case(
+        "chmod symbolic",
+        &["-ai", "--chmod=Dg+s,ug+w,Fo-w,+X", "SRC/", "DST"],
+    ),
+    case(
+        "chmod twice",
+        &["-ai", "--chmod=a-w", "--chmod=u+w", "SRC/", "DST"],
+    ),
+    case(
+        "chmod without perms",
+        &["-rlti", "--chmod=F600", "SRC/", "DST"],
+    ),
+    on_old(
+        "chmod on an old copy",
+        &["-ai", "--chmod=go-rwx", "SRC/", "DST"],
+    ),
+    case("bad chmod", &["-ai", "--chmod=u*x", "SRC/", "DST"]),
 ];
 
 /// Filter rules: each case copies the tree with `-ai` and the rules.

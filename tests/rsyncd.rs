@@ -38,6 +38,7 @@ timeout = 300
     auth users = alice:rw, bob:ro, carol:deny
     secrets file = {secrets}
     list = no
+    incoming chmod = Fgo-rwx,Dgo-rwx
 
 [lan]
     path = {lan}
@@ -197,6 +198,12 @@ fn writes_follow_read_only_and_user_rights() {
     let (rc, err) = sync(&as_alice, "wc-alice");
     assert_eq!(rc, 0, "{err}");
     assert_eq!(d.read("private/alice.txt"), b"alice was here\n");
+    // `incoming chmod` shapes what clients write.
+    let mode = std::fs::metadata(d.path("private/alice.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     // carol is named, and denied.
     let as_carol = with_login(&server.url("private/"), "carol:x");
     assert_eq!(sync(&as_carol, "wc-carol").0, 5);

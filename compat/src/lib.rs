@@ -5,6 +5,7 @@
 //! it prints (itemize lines, `--stats`), and rsyncd.conf.
 
 pub mod bwlimit;
+pub mod chmod;
 pub mod exit;
 pub mod filter;
 #[cfg(feature = "cli")]

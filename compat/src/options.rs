@@ -194,7 +194,7 @@ pub struct RsyncArgs {
     relative: u8,
     #[arg(long = "files-from", hide = true)]
     files_from: Option<String>,
-    #[arg(long = "chmod", hide = true, action = ArgAction::Append)]
+    #[arg(long = "chmod", action = ArgAction::Append)]
     chmod: Vec<String>,
     #[arg(long = "link-dest", hide = true, action = ArgAction::Append)]
     link_dest: Vec<String>,
@@ -384,6 +384,8 @@ pub struct Plan {
     pub one_file_system: bool,
     pub inplace: bool,
     pub prune_empty_dirs: bool,
+    /// `--chmod`: applied to the source's permissions as they are read.
+    pub chmod: Option<crate::chmod::Chmod>,
 }
 
 /// A command line that cannot be carried out.
@@ -570,6 +572,13 @@ impl Plan {
             }
         };
         let checksum = switch(m, &["checksum"], &["no_checksum"]);
+        let mut chmod = None;
+        for value in &a.chmod {
+            chmod
+                .get_or_insert_with(crate::chmod::Chmod::default)
+                .extend(value)
+                .map_err(|e| PlanError::Syntax(format!("--chmod: {e}")))?;
+        }
 
         // Filters, in command-line order.
         let mut filters = Filters::new(delete_excluded);
@@ -696,6 +705,7 @@ impl Plan {
             one_file_system: a.one_file_system > 0,
             inplace: a.inplace > 0,
             prune_empty_dirs: a.prune_empty_dirs > 0,
+            chmod,
         })
     }
 }
@@ -706,7 +716,6 @@ impl RsyncArgs {
         let given: &[(bool, &str)] = &[
             (self.relative > 0, "--relative (-R)"),
             (self.files_from.is_some(), "--files-from"),
-            (!self.chmod.is_empty(), "--chmod"),
             (!self.link_dest.is_empty(), "--link-dest"),
             (!self.compare_dest.is_empty(), "--compare-dest"),
             (!self.copy_dest.is_empty(), "--copy-dest"),
@@ -892,7 +901,9 @@ mod tests {
         ));
         assert_eq!(code("-h a b"), 0);
         assert_eq!(code("--no-such-option a b"), 1);
-        assert_eq!(code("-a --chmod=u+x a b"), 4);
+        assert_eq!(code("-a --chmod=u+x a b"), 0);
+        assert_eq!(code("-a --chmod=u*x a b"), 1);
+        assert_eq!(code("-a --copy-dest=x a b"), 4);
         assert_eq!(code("-aR a b"), 4);
         assert_eq!(code("--exclude-from=/nonexistent/file a b"), 11);
         assert_eq!(code("-f ?bad a b"), 1);

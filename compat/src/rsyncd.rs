@@ -318,16 +318,11 @@ impl Config {
                 m.line, m.name
             ));
         }
-        for (name, v) in [
-            ("incoming chmod", &m.incoming_chmod),
-            ("outgoing chmod", &m.outgoing_chmod),
-        ] {
-            if v.is_some() {
-                self.warnings.push(format!(
-                    "{file}:{}: [{}] \"{name}\" is not supported yet; ignored",
-                    m.line, m.name
-                ));
-            }
+        if m.outgoing_chmod.is_some() {
+            self.warnings.push(format!(
+                "{file}:{}: [{}] \"outgoing chmod\" is not supported yet; ignored",
+                m.line, m.name
+            ));
         }
         self.modules.push(m);
         Ok(())

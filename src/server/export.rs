@@ -49,6 +49,8 @@ pub struct Export {
     seq: watch::Sender<u64>,
     /// What is left out of the export (an rsync module's exclude rules).
     hide: Option<Arc<scan::Hide>>,
+    /// An rsync module's `incoming chmod`, applied to modes clients write.
+    incoming_chmod: Option<intersync_compat::chmod::Chmod>,
 }
 
 pub struct Inner {
@@ -124,10 +126,28 @@ impl Export {
             }),
             seq,
             hide,
+            incoming_chmod: None,
         };
         export.rescan()?;
         export.save_index();
         Ok(export)
+    }
+
+    /// Applies `incoming chmod` to the modes clients write from now on.
+    pub fn with_incoming_chmod(mut self, chmod: Option<intersync_compat::chmod::Chmod>) -> Export {
+        self.incoming_chmod = chmod;
+        self
+    }
+
+    /// The mode a client's write gets: `mode` with `incoming chmod`
+    /// applied (to the file's current mode, or 0644/0755, when the client
+    /// names none).
+    pub fn incoming_mode(&self, mode: Option<u32>, is_dir: bool) -> Option<u32> {
+        let Some(c) = &self.incoming_chmod else {
+            return mode;
+        };
+        let base = mode.unwrap_or(if is_dir { 0o755 } else { 0o644 });
+        Some(c.apply(base, is_dir))
     }
 
     /// Whether `path` is left out of the export: it, or a folder above it,

@@ -57,13 +57,23 @@ impl Modules {
                 )));
             }
             let hide = module_filters(conf)?;
-            let export = Export::open_hiding(&conf.path, journal, hide).map_err(|e| {
-                StartError::Config(format!(
-                    "module [{}] ({}): {e}",
-                    conf.name,
-                    conf.path.display()
-                ))
-            })?;
+            let incoming = conf
+                .incoming_chmod
+                .as_deref()
+                .map(intersync_compat::chmod::Chmod::parse)
+                .transpose()
+                .map_err(|e| {
+                    StartError::Config(format!("module [{}]: incoming chmod: {e}", conf.name))
+                })?;
+            let export = Export::open_hiding(&conf.path, journal, hide)
+                .map_err(|e| {
+                    StartError::Config(format!(
+                        "module [{}] ({}): {e}",
+                        conf.name,
+                        conf.path.display()
+                    ))
+                })?
+                .with_incoming_chmod(incoming);
             modules.push(Module {
                 conf: conf.clone(),
                 export: Arc::new(export),

@@ -123,6 +123,8 @@ pub async fn put(
                 })
         })
         .transpose()?;
+    // A module's `incoming chmod` applies to what clients write.
+    let mode = export.incoming_mode(mode, false);
     let is_delta =
         header_str(&req, header::CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(MEDIA_DELTA));
     let expected = header_str(&req, HEADER_RESULT_VERSION)
@@ -479,7 +481,10 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
                 return Err(precondition_failed("the path exists"));
             }
             need_folder(inner, root, &path)?;
-            let mode = mode.unwrap_or(0o755) & 0o7777;
+            let mode = export
+                .incoming_mode(Some(mode.unwrap_or(0o755)), true)
+                .unwrap_or(0o755)
+                & 0o7777;
             fs::create_dir(path.under(root)).map_err(io)?;
             fs::set_permissions(path.under(root), fs::Permissions::from_mode(mode)).map_err(io)?;
             Op::Mkdir { path, mode }
@@ -544,6 +549,7 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
                 return Err(conflict("attributes of symbolic links are not set".into()));
             }
             let full = path.under(root);
+            let mode = export.incoming_mode(mode, entry.is_dir());
             if let Some(mode) = mode {
                 fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(io)?;

@@ -160,6 +160,8 @@ pub struct Walk<'a> {
     pub specials: bool,
     pub one_file_system: bool,
     pub filters: &'a Filters,
+    /// `--chmod`, applied to permissions as they are read.
+    pub chmod: Option<&'a intersync_compat::chmod::Chmod>,
 }
 
 /// rsync's order of the children of one folder.
@@ -177,6 +179,16 @@ fn sort_children(v: &mut [Entry]) {
 }
 
 impl Walk<'_> {
+    /// The entry as the sender describes it: `--chmod` applied.
+    fn adjust(&self, mut e: Entry) -> Entry {
+        if let Some(c) = self.chmod
+            && !matches!(e.kind, Kind::Symlink(_))
+        {
+            e.mode = (e.mode & !0o7777) | c.apply(e.mode, e.kind == Kind::Dir);
+        }
+        e
+    }
+
     /// Lists one source argument. `contents` is its trailing slash: the
     /// folder's contents go into the destination, not the folder.
     pub fn list(&self, source: &Path, contents: bool, list: &mut FileList) {
@@ -203,7 +215,7 @@ impl Walk<'_> {
                 return;
             }
             let root = match Entry::from_meta(Vec::new(), source.to_path_buf(), &meta) {
-                Ok(e) => e,
+                Ok(e) => self.adjust(e),
                 Err(e) => {
                     list.problems.push(Problem::Io(os_error(&e)));
                     return;
@@ -231,7 +243,7 @@ impl Walk<'_> {
             return;
         }
         let entry = match Entry::from_meta(name.clone(), source.to_path_buf(), &meta) {
-            Ok(e) => e,
+            Ok(e) => self.adjust(e),
             Err(e) => {
                 list.problems.push(Problem::Io(os_error(&e)));
                 return;
@@ -335,7 +347,7 @@ impl Walk<'_> {
                 }
             };
             let entry = match Entry::from_meta(name, path, &meta) {
-                Ok(e) => e,
+                Ok(e) => self.adjust(e),
                 Err(e) => {
                     list.problems.push(Problem::Io(os_error(&e)));
                     continue;
@@ -402,7 +414,7 @@ pub fn list_export(tree: &crate::tree::TreeState, walk: &Walk, list: &mut FileLi
             EntryKind::Dir => (Kind::Dir, libc::S_IFDIR, 0),
             EntryKind::Symlink { target } => (Kind::Symlink(target.clone()), libc::S_IFLNK, 0),
         };
-        kids.entry(parent).or_default().push(Entry {
+        let entry = Entry {
             name,
             kind,
             mode: (e.mode & 0o7777) | type_bits,
@@ -418,7 +430,8 @@ pub fn list_export(tree: &crate::tree::TreeState, walk: &Walk, list: &mut FileLi
             remote: Some((path.clone(), e.clone())),
             bare: false,
             time_unknown: !matches!(e.kind, EntryKind::File { .. }),
-        });
+        };
+        kids.entry(parent).or_default().push(walk.adjust(entry));
     }
     let mut filters = walk.filters.clone();
     let _ = filters.enter_root(Path::new("/"), &NoFiles);

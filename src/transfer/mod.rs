@@ -129,6 +129,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
         specials: plan.specials,
         one_file_system: plan.one_file_system,
         filters: &plan.filters,
+        chmod: plan.chmod.as_ref(),
     };
     // One list per source, each with its own transfer root.
     let mut lists = Vec::new();
@@ -320,6 +321,7 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
         specials: plan.specials,
         one_file_system: plan.one_file_system,
         filters: &plan.filters,
+        chmod: plan.chmod.as_ref(),
     };
     let mut lists = Vec::new();
     for source in &plan.sources {
