@@ -30,6 +30,7 @@ timeout = 300
     path = {public}
     comment = Anyone may read
     exclude = *.tmp secret/
+    refuse options = delete c*
 
 [private]
     path = {private}
@@ -102,6 +103,16 @@ fn three_modules_serve_as_configured() {
     assert_eq!(get(&server.url("public/secret/key"), &[]).status, 404);
     assert_eq!(get(&server.url("public/junk.tmp"), &[]).status, 404);
     assert_eq!(get(&server.url("public/readme.txt"), &[]).status, 200);
+    // `refuse options` binds rsync command lines: rsync's exit 4.
+    for refused in ["--delete-after", "--checksum"] {
+        let out = run(intersync()
+            .args(["-a", refused])
+            .arg(server.url("public/"))
+            .arg(d.path("refused")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{refused}: {err}");
+        assert!(err.contains("refuse --"), "{err}");
+    }
 
     // The private module: a login, with the right password.
     let private = server.url("private/");

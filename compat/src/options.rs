@@ -386,6 +386,9 @@ pub struct Plan {
     pub prune_empty_dirs: bool,
     /// `--chmod`: applied to the source's permissions as they are read.
     pub chmod: Option<crate::chmod::Chmod>,
+    /// The long names of the options given (`archive`, `delete`...), for
+    /// a module's `refuse options`.
+    pub option_names: Vec<String>,
 }
 
 /// A command line that cannot be carried out.
@@ -706,6 +709,18 @@ impl Plan {
             inplace: a.inplace > 0,
             prune_empty_dirs: a.prune_empty_dirs > 0,
             chmod,
+            option_names: RsyncArgs::command()
+                .get_arguments()
+                .filter(|arg| {
+                    m.value_source(arg.get_id().as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .filter_map(|arg| {
+                    arg.get_long()
+                        .map(String::from)
+                        .or_else(|| arg.get_short().map(String::from))
+                })
+                .collect(),
         })
     }
 }
@@ -909,6 +924,19 @@ mod tests {
         assert_eq!(code("-f ?bad a b"), 1);
         assert_eq!(code("no-such-word"), 1);
         assert_eq!(code("/"), 4);
+    }
+
+    #[test]
+    fn option_names_for_refuse_options() {
+        let p = plan("-avz --delete-after --exclude=x a b");
+        for name in ["archive", "verbose", "compress", "delete-after", "exclude"] {
+            assert!(
+                p.option_names.iter().any(|n| n == name),
+                "{name}: {:?}",
+                p.option_names
+            );
+        }
+        assert!(!p.option_names.iter().any(|n| n == "checksum"));
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl Config {
         }
         if !m.refuse_options.is_empty() {
             self.warnings.push(format!(
-                "{file}:{}: [{}] \"refuse options\" is enforced only for rsync command lines; HTTP clients send no options",
+                "{file}:{}: [{}] \"refuse options\" binds rsync command lines (which say their options); `intersync sync` sends none",
                 m.line, m.name
             ));
         }
@@ -390,6 +390,20 @@ impl Module {
                 !r.pattern.starts_with('@') && wildmatch(r.pattern.as_bytes(), user.as_bytes())
             })
             .map(|r| r.access)
+    }
+
+    /// The first option of `given` (long names, as `delete-after`) that
+    /// `refuse options` refuses: patterns match by wildmatch, and refusing
+    /// `delete` refuses every `delete-*`, as in rsync.
+    pub fn refused_option<'a>(&self, given: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        given.into_iter().find(|name| {
+            self.refuse_options.iter().any(|p| {
+                let p = p.trim_start_matches('-');
+                wildmatch(p.as_bytes(), name.as_bytes())
+                    || (p == "delete" && name.starts_with("delete"))
+                    || (p == "archive" && *name == "a")
+            })
+        })
     }
 
     /// Whether `user` may write, given the rule that admitted them.
@@ -543,6 +557,14 @@ mystery = 1
     fn hosts() {
         let c = Config::parse(CONF, "rsyncd.conf").unwrap();
         let lan = c.module("lan").unwrap();
+        let mut refusing = lan.clone();
+        refusing.refuse_options = vec!["delete".into(), "c*".into()];
+        assert_eq!(
+            refusing.refused_option(["archive", "delete-after"]),
+            Some("delete-after")
+        );
+        assert_eq!(refusing.refused_option(["checksum"]), Some("checksum"));
+        assert_eq!(refusing.refused_option(["archive", "verbose"]), None);
         for ok in ["10.1.2.3", "192.168.1.7", "127.0.0.1"] {
             assert!(lan.host_allowed(ok.parse().unwrap()), "{ok}");
         }

@@ -24,6 +24,10 @@ use intersync_compat::rsyncd::{self, Access, Config};
 use super::{Body, Export, Refusal, ServeOptions, Service, StartError, text};
 use crate::tree::scan::Hide;
 
+/// The long names of an rsync command line's options, as its client says
+/// them, so that a module's `refuse options` can refuse them.
+pub const HEADER_RSYNC_OPTIONS: &str = "x-intersync-rsync-options";
+
 /// One module and its export.
 struct Module {
     conf: rsyncd::Module,
@@ -128,6 +132,18 @@ impl Modules {
             login(conf, &req)?
         };
         let writable = conf.writable_by(access);
+        let options = req
+            .headers()
+            .get(HEADER_RSYNC_OPTIONS)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(refused) = conf.refused_option(options.split_whitespace()) {
+            // rsync's daemon answers this with "requested action not supported".
+            return Err(Refusal::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("@ERROR: the server is configured to refuse --{refused}"),
+            ));
+        }
         if conf.write_only && reads_content(req.method(), &rest) {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,

@@ -148,7 +148,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
                         exit: ExitCode::Unsupported,
                     };
                 }
-                match open_export(url, plan.bwlimit) {
+                match open_export(url, plan) {
                     Ok((found, tree)) => {
                         flist::list_export(&tree, &walk, &mut list);
                         export = Some(found);
@@ -344,7 +344,7 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
         }
         lists.push(list);
     }
-    match open_export(url, plan.bwlimit) {
+    match open_export(url, plan) {
         Ok((export, tree)) => push::push(plan, &lists, &export, &tree, events),
         Err((code, message)) => {
             events(Event::Error(message));
@@ -360,7 +360,7 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
 /// exit code and the message.
 fn open_export(
     url: &str,
-    bwlimit: Option<u64>,
+    plan: &Plan,
 ) -> Result<(Export, crate::tree::TreeState), (ExitCode, String)> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -369,11 +369,24 @@ fn open_export(
     let token = std::env::var("INTERSYNC_TOKEN").ok();
     let remote = crate::transport::HttpRemote::new(url, token, None)
         .map_err(|e| (ExitCode::Syntax, e.to_string()))?
-        .with_bwlimit(bwlimit);
+        .with_bwlimit(plan.bwlimit)
+        .with_header(
+            crate::server::modules::HEADER_RSYNC_OPTIONS,
+            plan.option_names.join(" "),
+        );
     let tree = runtime
         .block_on(crate::client::export_tree(&remote))
         .map_err(|e| {
-            let code = if e.is_auth() {
+            let code = if matches!(
+                e,
+                crate::client::SyncError::Transport(crate::transport::TransportError::Refused {
+                    status: 501,
+                    ..
+                })
+            ) {
+                // A module's `refuse options`.
+                ExitCode::Unsupported
+            } else if e.is_auth() {
                 ExitCode::StartClient
             } else if e.is_unreachable() {
                 ExitCode::SocketIo

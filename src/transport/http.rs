@@ -36,6 +36,8 @@ pub struct HttpRemote {
     received: AtomicU64,
     /// Most bytes per second to receive, like rsync's --bwlimit.
     bwlimit: Option<u64>,
+    /// Headers every request to the origin carries.
+    extra_headers: Vec<(&'static str, String)>,
     started: std::time::Instant,
     progress: Option<std::sync::Arc<crate::monitor::Progress>>,
     /// The source serves versions at immutable URLs (a smart server, as its
@@ -171,6 +173,7 @@ impl HttpRemote {
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             bwlimit: None,
+            extra_headers: Vec::new(),
             started: std::time::Instant::now(),
             progress: None,
             by_version: AtomicBool::new(false),
@@ -183,6 +186,12 @@ impl HttpRemote {
         progress: std::sync::Arc<crate::monitor::Progress>,
     ) -> HttpRemote {
         self.progress = Some(progress);
+        self
+    }
+
+    /// Sends `name: value` with every request to the export's origin.
+    pub fn with_header(mut self, name: &'static str, value: String) -> HttpRemote {
+        self.extra_headers.push((name, value));
         self
     }
 
@@ -294,6 +303,11 @@ impl HttpRemote {
             && origin(&url) == origin(&self.base)
         {
             req = req.header(header::AUTHORIZATION, value);
+        }
+        if origin(&url) == origin(&self.base) {
+            for (k, v) in &self.extra_headers {
+                req = req.header(*k, v);
+            }
         }
         for (k, v) in headers {
             req = req.header(*k, v);
