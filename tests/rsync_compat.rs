@@ -507,6 +507,33 @@ const OPTIONS: &[Case] = &[
         "ignore errors",
         &["-ai", "--delete", "--ignore-errors", "SRC/", "DST"],
     ),
+    on_old(
+        "an I/O error stops deletions",
+        &["-ai", "--delete", "SRC/nonexistent", "SRC/", "DST"],
+    ),
+    on_old(
+        "ignore errors deletes anyway",
+        &[
+            "-ai",
+            "--delete",
+            "--ignore-errors",
+            "SRC/nonexistent",
+            "SRC/",
+            "DST",
+        ],
+    ),
+    on_old(
+        "max delete alone",
+        &[
+            "-ai",
+            "--delete",
+            "--max-delete=1",
+            "--exclude=/core",
+            "--exclude=/empty",
+            "SRC/",
+            "DST",
+        ],
+    ),
     case(
         "missing source",
         &["-ai", "SRC/nonexistent", "SRC/a.txt", "DST/"],
@@ -926,7 +953,7 @@ fn intersync_rsync_is_the_explicit_form() {
 #[test]
 fn refused_options_exit_4_by_name() {
     for opt in [
-        "--chmod=u+x",
+        "--copy-dest=/tmp",
         "-R",
         "--link-dest=/tmp",
         "--backup",
@@ -1182,4 +1209,55 @@ fn pushes_to_a_server_move_deltas() {
     assert!(figure("Matched data:") > 250_000, "{out}");
     assert!(figure("Literal data:") < 20_000, "{out}");
     assert!(figure("Total bytes sent:") < 40_000, "{out}");
+}
+
+/// A folder of the source that cannot be read (as an ordinary user) is an
+/// I/O error: rsync then deletes nothing, unless --ignore-errors. Both run
+/// as `nobody`, since root reads every folder.
+#[test]
+fn unreadable_source_folders_stop_deletions() {
+    for extra in [&[][..], &["--ignore-errors"][..]] {
+        let c = on_old("unreadable", &[]);
+        let (theirs, ours) = (Twin::new(&c), Twin::new(&c));
+        for t in [&theirs, &ours] {
+            let status = Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(&t.base)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            std::fs::set_permissions(
+                t.base.join("src/src/deep"),
+                std::fs::Permissions::from_mode(0o000),
+            )
+            .unwrap();
+        }
+        let as_nobody = |program: &Path| {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(program);
+            c
+        };
+        let rsync = intersync::harness::program("rsync").unwrap_or_else(|e| panic!("{e}"));
+        let rsync_path = PathBuf::from(rsync.get_program());
+        let mut args = vec!["-ai", "--delete"];
+        args.extend(extra);
+        args.extend(["SRC/", "DST"]);
+        let (rc_r, out_r, err_r) = theirs.run(as_nobody(&rsync_path), &args);
+        let (rc_i, out_i, err_i) =
+            ours.run(as_nobody(Path::new(env!("CARGO_BIN_EXE_intersync"))), &args);
+        let context = format!(
+            "{args:?}\nrsync exit {rc_r}:\n{}{}\nintersync exit {rc_i}:\n{}{}",
+            String::from_utf8_lossy(&out_r),
+            String::from_utf8_lossy(&err_r),
+            String::from_utf8_lossy(&out_i),
+            String::from_utf8_lossy(&err_i)
+        );
+        assert_eq!(rc_r, 23, "{context}");
+        assert_eq!(rc_r, rc_i, "{context}");
+        let want = describe(&theirs.base.join("dst"), true);
+        let got = describe(&ours.base.join("dst"), true);
+        assert_eq!(want, got, "{context}");
+        assert_eq!(comparable(&out_r), comparable(&out_i), "{context}");
+    }
 }

@@ -133,6 +133,10 @@ pub enum Problem {
     Io(String),
     /// Not sent, said as rsync says it ("skipping non-regular file ...").
     Skipped(String),
+    /// A source argument that does not exist: an error of the transfer
+    /// (exit 23), but unlike [`Problem::Io`] it does not stop deletions,
+    /// as in rsync.
+    Missing(String),
 }
 
 /// The list, and what went wrong while making it.
@@ -143,9 +147,18 @@ pub struct FileList {
     /// For each folder entry (by index), the names of its children in the
     /// list.
     pub children: std::collections::HashMap<usize, Vec<Vec<u8>>>,
+    /// The folder (by index) whose listing met the first I/O error: rsync
+    /// deletes in the folders before it, not in it or after.
+    pub first_io_error: Option<usize>,
 }
 
 impl FileList {
+    /// Notes an I/O error met while listing the folder at index `at`.
+    fn io_error_at(&mut self, at: usize, problem: Problem) {
+        self.first_io_error = Some(self.first_io_error.map_or(at, |k| k.min(at)));
+        self.problems.push(problem);
+    }
+
     pub fn io_error(&self) -> bool {
         self.problems.iter().any(|p| matches!(p, Problem::Io(_)))
     }
@@ -195,7 +208,7 @@ impl Walk<'_> {
         let meta = match std::fs::symlink_metadata(source) {
             Ok(m) => m,
             Err(e) => {
-                list.problems.push(Problem::Io(format!(
+                list.problems.push(Problem::Missing(format!(
                     "link_stat \"{}\" failed: {}",
                     absolute(source).display(),
                     os_error(&e)
@@ -211,13 +224,13 @@ impl Walk<'_> {
                 return;
             }
             if let Err(e) = filters.enter_root(&absolute(source), &LocalFiles) {
-                list.problems.push(Problem::Io(e.to_string()));
+                list.io_error_at(0, Problem::Io(e.to_string()));
                 return;
             }
             let root = match Entry::from_meta(Vec::new(), source.to_path_buf(), &meta) {
                 Ok(e) => self.adjust(e),
                 Err(e) => {
-                    list.problems.push(Problem::Io(os_error(&e)));
+                    list.io_error_at(0, Problem::Io(os_error(&e)));
                     return;
                 }
             };
@@ -239,13 +252,13 @@ impl Walk<'_> {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         if let Err(e) = filters.enter_root(&parent, &LocalFiles) {
-            list.problems.push(Problem::Io(e.to_string()));
+            list.io_error_at(0, Problem::Io(e.to_string()));
             return;
         }
         let entry = match Entry::from_meta(name.clone(), source.to_path_buf(), &meta) {
             Ok(e) => self.adjust(e),
             Err(e) => {
-                list.problems.push(Problem::Io(os_error(&e)));
+                list.io_error_at(0, Problem::Io(os_error(&e)));
                 return;
             }
         };
@@ -294,17 +307,23 @@ impl Walk<'_> {
         is_root: bool,
     ) {
         if !is_root && let Err(e) = filters.enter_dir(rel, dir, &LocalFiles) {
-            list.problems.push(Problem::Io(e.to_string()));
+            list.io_error_at(at, Problem::Io(e.to_string()));
             return;
         }
         let read = match std::fs::read_dir(dir) {
             Ok(r) => r,
             Err(e) => {
-                list.problems.push(Problem::Io(format!(
-                    "opendir \"{}\" failed: {}",
-                    absolute(dir).display(),
-                    os_error(&e)
-                )));
+                list.io_error_at(
+                    at,
+                    Problem::Io(format!(
+                        "opendir \"{}\" failed: {}",
+                        absolute(dir).display(),
+                        os_error(&e)
+                    )),
+                );
+                // It lists as empty: with --ignore-errors, rsync deletes
+                // what the destination has there.
+                list.children.insert(at, Vec::new());
                 if !is_root {
                     filters.leave_dir();
                 }
@@ -316,11 +335,14 @@ impl Walk<'_> {
             let item = match item {
                 Ok(i) => i,
                 Err(e) => {
-                    list.problems.push(Problem::Io(format!(
-                        "readdir \"{}\" failed: {}",
-                        absolute(dir).display(),
-                        os_error(&e)
-                    )));
+                    list.io_error_at(
+                        at,
+                        Problem::Io(format!(
+                            "readdir \"{}\" failed: {}",
+                            absolute(dir).display(),
+                            os_error(&e)
+                        )),
+                    );
                     continue;
                 }
             };
@@ -337,11 +359,14 @@ impl Walk<'_> {
                     // Gone between readdir and stat: not an error (rsync
                     // says nothing either).
                     if e.kind() != std::io::ErrorKind::NotFound {
-                        list.problems.push(Problem::Io(format!(
-                            "link_stat \"{}\" failed: {}",
-                            absolute(&path).display(),
-                            os_error(&e)
-                        )));
+                        list.io_error_at(
+                            at,
+                            Problem::Io(format!(
+                                "link_stat \"{}\" failed: {}",
+                                absolute(&path).display(),
+                                os_error(&e)
+                            )),
+                        );
                     }
                     continue;
                 }
@@ -349,7 +374,7 @@ impl Walk<'_> {
             let entry = match Entry::from_meta(name, path, &meta) {
                 Ok(e) => self.adjust(e),
                 Err(e) => {
-                    list.problems.push(Problem::Io(os_error(&e)));
+                    list.io_error_at(at, Problem::Io(os_error(&e)));
                     continue;
                 }
             };

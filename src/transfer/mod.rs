@@ -189,7 +189,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     for list in &lists {
         for p in &list.problems {
             match p {
-                Problem::Io(msg) => {
+                Problem::Io(msg) | Problem::Missing(msg) => {
                     receiver.errors = true;
                     (receiver.events)(Event::Error(format!("[sender] {msg}")));
                 }
@@ -250,15 +250,29 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
         }
     }
 
-    let delete = plan.delete.filter(|_| !io_error || plan.ignore_errors);
-    if plan.delete.is_some() && delete.is_none() {
-        (receiver.events)(Event::Error(
-            "IO error encountered -- skipping file deletion".into(),
-        ));
-    }
+    // After an I/O error in the sources rsync deletes nothing more (unless
+    // --ignore-errors): with deletions during the transfer, the folders
+    // listed before the error still have theirs.
+    let delete = plan.delete;
+    let all_or_nothing = |list: &FileList| list.first_io_error.is_none() || plan.ignore_errors;
+    let mut said_io_error = false;
+    let mut skip_deletions = |receiver: &mut Receiver| {
+        if !said_io_error {
+            said_io_error = true;
+            // rsync says it on stdout.
+            (receiver.events)(Event::Info(
+                "IO error encountered -- skipping file deletion".into(),
+            ));
+        }
+    };
+    let _ = io_error;
     for list in &lists {
         if delete == Some(DeleteMode::Before) {
-            receiver.deletion_pass(list, dest);
+            if all_or_nothing(list) {
+                receiver.deletion_pass(list, dest);
+            } else {
+                skip_deletions(&mut receiver);
+            }
         }
         // With -H, the last of each group of hard links is copied and the
         // others are linked to it once it is in place (as rsync does).
@@ -297,14 +311,28 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
                 && delete == Some(DeleteMode::During)
                 && let Some(names) = list.children.get(&i)
             {
-                receiver.delete_in_dir(&entry.name, &path, names, dest);
+                if plan.ignore_errors || list.first_io_error.is_none_or(|k| i < k) {
+                    receiver.delete_in_dir(&entry.name, &path, names, dest);
+                } else {
+                    skip_deletions(&mut receiver);
+                }
+            } else if entry.kind == Kind::Dir
+                && delete == Some(DeleteMode::During)
+                && !plan.ignore_errors
+                && list.first_io_error == Some(i)
+            {
+                skip_deletions(&mut receiver);
             }
         }
         for (entry, path) in deferred {
             receiver.item(entry, &path);
         }
         if matches!(delete, Some(DeleteMode::After | DeleteMode::Delay)) {
-            receiver.deletion_pass(list, dest);
+            if all_or_nothing(list) {
+                receiver.deletion_pass(list, dest);
+            } else {
+                skip_deletions(&mut receiver);
+            }
         }
     }
     receiver.fix_dirs();
@@ -338,7 +366,9 @@ fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
         walk.list(path, *contents, &mut list);
         for p in &list.problems {
             match p {
-                Problem::Io(msg) => events(Event::Error(format!("[sender] {msg}"))),
+                Problem::Io(msg) | Problem::Missing(msg) => {
+                    events(Event::Error(format!("[sender] {msg}")))
+                }
                 Problem::Skipped(msg) => events(Event::Info(msg.clone())),
             }
         }

@@ -57,6 +57,11 @@ pub(super) fn push(
         umask: super::current_umask(),
     };
     let io_error = lists.iter().any(FileList::io_error);
+    let missing = lists.iter().any(|l| {
+        l.problems
+            .iter()
+            .any(|p| matches!(p, super::flist::Problem::Missing(_)))
+    });
     let deleting = plan.delete.is_some() && (!io_error || plan.ignore_errors);
     for list in lists {
         if deleting && plan.delete == Some(DeleteMode::Before) {
@@ -86,7 +91,7 @@ pub(super) fn push(
     let exit = if let Some(why) = p.refused.take() {
         (p.events)(Event::Error(why));
         ExitCode::StartClient
-    } else if p.errors || io_error {
+    } else if p.errors || io_error || missing {
         ExitCode::Partial
     } else {
         ExitCode::Ok
