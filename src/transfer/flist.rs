@@ -191,6 +191,22 @@ fn sort_children(v: &mut [Entry]) {
     });
 }
 
+impl<'a> Walk<'a> {
+    /// The walk an rsync command line asks for.
+    pub fn of(plan: &'a intersync_compat::options::Plan) -> Walk<'a> {
+        Walk {
+            recursive: plan.recursive,
+            dirs: plan.dirs,
+            links: plan.links,
+            devices: plan.devices,
+            specials: plan.specials,
+            one_file_system: plan.one_file_system,
+            filters: &plan.filters,
+            chmod: plan.chmod.as_ref(),
+        }
+    }
+}
+
 impl Walk<'_> {
     /// The entry as the sender describes it: `--chmod` applied.
     fn adjust(&self, mut e: Entry) -> Entry {
@@ -526,7 +542,7 @@ fn export_dir(
 }
 
 /// No merge files: an export's per-directory files are not read.
-struct NoFiles;
+pub(crate) struct NoFiles;
 
 impl intersync_compat::filter::RuleSource for NoFiles {
     fn read(&self, _: &Path) -> std::io::Result<Option<Vec<u8>>> {

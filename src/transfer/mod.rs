@@ -121,16 +121,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     else {
         unreachable!("a destination is a path or a URL");
     };
-    let walk = Walk {
-        recursive: plan.recursive,
-        dirs: plan.dirs,
-        links: plan.links,
-        devices: plan.devices,
-        specials: plan.specials,
-        one_file_system: plan.one_file_system,
-        filters: &plan.filters,
-        chmod: plan.chmod.as_ref(),
-    };
+    let walk = Walk::of(plan);
     // One list per source, each with its own transfer root.
     let mut lists = Vec::new();
     let mut export = None;
@@ -341,16 +332,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
 
 /// A push: the local sources to the export at `url`.
 fn push_to(plan: &Plan, url: &str, events: &mut dyn FnMut(Event)) -> Outcome {
-    let walk = Walk {
-        recursive: plan.recursive,
-        dirs: plan.dirs,
-        links: plan.links,
-        devices: plan.devices,
-        specials: plan.specials,
-        one_file_system: plan.one_file_system,
-        filters: &plan.filters,
-        chmod: plan.chmod.as_ref(),
-    };
+    let walk = Walk::of(plan);
     let mut lists = Vec::new();
     for source in &plan.sources {
         let Location::Local { path, contents } = source else {

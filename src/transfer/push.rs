@@ -18,7 +18,7 @@ use intersync_compat::output::Stats;
 use intersync_protocol::{TreePath, Version};
 use serde_json::json;
 
-use super::flist::{Entry, FileList, Kind};
+use super::flist::{Entry, FileList, Kind, NoFiles};
 use super::{Event, Export, Outcome, count, same_mtime};
 use crate::delta::{MappedFile, Signature, write_delta};
 use crate::transport::{Expect, FileMeta, Remote, TransportError};
@@ -539,14 +539,5 @@ impl Pusher<'_> {
             };
             self.batch.push((op, p.as_str().to_string()));
         }
-    }
-}
-
-/// The receiver's rules of a push read no per-directory files.
-struct NoFiles;
-
-impl intersync_compat::filter::RuleSource for NoFiles {
-    fn read(&self, _: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
-        Ok(None)
     }
 }
