@@ -1,6 +1,11 @@
 //! Running the measured programs: a client's exit status, wall time, CPU
-//! seconds and peak memory (from `wait4`'s resource usage), and a server's
-//! CPU seconds and peak memory from `/proc` while it still runs.
+//! seconds (from `wait4`'s resource usage) and peak memory (the high-water
+//! marks `/proc` shows while it runs, of it and the processes it starts),
+//! and a server's CPU seconds and peak memory from `/proc` while it runs.
+//!
+//! Not `wait4`'s `ru_maxrss`: on Linux a child's counts the memory of the
+//! process it was forked from, so every client would weigh at least as much
+//! as the harness itself.
 
 use std::io;
 use std::process::{Command, Stdio};
@@ -65,19 +70,17 @@ pub fn run(command: &mut Command, deadline: Option<Instant>) -> io::Result<Finis
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let mut timed_out = false;
+    let mut peaks = Peaks::default();
     loop {
+        peaks.sample(pid as u32);
         let past = deadline.is_some_and(|d| Instant::now() >= d);
         if past && !timed_out {
             // SAFETY: signalling our own child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             timed_out = true;
         }
-        // Without a deadline, block; with one, look every millisecond.
-        let flags = if deadline.is_some() && !timed_out {
-            libc::WNOHANG
-        } else {
-            0
-        };
+        // Look every millisecond (for the deadline and the memory peaks).
+        let flags = if timed_out { 0 } else { libc::WNOHANG };
         // SAFETY: `pid` is our child, not yet reaped; both pointers are valid.
         let got = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
         if got == pid {
@@ -110,10 +113,57 @@ pub fn run(command: &mut Command, deadline: Option<Instant>) -> io::Result<Finis
         usage: Usage {
             wall,
             cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
-            peak_kib: usage.ru_maxrss.max(0) as u64,
+            peak_kib: peaks.total_kib(),
             timed_out,
         },
     })
+}
+
+/// The high-water marks of a process and its descendants, as sampled.
+#[derive(Default)]
+struct Peaks {
+    by_pid: std::collections::HashMap<u32, u64>,
+    samples: u64,
+}
+
+impl Peaks {
+    fn sample(&mut self, pid: u32) {
+        self.samples += 1;
+        let mut pids = vec![pid];
+        // Children every 10th sample: reading /proc costs a little.
+        if self.samples % 10 == 1 {
+            let mut i = 0;
+            while i < pids.len() && pids.len() < 64 {
+                pids.extend(children(pids[i]));
+                i += 1;
+            }
+        } else {
+            pids.extend(self.by_pid.keys().copied().filter(|&p| p != pid));
+        }
+        for p in pids {
+            if let Some(kib) = peak_kib(p) {
+                let e = self.by_pid.entry(p).or_default();
+                *e = (*e).max(kib);
+            }
+        }
+    }
+
+    /// The processes' peaks added up (they run side by side: rsync's
+    /// generator and receiver, say).
+    fn total_kib(&self) -> u64 {
+        self.by_pid.values().sum()
+    }
+}
+
+/// The children of a running process.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// CPU seconds a running process has used so far.
@@ -136,4 +186,43 @@ pub fn peak_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small child of a big harness is small, and a big one big: the
+    /// figures are the child's own.
+    #[test]
+    fn peaks_are_the_childs_own() {
+        let ballast = vec![1u8; 256 << 20];
+        let small = run(Command::new("sleep").arg("0.2"), None).unwrap();
+        assert!(small.usage.peak_kib < 32 << 10, "{}", small.usage.peak_kib);
+        let big = run(
+            Command::new("python3").args([
+                "-c",
+                "import time; x = bytearray(96 << 20); time.sleep(0.3)",
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(big.usage.peak_kib > 90 << 10, "{}", big.usage.peak_kib);
+        assert!(big.usage.peak_kib < 200 << 10, "{}", big.usage.peak_kib);
+        // Its children count too.
+        let family = run(
+            Command::new("sh").args([
+                "-c",
+                "python3 -c 'import time; x = bytearray(64 << 20); time.sleep(0.3)'; true",
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            family.usage.peak_kib > 60 << 10,
+            "{}",
+            family.usage.peak_kib
+        );
+        drop(ballast);
+    }
 }
