@@ -5,12 +5,13 @@
 //!
 //!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--slow-runs 1] [--max-step 300]
 //!         [--links loopback,slow,slow-delayed] [--tools smart,static,full,rsync,rsync-z,zsync]
-//!         [--scenarios S0,S1,...] [--out target/bench]
+//!         [--scenarios S0,S1,...] [--out target/bench] [--add EARLIER.json] [--note TEXT]
 //!
 //! Needs nginx, curl, rsync, zsync, zsyncmake and, for the slow links, root
 //! and iproute2 (`.ci/run` installs them). Writes `scenarios.md`,
 //! `scenarios.json` and `scenarios.svg` to the output folder and prints the
-//! table. Each slow link runs in a network namespace made for it: this
+//! table (and `summary.md`, the short one). `--add` keeps an earlier
+//! report's figures for the links this run does not measure. Each slow link runs in a network namespace made for it: this
 //! program runs itself again inside it (`--in-namespace`) and reads back
 //! the figures as JSON.
 
@@ -28,6 +29,9 @@ struct Args {
     in_namespace: Option<PathBuf>,
     /// Every argument, to pass on to the run inside a namespace.
     raw: Vec<String>,
+    /// An earlier report whose figures for links not run now are kept.
+    add: Option<PathBuf>,
+    notes: Vec<String>,
 }
 
 fn parse() -> Args {
@@ -49,6 +53,8 @@ fn parse() -> Args {
         out: PathBuf::from("target/bench"),
         in_namespace: None,
         raw: raw.clone(),
+        add: None,
+        notes: Vec::new(),
     };
     let mut args = raw.into_iter();
     while let Some(arg) = args.next() {
@@ -63,6 +69,8 @@ fn parse() -> Args {
                 ))
             }
             "--out" => a.out = PathBuf::from(value()),
+            "--add" => a.add = Some(PathBuf::from(value())),
+            "--note" => a.notes.push(value()),
             "--in-namespace" => a.in_namespace = Some(PathBuf::from(value())),
             "--scenarios" => a.options.scenarios = value().split(',').map(String::from).collect(),
             "--links" => {
@@ -137,17 +145,36 @@ fn run_in_namespace(args: &Args, link: Link) -> Vec<Figure> {
 /// Writes the table, JSON and chart of what has been measured so far, so
 /// that a run cut short keeps every link it finished.
 fn write_report(args: &Args, figures: &[Figure], done: &[Link]) -> String {
+    let mut figures = figures.to_vec();
+    let mut slow_runs = if done.iter().any(|l| l.shaped()) {
+        args.slow_runs
+    } else {
+        0
+    };
+    if let Some(path) = &args.add {
+        let earlier: report::Report = serde_json::from_slice(
+            &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let names: Vec<String> = args.links.iter().map(|l| l.name()).collect();
+        let kept: Vec<Figure> = earlier
+            .figures
+            .into_iter()
+            .filter(|f| !names.contains(&f.link))
+            .collect();
+        if !kept.is_empty() && slow_runs == 0 {
+            slow_runs = earlier.slow_runs;
+        }
+        figures.extend(kept);
+    }
     let report = report::Report {
         date: intersync::tree::scan::utc_stamp(intersync::tree::scan::now_ns() / 1_000_000_000),
         machine: report::machine(),
         scale: args.options.scale,
         runs: args.options.runs,
-        slow_runs: if done.iter().any(|l| l.shaped()) {
-            args.slow_runs
-        } else {
-            0
-        },
-        figures: figures.to_vec(),
+        slow_runs,
+        figures,
+        notes: args.notes.clone(),
     };
     let table = report::markdown(&report);
     std::fs::create_dir_all(&args.out).expect("output folder");
@@ -158,6 +185,8 @@ fn write_report(args: &Args, figures: &[Figure], done: &[Link]) -> String {
     )
     .expect("write the JSON");
     std::fs::write(args.out.join("scenarios.svg"), report::svg(&report)).expect("write the chart");
+    std::fs::write(args.out.join("summary.md"), report::summary(&report))
+        .expect("write the summary");
     table
 }
 

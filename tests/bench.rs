@@ -32,22 +32,25 @@ fn every_tool_on_every_scenario_at_small_scale() {
     let figures = runtime
         .block_on(bench::run(&work.path(""), &options, |_, _, _| {}))
         .unwrap_or_else(|e| panic!("{e}"));
-    let table = report::markdown(&report::Report {
+    let report = report::Report {
         date: "test".into(),
         machine: report::machine(),
         scale: options.scale,
         runs: options.runs,
         slow_runs: 0,
         figures: figures.clone(),
-    });
-    let chart = report::svg(&report::Report {
-        date: "test".into(),
-        machine: String::new(),
-        scale: options.scale,
-        runs: 1,
-        slow_runs: 0,
-        figures: figures.clone(),
-    });
+        notes: vec!["a note".into()],
+    };
+    let table = report::markdown(&report);
+    assert!(table.contains("Note: a note"));
+    let chart = report::svg(&report);
+    // The short table: a row per tool and scenario, every one right.
+    let summary = report::summary(&report);
+    assert_eq!(
+        summary.matches("| yes |").count(),
+        figures.len(),
+        "{summary}"
+    );
     assert_eq!(
         chart.matches("<rect").count(),
         1 + Tool::ALL.len() + 2 * figures.len()

@@ -20,6 +20,10 @@ pub struct Report {
     #[serde(default)]
     pub slow_runs: usize,
     pub figures: Vec<Figure>,
+    /// What a reader must know about these figures (how a run was put
+    /// together, a column to read with care).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// `1234567` as `1,234,567`.
@@ -49,6 +53,9 @@ pub fn markdown(report: &Report) -> String {
          is against the bytes the change really made.\n",
         report.scale, report.runs, report.slow_runs, report.date, report.machine
     );
+    for note in &report.notes {
+        let _ = writeln!(out, "Note: {note}\n");
+    }
     let _ = writeln!(
         out,
         "| scenario | link | tool | up | down | total | total / changed | total / full fetch | requests | wall | client CPU | client peak MiB | server CPU | server peak MiB | right tree | note |"
@@ -85,6 +92,73 @@ pub fn markdown(report: &Report) -> String {
             if f.correct { "yes" } else { "NO" },
             f.note
         );
+    }
+    out
+}
+
+/// The short table: per scenario and tool, the bytes and requests on
+/// loopback, the wall time on every link, the client's peak memory.
+pub fn summary(report: &Report) -> String {
+    let mut links: Vec<&str> = Vec::new();
+    for f in &report.figures {
+        if !links.contains(&f.link.as_str()) {
+            links.push(&f.link);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Scale {}, {} ({}). Bytes and requests on loopback, counted at the socket both ways; \
+         `/ changed` against the bytes the change made; wall times per link.\n",
+        report.scale, report.date, report.machine
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "Note: {note}\n");
+    }
+    let mut head = "| scenario | tool | bytes | / changed | requests |".to_string();
+    let mut rule = "|---|---|---|---|---|".to_string();
+    for l in &links {
+        let _ = write!(head, " wall, {l} |");
+        rule.push_str("---|");
+    }
+    head.push_str(" client peak MiB | right |");
+    rule.push_str("---|---|");
+    let _ = writeln!(out, "{head}\n{rule}");
+    let first = links.first().copied().unwrap_or("loopback");
+    for f in report.figures.iter().filter(|f| f.link == first) {
+        let ratio = if f.changed_bytes == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.2}", f.total_bytes() as f64 / f.changed_bytes as f64)
+        };
+        let mut row = format!(
+            "| {} | {} | {} | {} | {} |",
+            f.scenario,
+            f.tool,
+            thousands(f.total_bytes()),
+            ratio,
+            f.requests.map_or("-".into(), |r| r.to_string())
+        );
+        for l in &links {
+            let wall = report
+                .figures
+                .iter()
+                .find(|g| g.link == *l && g.scenario == f.scenario && g.tool == f.tool)
+                .map_or("-".into(), |g| format!("{:.2} s", g.wall_s));
+            let _ = write!(row, " {wall} |");
+        }
+        let right = report
+            .figures
+            .iter()
+            .filter(|g| g.scenario == f.scenario && g.tool == f.tool)
+            .all(|g| g.correct);
+        let _ = write!(
+            row,
+            " {} | {} |",
+            mib(f.client_peak_kib),
+            if right { "yes" } else { "NO" }
+        );
+        let _ = writeln!(out, "{row}");
     }
     out
 }
