@@ -265,6 +265,26 @@ fn describe_with(root: &Path, times: Times) -> BTreeMap<String, String> {
     out
 }
 
+/// What differs between rsync's tree and ours, a line an item.
+fn tree_diff(want: &BTreeMap<String, String>, got: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => out.push_str(&format!("  only rsync: {k}: {v}\n")),
+            Some(g) if g != v => {
+                out.push_str(&format!("  {k}:\n    rsync     {v}\n    intersync {g}\n"))
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in got {
+        if !want.contains_key(k) {
+            out.push_str(&format!("  only intersync: {k}: {v}\n"));
+        }
+    }
+    out
+}
+
 /// One differential case.
 struct Case {
     name: &'static str,
@@ -384,22 +404,11 @@ fn check(case: &Case) {
         let want = describe(&theirs.base.join(sub), times);
         let got = describe(&ours.base.join(sub), times);
         if want != got {
-            let mut diff = String::new();
-            for (k, v) in &want {
-                match got.get(k) {
-                    None => diff.push_str(&format!("  only rsync: {k}: {v}\n")),
-                    Some(g) if g != v => {
-                        diff.push_str(&format!("  {k}:\n    rsync     {v}\n    intersync {g}\n"))
-                    }
-                    _ => {}
-                }
-            }
-            for (k, v) in &got {
-                if !want.contains_key(k) {
-                    diff.push_str(&format!("  only intersync: {k}: {v}\n"));
-                }
-            }
-            panic!("{sub} trees differ:\n{diff}{}", context());
+            panic!(
+                "{sub} trees differ:\n{}{}",
+                tree_diff(&want, &got),
+                context()
+            );
         }
     }
     if case.output {
@@ -1032,17 +1041,10 @@ fn pulls_from_a_server_match_rsync() {
         if rc_r != rc_i {
             failures.push(format!("exit codes differ: {context}"));
         } else if want != got {
-            let diff: Vec<String> = want
-                .iter()
-                .filter(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| format!("  {k}: rsync {v} / intersync {:?}", got.get(k)))
-                .chain(
-                    got.keys()
-                        .filter(|k| !want.contains_key(*k))
-                        .map(|k| format!("  only intersync: {k}")),
-                )
-                .collect();
-            failures.push(format!("trees differ:\n{}\n{context}", diff.join("\n")));
+            failures.push(format!(
+                "trees differ:\n{}{context}",
+                tree_diff(&want, &got)
+            ));
         } else if !old
             && args.iter().any(|a| a.contains('i'))
             && comparable(&out_r) != comparable(&out_i)
@@ -1165,17 +1167,10 @@ fn pushes_to_a_server_match_rsync() {
         if rc_r != rc_i {
             failures.push(format!("exit codes differ: {context}"));
         } else if want != got {
-            let diff: Vec<String> = want
-                .iter()
-                .filter(|(k, v)| got.get(*k) != Some(v))
-                .map(|(k, v)| format!("  {k}: rsync {v} / intersync {:?}", got.get(k)))
-                .chain(
-                    got.keys()
-                        .filter(|k| !want.contains_key(*k))
-                        .map(|k| format!("  only intersync: {k}")),
-                )
-                .collect();
-            failures.push(format!("trees differ:\n{}\n{context}", diff.join("\n")));
+            failures.push(format!(
+                "trees differ:\n{}{context}",
+                tree_diff(&want, &got)
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));

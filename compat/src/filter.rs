@@ -324,8 +324,18 @@ impl Filters {
             perdir: None,
             depth: 0,
         };
+        self.parse_global(rule.as_bytes(), reading, files)
+    }
+
+    /// Parses `text` into the global rules.
+    fn parse_global(
+        &mut self,
+        text: &[u8],
+        reading: Reading,
+        files: &dyn RuleSource,
+    ) -> Result<(), FilterError> {
         let mut list = std::mem::take(&mut self.global);
-        let r = self.parse_into(&mut list, rule.as_bytes(), reading, files);
+        let r = self.parse_into(&mut list, text, reading, files);
         self.global = list;
         r
     }
@@ -346,10 +356,7 @@ impl Filters {
             perdir: None,
             depth: 0,
         };
-        let mut list = std::mem::take(&mut self.global);
-        let r = self.parse_into(&mut list, pattern.as_bytes(), reading, files);
-        self.global = list;
-        r
+        self.parse_global(pattern.as_bytes(), reading, files)
     }
 
     /// `--exclude-from FILE` or `--include-from FILE`; `from0` for `-0`.
@@ -375,10 +382,7 @@ impl Filters {
                 perdir: None,
                 depth: 1,
             };
-            let mut list = std::mem::take(&mut self.global);
-            let r = self.parse_into(&mut list, line, reading, files);
-            self.global = list;
-            r?;
+            self.parse_global(line, reading, files)?;
         }
         Ok(())
     }
@@ -402,10 +406,7 @@ impl Filters {
             perdir: None,
             depth: 0,
         };
-        let mut list = std::mem::take(&mut self.global);
-        let r = self.parse_into(&mut list, text.as_bytes(), reading, files);
-        self.global = list;
-        r
+        self.parse_global(text.as_bytes(), reading, files)
     }
 
     /// `-C`: a `:C` per-directory `.cvsignore` and the `-C` list, after

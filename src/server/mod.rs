@@ -86,16 +86,7 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Stopped(e.to_string()))??;
     let export = Arc::new(export);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(config.listen).await?;
     let tls = config
         .tls
         .as_ref()
@@ -111,6 +102,14 @@ pub async fn run(
     serve(listener, tls, export, config.options, shutdown)
         .await
         .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Listens on `addr` (port 0: any free one); the address bound.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    Ok((listener, bound))
 }
 
 /// `run` for an rsyncd.conf: every module's export, one listener.
@@ -137,16 +136,7 @@ async fn run_modules(
     .await
     .map_err(|e| StartError::Stopped(e.to_string()))??;
     let modules = Arc::new(modules);
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = bind(config.listen).await?;
     let mut watchers = Vec::new();
     if config.watch {
         for export in modules.exports() {
