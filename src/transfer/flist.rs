@@ -293,6 +293,29 @@ impl Walk<'_> {
         }
     }
 
+    /// Puts the children of the folder at `at` into the list in rsync's
+    /// order: its non-folders now, its subfolders returned to be listed
+    /// each with its own contents after them.
+    fn place(&self, mut kids: Vec<Entry>, at: usize, list: &mut FileList) -> Vec<Entry> {
+        sort_children(&mut kids);
+        let mut names = Vec::new();
+        let mut subdirs = Vec::new();
+        for kid in kids {
+            if !self.admit(&kid, list) {
+                continue;
+            }
+            let base = kid.name.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
+            names.push(base.to_vec());
+            if kid.kind == Kind::Dir {
+                subdirs.push(kid);
+            } else {
+                list.entries.push(kid);
+            }
+        }
+        list.children.insert(at, names);
+        subdirs
+    }
+
     /// Whether the kind of `entry` is sent, noting why not.
     fn admit(&self, entry: &Entry, list: &mut FileList) -> bool {
         let said = |list: &mut FileList, what: &str| {
@@ -399,27 +422,7 @@ impl Walk<'_> {
             }
             kids.push(entry);
         }
-        sort_children(&mut kids);
-        let mut names = Vec::new();
-        let mut subdirs = Vec::new();
-        for kid in kids {
-            if !self.admit(&kid, list) {
-                continue;
-            }
-            names.push(
-                kid.name
-                    .rsplit(|&c| c == b'/')
-                    .next()
-                    .unwrap_or(&[])
-                    .to_vec(),
-            );
-            if kid.kind == Kind::Dir {
-                subdirs.push(kid);
-            } else {
-                list.entries.push(kid);
-            }
-        }
-        list.children.insert(at, names);
+        let subdirs = self.place(kids, at, list);
         // Depth first: each subfolder comes with its own listing, after
         // the folder's non-folders.
         for sub in subdirs {
@@ -504,33 +507,13 @@ fn export_dir(
     at: usize,
     list: &mut FileList,
 ) {
-    let mut mine: Vec<Entry> = kids
+    let mine: Vec<Entry> = kids
         .remove(&dir)
         .unwrap_or_default()
         .into_iter()
         .filter(|e| !filters.excluded(&e.name, e.kind == Kind::Dir, Side::Sender))
         .collect();
-    sort_children(&mut mine);
-    let mut names = Vec::new();
-    let mut subdirs = Vec::new();
-    for kid in mine {
-        if !walk.admit(&kid, list) {
-            continue;
-        }
-        names.push(
-            kid.name
-                .rsplit(|&c| c == b'/')
-                .next()
-                .unwrap_or(&[])
-                .to_vec(),
-        );
-        if kid.kind == Kind::Dir {
-            subdirs.push(kid);
-        } else {
-            list.entries.push(kid);
-        }
-    }
-    list.children.insert(at, names);
+    let subdirs = walk.place(mine, at, list);
     for sub in subdirs {
         let name = sub.name.clone();
         list.entries.push(sub);

@@ -69,6 +69,22 @@ pub(crate) fn count(c: &mut Count, kind: &Kind) {
     }
 }
 
+impl Event {
+    /// The itemize event of a list entry.
+    fn item(itemize: String, e: &Entry, changed: bool, transferred: bool) -> Event {
+        Event::Item {
+            itemize,
+            name: e.display(),
+            target: match &e.kind {
+                Kind::Symlink(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                _ => None,
+            },
+            changed,
+            transferred,
+        }
+    }
+}
+
 /// How a transfer ended.
 #[derive(Debug)]
 pub struct Outcome {
@@ -706,17 +722,7 @@ impl Receiver<'_> {
                 }
             }
         };
-        let target = match &e.kind {
-            Kind::Symlink(t) => Some(String::from_utf8_lossy(t).into_owned()),
-            _ => None,
-        };
-        self.say(Event::Item {
-            itemize,
-            name: e.display(),
-            target,
-            changed,
-            transferred,
-        });
+        self.say(Event::item(itemize, e, changed, transferred));
     }
 
     fn dir(&mut self, e: &Entry, path: &Path, existing: Option<&std::fs::Metadata>) -> bool {
@@ -1244,28 +1250,16 @@ impl Receiver<'_> {
     /// Deletes what the destination folder `path` (list name `rel`) has
     /// and the source does not, unless protected.
     fn delete_in_dir(&mut self, rel: &[u8], path: &Path, names: &[Vec<u8>], dest: &Path) {
-        let Ok(read) = std::fs::read_dir(path) else {
-            return;
-        };
         let keep: std::collections::HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
-        let mut gone: Vec<(Vec<u8>, bool)> = Vec::new();
-        for item in read.flatten() {
-            let base = item.file_name().as_bytes().to_vec();
-            if keep.contains(base.as_slice()) {
-                continue;
-            }
-            let is_dir = item.file_type().map(|t| t.is_dir()).unwrap_or(false);
-            gone.push((base, is_dir));
-        }
+        let mut gone = deletion_order(path);
+        gone.retain(|(base, _)| !keep.contains(base.as_slice()));
         if gone.is_empty() {
             return;
         }
         let Some(filters) = self.receiver_filters(rel, dest) else {
             return;
         };
-        // rsync deletes in reverse of its sort order.
-        gone.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-        for (base, is_dir) in gone.into_iter().rev() {
+        for (base, is_dir) in gone {
             let mut name = rel.to_vec();
             if !name.is_empty() {
                 name.push(b'/');
@@ -1282,21 +1276,8 @@ impl Receiver<'_> {
     /// Deletes what a folder holds, deepest first; `false` if anything
     /// was protected or could not be removed.
     fn delete_contents(&mut self, filters: &Filters, name: &[u8], target: &Path) -> bool {
-        let mut kids: Vec<(Vec<u8>, bool)> = std::fs::read_dir(target)
-            .map(|r| {
-                r.flatten()
-                    .map(|i| {
-                        (
-                            i.file_name().as_bytes().to_vec(),
-                            i.file_type().map(|t| t.is_dir()).unwrap_or(false),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        kids.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         let mut all = true;
-        for (base, kid_dir) in kids.into_iter().rev() {
+        for (base, kid_dir) in deletion_order(target) {
             let mut kid_name = name.to_vec();
             kid_name.push(b'/');
             kid_name.extend_from_slice(&base);
@@ -1358,6 +1339,25 @@ impl Receiver<'_> {
         self.say(Event::Deleted(shown));
         true
     }
+}
+
+/// What a destination folder holds, (name, is a folder), in the order
+/// rsync deletes: the reverse of its sort (non-folders before folders, by
+/// name).
+fn deletion_order(path: &Path) -> Vec<(Vec<u8>, bool)> {
+    let mut items: Vec<(Vec<u8>, bool)> = std::fs::read_dir(path)
+        .map(|r| {
+            r.flatten()
+                .map(|i| {
+                    let is_dir = i.file_type().is_ok_and(|t| t.is_dir());
+                    (i.file_name().as_bytes().to_vec(), is_dir)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    items.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    items.reverse();
+    items
 }
 
 fn dir_is_empty(path: &Path) -> bool {

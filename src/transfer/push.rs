@@ -108,17 +108,7 @@ impl Pusher<'_> {
     }
 
     fn item_event(&mut self, itemize: String, e: &Entry, changed: bool, transferred: bool) {
-        let target = match &e.kind {
-            Kind::Symlink(t) => Some(String::from_utf8_lossy(t).into_owned()),
-            _ => None,
-        };
-        self.say(Event::Item {
-            itemize,
-            name: e.display(),
-            target,
-            changed,
-            transferred,
-        });
+        self.say(Event::item(itemize, e, changed, transferred));
     }
 
     /// A failed request: a refusal of rights stops the push (rsync's exit
