@@ -1037,7 +1037,6 @@ fn pulls_from_a_server_match_rsync() {
         };
         let want = describe_with(&theirs.base.join("dst"), times);
         let got = describe_with(&ours.base.join("dst"), times);
-        // Folders' modes come from the journal too; the root's does not.
         if rc_r != rc_i {
             failures.push(format!("exit codes differ: {context}"));
         } else if want != got {

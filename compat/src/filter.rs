@@ -284,6 +284,21 @@ struct Reading<'a> {
     depth: usize,
 }
 
+impl Reading<'_> {
+    /// `--exclude`/`--include` patterns (and their `-from` files).
+    fn old_style(include: bool, depth: usize) -> Reading<'static> {
+        Reading {
+            old_prefixes: true,
+            template: Mods {
+                include,
+                ..Mods::default()
+            },
+            perdir: None,
+            depth,
+        }
+    }
+}
+
 /// The rules of a transfer and the per-directory rules of the folders
 /// being walked.
 #[derive(Clone, Debug, Default)]
@@ -347,16 +362,7 @@ impl Filters {
         include: bool,
         files: &dyn RuleSource,
     ) -> Result<(), FilterError> {
-        let reading = Reading {
-            old_prefixes: true,
-            template: Mods {
-                include,
-                ..Mods::default()
-            },
-            perdir: None,
-            depth: 0,
-        };
-        self.parse_global(pattern.as_bytes(), reading, files)
+        self.parse_global(pattern.as_bytes(), Reading::old_style(include, 0), files)
     }
 
     /// `--exclude-from FILE` or `--include-from FILE`; `from0` for `-0`.
@@ -373,16 +379,7 @@ impl Filters {
             if line.first().is_some_and(|&b| b == b'#' || b == b';') {
                 continue;
             }
-            let reading = Reading {
-                old_prefixes: true,
-                template: Mods {
-                    include,
-                    ..Mods::default()
-                },
-                perdir: None,
-                depth: 1,
-            };
-            self.parse_global(line, reading, files)?;
+            self.parse_global(line, Reading::old_style(include, 1), files)?;
         }
         Ok(())
     }

@@ -57,24 +57,30 @@ pub struct Stats {
     pub seconds: f64,
 }
 
+/// `v` in `-h` units (1000s; 1024s with `-hh`), and the unit's letter.
+fn scaled(mut v: f64, human: u8) -> (f64, &'static str) {
+    let base = if human > 1 { 1024.0 } else { 1000.0 };
+    let mut unit = "";
+    for u in ["K", "M", "G", "T", "P"] {
+        if v < base {
+            break;
+        }
+        v /= base;
+        unit = u;
+    }
+    (v, unit)
+}
+
 /// A number as rsync prints it: `1,234,567` by default; with `-h`,
 /// `1.23M` (units of 1000); with `-hh`, `1.18M` (units of 1024).
 pub fn number(n: u64, human: u8) -> String {
     if human > 0 {
-        let base = if human > 1 { 1024.0 } else { 1000.0 };
-        let mut v = n as f64;
-        let mut unit = "";
-        for u in ["K", "M", "G", "T", "P"] {
-            if v < base {
-                break;
-            }
-            v /= base;
-            unit = u;
-        }
-        if !unit.is_empty() {
-            return format!("{v:.2}{unit}");
-        }
-        return n.to_string();
+        let (v, unit) = scaled(n as f64, human);
+        return if unit.is_empty() {
+            n.to_string()
+        } else {
+            format!("{v:.2}{unit}")
+        };
     }
     let digits = n.to_string();
     let mut out = String::new();
@@ -90,16 +96,7 @@ pub fn number(n: u64, human: u8) -> String {
 /// A rate as rsync prints it: "1,544.00" or with `-h` "1.46K".
 fn rate(v: f64, human: u8) -> String {
     if human > 0 {
-        let base = if human > 1 { 1024.0 } else { 1000.0 };
-        let mut v = v;
-        let mut unit = "";
-        for u in ["K", "M", "G", "T", "P"] {
-            if v < base {
-                break;
-            }
-            v /= base;
-            unit = u;
-        }
+        let (v, unit) = scaled(v, human);
         return format!("{v:.2}{unit}");
     }
     let whole = number(v.trunc() as u64, 0);
