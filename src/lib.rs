@@ -30,6 +30,8 @@ pub mod delta;
 #[cfg(feature = "net")]
 pub mod demo;
 #[cfg(feature = "net")]
+pub mod fuse;
+#[cfg(feature = "net")]
 pub mod harness;
 pub mod install;
 pub mod kml;

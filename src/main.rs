@@ -154,6 +154,11 @@ struct ServeArgs {
     /// Do not watch the folder for changes made by other programs (scan only at start).
     #[arg(long)]
     no_watch: bool,
+    /// Mount the folder through presto at this empty folder: whatever
+    /// programs change through it is journaled as it happens, with no scan
+    /// (the folder itself is then not watched; change it through the mount).
+    #[arg(long, conflicts_with = "rsyncd_conf")]
+    mount: Option<PathBuf>,
     /// Longest a head long-poll may be held, in seconds.
     #[arg(long, default_value_t = 300)]
     max_wait: u64,
@@ -441,6 +446,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
         },
         watch: !args.no_watch,
+        mount: args.mount.clone(),
         journal: intersync::kml::JournalOptions {
             seal_bytes: args.segment_bytes,
             checkpoint_every: args.checkpoint_every.max(1),

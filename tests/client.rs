@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::util::{Dir, Server, intersync, random_bytes, run};
 
 /// `intersync sync --stats URL DIR`, its output and the two byte totals.
-fn sync(url: &str, dir: &Path, extra: &[&str]) -> (Output, u64, u64) {
+pub(crate) fn sync(url: &str, dir: &Path, extra: &[&str]) -> (Output, u64, u64) {
     let out = run(intersync()
         .arg("sync")
         .arg("--stats")
@@ -36,7 +36,7 @@ fn sync(url: &str, dir: &Path, extra: &[&str]) -> (Output, u64, u64) {
 }
 
 #[track_caller]
-fn sync_ok(url: &str, dir: &Path) -> (u64, u64) {
+pub(crate) fn sync_ok(url: &str, dir: &Path) -> (u64, u64) {
     let (out, sent, received) = sync(url, dir, &[]);
     assert!(
         out.status.success(),
@@ -47,7 +47,7 @@ fn sync_ok(url: &str, dir: &Path) -> (u64, u64) {
 }
 
 /// Every path below `root` (but `.intersync`) with its content or link target.
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for e in fs::read_dir(dir).unwrap() {
@@ -82,7 +82,7 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn scatter_edits(path: &Path, count: usize, len: usize, seed: u64) {
+pub(crate) fn scatter_edits(path: &Path, count: usize, len: usize, seed: u64) {
     let mut data = fs::read(path).unwrap();
     let noise = random_bytes(seed, count * len + 8);
     for i in 0..count {
@@ -342,7 +342,7 @@ fn demo_runs_with_no_arguments() {
 }
 
 /// Polls until `check` passes or `secs` seconds go by.
-fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     for _ in 0..secs * 10 {
         if check() {
             return true;

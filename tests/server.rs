@@ -29,7 +29,7 @@ fn export_with_files() -> (Dir, Vec<u8>) {
 }
 
 /// Every record the server has journaled, read through the API.
-fn journal(server: &Server) -> Vec<KmlRecord> {
+pub(crate) fn journal(server: &Server) -> Vec<KmlRecord> {
     let head: serde_json::Value =
         serde_json::from_slice(&get(&server.url(".intersync/head"), &[]).body).unwrap();
     let mut records = Vec::new();
@@ -44,11 +44,11 @@ fn journal(server: &Server) -> Vec<KmlRecord> {
     records
 }
 
-fn ops(server: &Server) -> Vec<Op> {
+pub(crate) fn ops(server: &Server) -> Vec<Op> {
     journal(server).into_iter().map(|r| r.op).collect()
 }
 
-fn p(s: &str) -> TreePath {
+pub(crate) fn p(s: &str) -> TreePath {
     TreePath::new(s).unwrap()
 }
 

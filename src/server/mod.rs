@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub rsyncd: Option<intersync_compat::rsyncd::Config>,
     /// Accept HTTP Basic logins over plain HTTP.
     pub insecure_auth: bool,
+    /// Mount the folder through presto here: what programs change through
+    /// the mount is journaled as it happens, so the folder is not watched.
+    pub mount: Option<std::path::PathBuf>,
 }
 
 /// Why a server could not start.
@@ -68,6 +71,11 @@ pub enum StartError {
     Stopped(String),
     #[error("{0}")]
     Config(String),
+    #[error("mounting at {}: {source}", path.display())]
+    Mount {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Opens the export, listens, calls `ready` with the bound address and the
@@ -92,16 +100,31 @@ pub async fn run(
         .as_ref()
         .map(|(cert, key)| tls_acceptor(cert, key))
         .transpose()?;
-    let _watcher = if config.watch {
+    let mount = match &config.mount {
+        Some(path) => {
+            let failed = |source| StartError::Mount {
+                path: path.clone(),
+                source,
+            };
+            let presto = crate::fuse::Presto::new(export.clone()).map_err(failed)?;
+            Some(presto.mount(path).map_err(failed)?)
+        }
+        None => None,
+    };
+    let _watcher = if config.watch && mount.is_none() {
         Some(watch::watch(export.clone())?)
     } else {
         None
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     ready(addr, format!("{scheme}://{addr}/"));
-    serve(listener, tls, export, config.options, shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })
+    let served = serve(listener, tls, export, config.options, shutdown).await;
+    if let Some(session) = mount {
+        tokio::task::spawn_blocking(move || crate::fuse::unmount_quietly(session))
+            .await
+            .map_err(|e| StartError::Stopped(e.to_string()))?;
+    }
+    served.map_err(|source| StartError::Listen { addr, source })
 }
 
 /// Listens on `addr` (port 0: any free one); the address bound.
@@ -176,6 +199,7 @@ impl LocalServer {
             journal: Default::default(),
             rsyncd: None,
             insecure_auth: false,
+            mount: None,
         };
         let task = tokio::spawn(run(
             config,
