@@ -186,3 +186,197 @@ fn programs_writing_through_the_mount_are_journaled_live_and_reach_a_working_cop
     );
     mounted.stop();
 }
+
+fn version_of(bytes: &[u8]) -> intersync_protocol::Version {
+    intersync_protocol::Version(*blake3::hash(bytes).as_bytes())
+}
+
+/// The version the journal last gave `path` (by a write or a rename onto it).
+fn journaled_version(all: &[Op], path: &str) -> Option<intersync_protocol::Version> {
+    let mut state = intersync::tree::TreeState::default();
+    for (i, op) in all.iter().enumerate() {
+        let rec = intersync_protocol::kml::KmlRecord {
+            seq: i as u64 + 1,
+            time_ns: 0,
+            node: intersync_protocol::kml::NodeId(0),
+            op: op.clone(),
+        };
+        state.apply(&rec).unwrap();
+    }
+    state.get(&p(path)).and_then(|e| e.version())
+}
+
+#[test]
+fn the_mount_passes_posix_through() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let dir = Dir::new();
+    dir.write("src/root-only.txt", b"root's\n");
+    dir.write("src/x.txt", b"x content\n");
+    dir.write("src/y.txt", b"y content\n");
+    let (src, mnt) = (dir.path("src"), dir.path("mnt"));
+    let mounted = Mounted::start(&src, &mnt);
+
+    // Permissions: the kernel checks them against what presto reports, and
+    // what another user creates is theirs.
+    fs::create_dir(mnt.join("shared")).unwrap();
+    fs::set_permissions(
+        mnt.join("shared"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let as_nobody = |script: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(&mnt)
+            .output()
+            .unwrap()
+    };
+    assert!(!as_nobody("echo x >> root-only.txt").status.success());
+    assert_eq!(fs::read(src.join("root-only.txt")).unwrap(), b"root's\n");
+    assert!(as_nobody("cat root-only.txt").status.success());
+    let made = as_nobody("echo mine > shared/nobody.txt");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let meta = fs::metadata(src.join("shared/nobody.txt")).unwrap();
+    assert_ne!(meta.uid(), 0, "a file another user made is theirs");
+
+    // A file unlinked while open stays usable through its descriptor.
+    let mut open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(mnt.join("doomed.txt"))
+        .unwrap();
+    open.write_all(b"before").unwrap();
+    fs::remove_file(mnt.join("doomed.txt")).unwrap();
+    open.write_all(b" after").unwrap();
+    open.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    open.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "before after");
+    drop(open);
+    assert!(!src.join("doomed.txt").exists());
+
+    // Rename over an existing file.
+    fs::rename(mnt.join("x.txt"), mnt.join("y.txt")).unwrap();
+    assert_eq!(fs::read(mnt.join("y.txt")).unwrap(), b"x content\n");
+    assert!(!mnt.join("x.txt").exists());
+
+    // Hard links: one inode, two names, one content.
+    fs::write(mnt.join("h1"), b"linked\n").unwrap();
+    fs::hard_link(mnt.join("h1"), mnt.join("h2")).unwrap();
+    let (m1, m2) = (
+        fs::metadata(mnt.join("h1")).unwrap(),
+        fs::metadata(mnt.join("h2")).unwrap(),
+    );
+    assert_eq!((m1.nlink(), m1.ino()), (2, m2.ino()));
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("h1"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    assert_eq!(fs::read(mnt.join("h2")).unwrap(), b"linked\nmore\n");
+
+    // Sparse writes, and a file past 4 GiB.
+    let mut sparse = fs::File::create(mnt.join("sparse.bin")).unwrap();
+    sparse.seek(SeekFrom::Start(1 << 20)).unwrap();
+    sparse.write_all(b"!").unwrap();
+    drop(sparse);
+    let data = fs::read(mnt.join("sparse.bin")).unwrap();
+    assert_eq!(data.len(), (1 << 20) + 1);
+    assert!(data[..1 << 20].iter().all(|&b| b == 0) && data[1 << 20] == b'!');
+    let far = (5u64 << 30) + 123;
+    let mut large = fs::File::create(mnt.join("large.bin")).unwrap();
+    large.seek(SeekFrom::Start(far)).unwrap();
+    large.write_all(b"past four gigabytes").unwrap();
+    drop(large);
+    assert_eq!(fs::metadata(mnt.join("large.bin")).unwrap().len(), far + 19);
+    let mut large = fs::File::open(mnt.join("large.bin")).unwrap();
+    large.seek(SeekFrom::Start(far)).unwrap();
+    let mut tail = String::new();
+    large.read_to_string(&mut tail).unwrap();
+    assert_eq!(tail, "past four gigabytes");
+    drop(large);
+
+    // Concurrent writers (each its own file) and readers (one shared file).
+    let shared = random_bytes(3, 1 << 20);
+    fs::write(mnt.join("shared.bin"), &shared).unwrap();
+    let contents: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(10 + i, 2 << 20)).collect();
+    std::thread::scope(|s| {
+        for (i, content) in contents.iter().enumerate() {
+            let path = mnt.join(format!("w{i}.bin"));
+            s.spawn(move || {
+                let mut f = fs::File::create(path).unwrap();
+                for chunk in content.chunks(64 << 10) {
+                    f.write_all(chunk).unwrap();
+                }
+            });
+        }
+        for _ in 0..4 {
+            let (path, shared) = (mnt.join("shared.bin"), &shared);
+            s.spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(&fs::read(&path).unwrap(), shared);
+                }
+            });
+        }
+    });
+
+    // The journal says what the disk has, record for record.
+    let all = ops(mounted.server());
+    for (i, content) in contents.iter().enumerate() {
+        let name = format!("w{i}.bin");
+        assert_eq!(fs::read(src.join(&name)).unwrap(), *content);
+        assert_eq!(
+            journaled_version(&all, &name),
+            Some(version_of(content)),
+            "{name}"
+        );
+    }
+    for name in [
+        "y.txt",
+        "h1",
+        "sparse.bin",
+        "shared/nobody.txt",
+        "shared.bin",
+    ] {
+        let on_disk = fs::read(src.join(name)).unwrap();
+        assert_eq!(
+            journaled_version(&all, name),
+            Some(version_of(&on_disk)),
+            "{name}"
+        );
+    }
+    assert!(all.contains(&Op::Link {
+        path: p("h2"),
+        target: p("h1")
+    }));
+    assert!(all.contains(&Op::Rename {
+        from: p("x.txt"),
+        to: p("y.txt")
+    }));
+    assert!(journaled_version(&all, "large.bin").is_some());
+    assert!(journaled_version(&all, "doomed.txt").is_none());
+    assert!(!all.iter().any(
+        |op| matches!(op, Op::Create { path, .. } | Op::Write { path, .. }
+            if path.as_str().starts_with(".intersync"))
+    ));
+    // The state folder is not reachable through the mount.
+    assert!(!mnt.join(".intersync").exists());
+    assert!(fs::create_dir(mnt.join(".intersync")).is_err());
+    fs::remove_file(mnt.join("large.bin")).unwrap();
+    mounted.stop();
+}

@@ -44,6 +44,7 @@ use intersync_protocol::{TreePath, Version};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::server::Export;
+use crate::server::export::Inner;
 use crate::tree::Entry;
 use nodes::{Nodes, Target};
 
@@ -186,18 +187,19 @@ impl Presto {
     }
 
     /// Runs a change on disk and journals it, under the export's lock. `ops`
-    /// turns what `change` returned into records; paths in `touched` get
-    /// their stat remembered so that no scan hashes them again.
+    /// turns what `change` returned into records (it sees the journaled
+    /// tree, for the other names of a hard-linked file); every path they
+    /// leave in place gets its stat remembered, so no scan hashes it again.
     fn change<T>(
         &self,
         change: impl FnOnce() -> Result<T, Errno>,
-        ops: impl FnOnce(&T) -> Vec<Op>,
-        touched: &[&TreePath],
+        ops: impl FnOnce(&T, &Inner) -> Vec<Op>,
     ) -> Result<T, Errno> {
         let mut inner = self.export.lock();
         let done = change()?;
-        let ops = ops(&done);
+        let ops = ops(&done, &inner);
         if !ops.is_empty() {
+            let touched: Vec<TreePath> = ops.iter().filter_map(result_path).cloned().collect();
             if let Err(e) = self.export.journal_ops(&mut inner, ops) {
                 // The disk moved without the journal (someone changed the
                 // folder behind the mount): a scan brings them together.
@@ -206,7 +208,7 @@ impl Presto {
                     tracing::error!(error = %e, "rescan failed");
                 }
             }
-            for p in touched {
+            for p in &touched {
                 self.export.remember_stat(&mut inner, p);
             }
         }
@@ -260,15 +262,17 @@ impl Presto {
         let mtime_ns = crate::tree::scan::mtime_ns(&meta);
         let _ = self.change(
             || Ok(()),
-            |_| {
-                vec![Op::Write {
-                    path: path.clone(),
-                    version,
-                    size,
-                    mtime_ns,
-                }]
+            |_, inner| {
+                names(inner, &path, &meta)
+                    .into_iter()
+                    .map(|path| Op::Write {
+                        path,
+                        version,
+                        size,
+                        mtime_ns,
+                    })
+                    .collect()
             },
-            &[&path],
         );
     }
 
@@ -320,6 +324,46 @@ impl Presto {
         } else {
             Vec::new()
         }
+    }
+}
+
+/// The names `path`'s file has in the journaled tree: itself, and for a
+/// hard-linked file every other path whose remembered stat is its inode.
+fn names(inner: &Inner, path: &TreePath, meta: &std::fs::Metadata) -> Vec<TreePath> {
+    use std::os::unix::fs::MetadataExt;
+    let mut all = vec![path.clone()];
+    if meta.nlink() > 1 {
+        all.extend(
+            inner
+                .index
+                .stats
+                .iter()
+                .filter(|(p, s)| {
+                    *p != path
+                        && (s.key.dev, s.key.ino) == (meta.dev(), meta.ino())
+                        && inner
+                            .index
+                            .state
+                            .get(p)
+                            .is_some_and(|e| e.version().is_some())
+                })
+                .map(|(p, _)| p.clone()),
+        );
+    }
+    all
+}
+
+/// The path an op leaves something at.
+fn result_path(op: &Op) -> Option<&TreePath> {
+    match op {
+        Op::Create { path, .. }
+        | Op::Write { path, .. }
+        | Op::Mkdir { path, .. }
+        | Op::Setattr { path, .. }
+        | Op::Symlink { path, .. }
+        | Op::Link { path, .. } => Some(path),
+        Op::Rename { to, .. } => Some(to),
+        Op::Unlink { .. } | Op::Rmdir { .. } => None,
     }
 }
 
@@ -496,32 +540,38 @@ impl Filesystem for Presto {
                     }
                     Ok((target.stat()?, version))
                 },
-                |(stat, version)| {
+                |(stat, version), inner| {
                     let Some(path) = &path else { return Vec::new() };
                     let mut ops = Vec::new();
-                    if let Some(version) = version {
-                        ops.push(Op::Write {
-                            path: path.clone(),
-                            version: *version,
-                            size: stat.st_size as u64,
-                            mtime_ns: attr::mtime_ns(stat),
-                        });
-                    }
                     let attrs = Attrs {
                         mode: mode.map(|m| m & 0o7777),
                         mtime_ns: mtime.map(|_| attr::mtime_ns(stat)),
                         uid,
                         gid,
                     };
-                    if attrs != Attrs::default() {
-                        ops.push(Op::Setattr {
-                            path: path.clone(),
-                            attrs,
-                        });
+                    let meta = std::fs::symlink_metadata(path.under(&self.root));
+                    let all = match &meta {
+                        Ok(meta) => names(inner, path, meta),
+                        Err(_) => vec![path.clone()],
+                    };
+                    for path in all {
+                        if let Some(version) = version {
+                            ops.push(Op::Write {
+                                path: path.clone(),
+                                version: *version,
+                                size: stat.st_size as u64,
+                                mtime_ns: attr::mtime_ns(stat),
+                            });
+                        }
+                        if attrs != Attrs::default() {
+                            ops.push(Op::Setattr {
+                                path,
+                                attrs,
+                            });
+                        }
                     }
                     ops
                 },
-                &path.iter().collect::<Vec<_>>(),
             )?;
             Ok(attr::of_stat(ino.0, &stat.0))
         })();
@@ -575,7 +625,7 @@ impl Filesystem for Presto {
                     self.owner(req, &made);
                     Ok(())
                 },
-                |_| {
+                |_, _| {
                     // FIFOs, sockets and devices are not part of a tree.
                     if !regular {
                         return Vec::new();
@@ -587,7 +637,6 @@ impl Filesystem for Presto {
                     ops.extend(self.owner_ops(req, &path));
                     ops
                 },
-                &[&path],
             )?;
             self.entry_of(&dir, name)
         })();
@@ -623,7 +672,7 @@ impl Filesystem for Presto {
                     self.owner(req, &made);
                     Ok(())
                 },
-                |_| {
+                |_, _| {
                     let mut ops = vec![Op::Mkdir {
                         path: path.clone(),
                         mode: perm,
@@ -631,7 +680,6 @@ impl Filesystem for Presto {
                     ops.extend(self.owner_ops(req, &path));
                     ops
                 },
-                &[&path],
             )?;
             self.entry_of(&dir, name)
         })();
@@ -655,8 +703,7 @@ impl Filesystem for Presto {
             }
             self.change(
                 || rustix::fs::unlinkat(dir.fd()?, name, AtFlags::empty()).map_err(rerr),
-                |_| vec![Op::Unlink { path: path.clone() }],
-                &[],
+                |_, _| vec![Op::Unlink { path: path.clone() }],
             )
         })();
         match done {
@@ -677,8 +724,7 @@ impl Filesystem for Presto {
             }
             self.change(
                 || rustix::fs::unlinkat(dir.fd()?, name, AtFlags::REMOVEDIR).map_err(rerr),
-                |_| vec![Op::Rmdir { path: path.clone() }],
-                &[],
+                |_, _| vec![Op::Rmdir { path: path.clone() }],
             )
         })();
         match done {
@@ -714,13 +760,12 @@ impl Filesystem for Presto {
                     self.owner(req, &made);
                     Ok(())
                 },
-                |_| {
+                |_, _| {
                     vec![Op::Symlink {
                         path: path.clone(),
                         target: target.as_os_str().as_bytes().to_vec(),
                     }]
                 },
-                &[&path],
             )?;
             self.entry_of(&dir, link_name)
         })();
@@ -765,13 +810,12 @@ impl Filesystem for Presto {
                     rustix::fs::renameat_with(from_dir.fd()?, name, to_dir.fd()?, newname, raw)
                         .map_err(rerr)
                 },
-                |_| {
+                |_, _| {
                     vec![Op::Rename {
                         from: from.clone(),
                         to: to.clone(),
                     }]
                 },
-                &[&to],
             )
         })();
         match done {
@@ -810,14 +854,13 @@ impl Filesystem for Presto {
                     )
                     .map_err(rerr)
                 },
-                |_| match &from {
+                |_, _| match &from {
                     Some(from) => vec![Op::Link {
                         path: path.clone(),
                         target: from.clone(),
                     }],
                     None => Vec::new(),
                 },
-                &[&path],
             )?;
             self.entry_of(&dir, newname)
         })();
@@ -1135,7 +1178,7 @@ impl Filesystem for Presto {
                         Err(e) => Err(rerr(e)),
                     }
                 },
-                |(_, created)| {
+                |(_, created), _| {
                     if !created {
                         return Vec::new();
                     }
@@ -1146,7 +1189,6 @@ impl Filesystem for Presto {
                     ops.extend(self.owner_ops(req, &path));
                     ops
                 },
-                &[&path],
             )?;
             let attr = self.entry_of(&dir, name)?;
             let file = File::from(file);
