@@ -77,6 +77,10 @@ enum Command {
     },
     /// Stay in sync: a round whenever the server's journal moves or local files change.
     Watch(SyncArgs),
+    /// Mount a working copy through presto: the export's files show at once
+    /// and are fetched when first opened; what changes through the mount is
+    /// journaled as it happens and pushed, like watch. Unmounts on SIGINT/SIGTERM.
+    Mount(MountArgs),
     /// Show a working copy's last sync, pending local changes and conflicts.
     Status { dir: PathBuf },
     /// Write the signature of BASE to SIG (`-` or omitted: standard output), like `rdiff signature`.
@@ -120,6 +124,28 @@ enum Command {
         delta: PathBuf,
         out: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// The export, e.g. http://host:8740/
+    url: String,
+    /// The working copy that holds what is fetched (created on first use).
+    cache: PathBuf,
+    /// The empty folder to mount at.
+    mountpoint: PathBuf,
+    /// Fetch every file in the background, not only when opened.
+    #[arg(long)]
+    prefetch: bool,
+    /// List each change of every round.
+    #[arg(short, long)]
+    verbose: bool,
+    /// File holding the bearer token to send.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM file of extra CA certificates to trust for https:// URLs.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args)?,
         Command::Sync(args) => return sync(args),
         Command::Watch(args) => watch(args)?,
+        Command::Mount(args) => mount(args)?,
         Command::Status { dir } => status(&dir)?,
         Command::Get {
             url,
@@ -491,6 +518,7 @@ fn open_sync(
         pull: !args.push_only,
         push: !args.pull_only,
         cacheable_reads: args.via_cache,
+        lazy: false,
     };
     Ok((remote, wc, options))
 }
@@ -564,6 +592,92 @@ fn watch(args: SyncArgs) -> anyhow::Result<()> {
         },
         shutdown_signal(),
     ))?;
+    Ok(())
+}
+
+fn mount(args: MountArgs) -> anyhow::Result<()> {
+    use intersync::client::watch::WatchEvent;
+    use std::sync::Arc;
+    let remote = Arc::new(intersync::transport::HttpRemote::new(
+        &args.url,
+        read_token(&args.token_file)?,
+        args.cacert.as_deref(),
+    )?);
+    let mut wc = intersync::client::WorkingCopy::open_or_create(&args.cache, &args.url)?;
+    let options = intersync::client::SyncOptions {
+        lazy: true,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    // The cache's own journal, reconciled with the cache (a crash repaired)
+    // before the first round pushes anything.
+    let local = Arc::new(
+        intersync::server::Export::open(wc.root(), Default::default())
+            .context("opening the cache's journal")?,
+    );
+    match runtime.block_on(wc.sync(&*remote, options)) {
+        Ok(report) => print_report(&report, args.verbose),
+        Err(e) if e.is_unreachable() => {
+            eprintln!("intersync: {e:#}; working offline, syncing when the server is back")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let _ = local.rescan();
+    let fetcher = Arc::new(intersync::client::mount::Fetcher::new(
+        wc.placeholders().clone(),
+        remote.clone(),
+        runtime.handle().clone(),
+        local.clone(),
+    ));
+    let (tx, local_changes) = tokio::sync::mpsc::unbounded_channel();
+    let session = intersync::fuse::Presto::new(local.clone())?
+        .with_lazy(fetcher.clone())
+        .on_change(move || {
+            let _ = tx.send(());
+        })
+        .mount(&args.mountpoint)
+        .with_context(|| format!("mounting at {}", args.mountpoint.display()))?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "intersync: {} mounted at {}",
+            args.url,
+            args.mountpoint.display()
+        );
+        let _ = out.flush();
+    }
+    if args.prefetch {
+        let fetcher = fetcher.clone();
+        std::thread::spawn(move || {
+            let n = fetcher.fetch_all();
+            tracing::info!(files = n, "prefetched");
+        });
+    }
+    let followed = runtime.block_on(intersync::client::watch::follow(
+        &mut wc,
+        &*remote,
+        options,
+        local_changes,
+        |event| match event {
+            WatchEvent::Synced(report) => {
+                print_report(&report, args.verbose);
+                // What the round changed in the cache, in the cache's journal.
+                if let Err(e) = local.rescan() {
+                    tracing::warn!(error = %e, "rescanning the cache");
+                }
+            }
+            WatchEvent::Offline { error, retry_in } => {
+                eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+            }
+        },
+        shutdown_signal(),
+    ));
+    intersync::fuse::unmount_quietly(session);
+    local.save_index();
+    wc.save()?;
+    followed?;
     Ok(())
 }
 

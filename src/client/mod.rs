@@ -20,6 +20,7 @@
 //! Files are installed only once verified against their version, atomically.
 //! The base is saved after the disk matches it.
 
+pub mod mount;
 mod pull;
 pub use pull::{export_tree, fetch_one};
 mod push;
@@ -40,6 +41,10 @@ pub struct SyncOptions {
     /// block ranges of immutable versions), never POST for a delta: for a
     /// source behind an HTTP cache or CDN, so that one fetch serves many.
     pub cacheable_reads: bool,
+    /// Leave files that have no local copy to build on as placeholders, to
+    /// be fetched when first opened (a mounted working copy). Without it,
+    /// placeholders left by a mount are fetched.
+    pub lazy: bool,
 }
 
 impl Default for SyncOptions {
@@ -48,6 +53,7 @@ impl Default for SyncOptions {
             pull: true,
             push: true,
             cacheable_reads: false,
+            lazy: false,
         }
     }
 }

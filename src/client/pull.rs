@@ -184,9 +184,10 @@ pub async fn pull(
     let by_blocks = head.static_export || options.cacheable_reads;
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
+    let placeholders = wc.placeholders().clone();
     // The disk as it is, against the base.
     let mut local_index = wc.saved.base.clone();
-    scan::scan(&root, &mut local_index).map_err(|e| SyncError::local(root.display(), e))?;
+    wc.scan(&mut local_index)?;
     let mut local = local_index.state.clone();
 
     let mut paths: Vec<TreePath> = base.iter().map(|(p, _)| p.clone()).collect();
@@ -274,6 +275,14 @@ pub async fn pull(
         let (Some(l), s) = (local.get(p).cloned(), server.get(p)) else {
             continue;
         };
+        if placeholders.contains(p) {
+            // Never fetched: nothing on disk to move or remove.
+            if s.is_none() || s.is_some_and(|s| s.version().is_none()) {
+                placeholders.remove(p, None);
+                local_remove(&mut local, p);
+            }
+            continue;
+        }
         let kind_changes =
             s.is_some_and(|s| std::mem::discriminant(&s.kind) != std::mem::discriminant(&l.kind));
         if s.is_some() && !kind_changes {
@@ -316,7 +325,9 @@ pub async fn pull(
     for (p, s) in server.iter() {
         // What the server did not change is the working copy's business
         // (a local edit or delete, pushed later).
-        if kept(p) || !server_changed(p) || same_content(local.get(p), Some(s)) {
+        // A placeholder is fetched now unless this pull is lazy.
+        let fill = !options.lazy && placeholders.contains(p);
+        if !fill && (kept(p) || !server_changed(p) || same_content(local.get(p), Some(s))) {
             continue;
         }
         let full = p.under(&root);
@@ -342,6 +353,17 @@ pub async fn pull(
                 });
             }
             EntryKind::File { version, size } => {
+                // Lazy: a file with nothing here to build it from waits,
+                // as a placeholder, until it is opened.
+                let nothing_here = placeholders.contains(p) || local.get(p).is_none();
+                let copy_here = sources_going.contains_key(version)
+                    || local
+                        .find_version(*version)
+                        .is_some_and(|q| !placeholders.contains(q));
+                if options.lazy && nothing_here && !copy_here {
+                    placeholders.insert(p.clone(), s.clone());
+                    continue;
+                }
                 let want = Wanted {
                     path: p,
                     entry: s,
@@ -360,6 +382,7 @@ pub async fn pull(
                 .await
                 {
                     Ok(got) if got == *version => {
+                        placeholders.remove(p, None);
                         // The stat right after the install: if the file
                         // changes before the pull ends, it will not match.
                         if let Ok(meta) = fs::symlink_metadata(&full) {
@@ -405,6 +428,15 @@ pub async fn pull(
     // Attributes of what did not change content.
     for (p, s) in server.iter() {
         if kept(p) || skipped.contains(p) || !server_changed(p) {
+            continue;
+        }
+        if placeholders.contains(p) {
+            placeholders.retain(|q, e| {
+                if q == p {
+                    *e = s.clone();
+                }
+                true
+            });
             continue;
         }
         if let Some(l) = local.get(p)
@@ -461,6 +493,15 @@ pub async fn pull(
             }
         }
     }
+    // A placeholder is a file of the base that the disk does not have.
+    placeholders.retain(|p, e| {
+        server.get(p).is_some_and(|s| {
+            s.version().is_some() && {
+                *e = s.clone();
+                true
+            }
+        }) && fs::symlink_metadata(p.under(&root)).is_err()
+    });
     wc.saved.base = Index {
         state: server,
         stats,
@@ -880,7 +921,7 @@ async fn fetch_whole(
     ))
 }
 
-fn set_attrs(path: &std::path::Path, e: &Entry) -> std::io::Result<()> {
+pub(super) fn set_attrs(path: &std::path::Path, e: &Entry) -> std::io::Result<()> {
     if matches!(e.kind, EntryKind::Symlink { .. }) {
         return Ok(());
     }

@@ -12,7 +12,6 @@ use serde_json::json;
 use super::{Change, SyncError, SyncReport, WorkingCopy};
 use crate::delta::{MappedFile, Signature, write_delta};
 use crate::transport::{Expect, FileMeta, Remote, TransportError};
-use crate::tree::scan;
 use crate::tree::{EntryKind, TreeState};
 
 /// Pushes local changes; returns whether anything reached the server.
@@ -24,9 +23,7 @@ pub async fn push(
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     let mut scratch = wc.saved.base.clone();
-    let ops = scan::scan(&root, &mut scratch)
-        .map_err(|e| SyncError::local(root.display(), e))?
-        .ops;
+    let ops = wc.scan(&mut scratch)?.ops;
     let local = scratch.state;
     let mut batch: Vec<(serde_json::Value, Change)> = Vec::new();
     let mut pushed = false;

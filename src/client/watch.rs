@@ -36,10 +36,10 @@ pub async fn watch(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
     options: SyncOptions,
-    mut on_event: impl FnMut(WatchEvent),
+    on_event: impl FnMut(WatchEvent),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
-    let (tx, mut local_changes) = mpsc::unbounded_channel::<()>();
+    let (tx, local_changes) = mpsc::unbounded_channel::<()>();
     let state_dir = wc.root().join(STATE_DIR);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
@@ -54,6 +54,19 @@ pub async fn watch(
     watcher
         .watch(wc.root(), RecursiveMode::Recursive)
         .map_err(|e| SyncError::local(wc.root().display(), e))?;
+    follow(wc, remote, options, local_changes, on_event, shutdown).await
+}
+
+/// [`watch`], told of local changes by `local_changes` instead of a
+/// file-system watcher (a mount that sees every change itself).
+pub async fn follow(
+    wc: &mut WorkingCopy,
+    remote: &impl Remote,
+    options: SyncOptions,
+    mut local_changes: mpsc::UnboundedReceiver<()>,
+    mut on_event: impl FnMut(WatchEvent),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SyncError> {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_secs(1);
     let mut need_round = true;

@@ -2,9 +2,11 @@
 //! (the server's tree as of the last pull, with stats), the journal cursor,
 //! the node id, partial downloads and the conflicts not yet looked at.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use intersync_protocol::TreePath;
 use intersync_protocol::kml::NodeId;
@@ -16,6 +18,7 @@ use thiserror::Error;
 use super::{SyncError, SyncOptions, SyncReport, pull, push};
 use crate::install::PendingFile;
 use crate::transport::Remote;
+use crate::tree::Entry;
 use crate::tree::scan::{self, Index};
 
 #[derive(Debug, Error)]
@@ -79,6 +82,65 @@ pub struct Saved {
     /// The source is a static export behind a plain web server: read only.
     #[serde(default)]
     pub static_export: bool,
+    /// Files of the base not fetched yet (a mounted working copy fetches
+    /// them on first open): absent from the disk, yet not deleted.
+    #[serde(default)]
+    pub placeholders: BTreeSet<TreePath>,
+}
+
+/// The placeholders of a working copy, shared with a mount that shows them:
+/// each with the base's entry for it.
+#[derive(Debug, Default)]
+pub struct Placeholders(Mutex<BTreeMap<TreePath, Entry>>);
+
+impl Placeholders {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TreePath, Entry>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, path: &TreePath) -> Option<Entry> {
+        self.lock().get(path).cloned()
+    }
+
+    pub fn contains(&self, path: &TreePath) -> bool {
+        self.lock().contains_key(path)
+    }
+
+    pub fn insert(&self, path: TreePath, entry: Entry) {
+        self.lock().insert(path, entry);
+    }
+
+    /// Forgets `path`; with `only`, only while its entry is still that one
+    /// (a fetch finishing after a pull moved the placeholder on).
+    pub fn remove(&self, path: &TreePath, only: Option<&Entry>) -> bool {
+        let mut map = self.lock();
+        if only.is_some_and(|e| map.get(path) != Some(e)) {
+            return false;
+        }
+        map.remove(path).is_some()
+    }
+
+    /// The placeholders directly in `dir` (`None`: the top), by name.
+    pub fn list(&self, dir: Option<&TreePath>) -> Vec<(String, Entry)> {
+        self.lock()
+            .iter()
+            .filter(|(p, _)| p.parent().as_ref() == dir)
+            .map(|(p, e)| (p.file_name().to_owned(), e.clone()))
+            .collect()
+    }
+
+    pub fn paths(&self) -> Vec<TreePath> {
+        self.lock().keys().cloned().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Keeps only what `keep` says.
+    pub fn retain(&self, mut keep: impl FnMut(&TreePath, &mut Entry) -> bool) {
+        self.lock().retain(|p, e| keep(p, e));
+    }
 }
 
 /// A folder kept in sync with an export.
@@ -86,6 +148,7 @@ pub struct WorkingCopy {
     root: PathBuf,
     state_dir: PathBuf,
     pub saved: Saved,
+    placeholders: Arc<Placeholders>,
 }
 
 impl WorkingCopy {
@@ -107,7 +170,7 @@ impl WorkingCopy {
             return Ok(wc);
         }
         fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
-        let wc = WorkingCopy {
+        let mut wc = WorkingCopy {
             root,
             state_dir,
             saved: Saved {
@@ -115,6 +178,7 @@ impl WorkingCopy {
                 node: rand::rng().next_u64(),
                 ..Saved::default()
             },
+            placeholders: Arc::default(),
         };
         wc.save()?;
         Ok(wc)
@@ -132,10 +196,17 @@ impl WorkingCopy {
                 reason: e.to_string(),
             }
         })?;
+        let placeholders = Placeholders::default();
+        for path in &saved.placeholders {
+            if let Some(e) = saved.base.state.get(path).filter(|e| e.version().is_some()) {
+                placeholders.insert(path.clone(), e.clone());
+            }
+        }
         Ok(WorkingCopy {
             root,
             state_dir,
             saved,
+            placeholders: Arc::new(placeholders),
         })
     }
 
@@ -151,8 +222,23 @@ impl WorkingCopy {
         NodeId(self.saved.node)
     }
 
+    /// The files of the base not fetched yet.
+    pub fn placeholders(&self) -> &Arc<Placeholders> {
+        &self.placeholders
+    }
+
+    /// Scans the disk against `index` (the base, or a copy of it), taking
+    /// placeholders as present: the local changes.
+    pub fn scan(&self, index: &mut Index) -> Result<scan::ScanOutcome, SyncError> {
+        let placeholders = self.placeholders.clone();
+        let keep = move |p: &TreePath| placeholders.contains(p);
+        scan::scan_with(&self.root, index, None, Some(&keep))
+            .map_err(|e| SyncError::local(self.root.display(), e))
+    }
+
     /// Saves the state atomically.
-    pub fn save(&self) -> Result<(), WorkingCopyError> {
+    pub fn save(&mut self) -> Result<(), WorkingCopyError> {
+        self.saved.placeholders = self.placeholders.paths().into_iter().collect();
         let path = self.state_dir.join("state.json");
         let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
         serde_json::to_writer(&mut file, &self.saved)
@@ -164,9 +250,7 @@ impl WorkingCopy {
     /// Local changes not yet pushed: what a scan finds against the base.
     pub fn pending(&self) -> Result<Vec<intersync_protocol::kml::Op>, SyncError> {
         let mut scratch = self.saved.base.clone();
-        Ok(scan::scan(&self.root, &mut scratch)
-            .map_err(|e| SyncError::local(self.root.display(), e))?
-            .ops)
+        Ok(self.scan(&mut scratch)?.ops)
     }
 
     /// One sync round with `remote` (see the module documentation).

@@ -146,6 +146,20 @@ pub type Hide = dyn Fn(&TreePath, bool) -> bool + Send + Sync;
 /// [`scan`], leaving out what `hide` hides (an rsync module's exclude
 /// rules): hidden paths are neither journaled nor descended into.
 pub fn scan_hiding(root: &Path, index: &mut Index, hide: Option<&Hide>) -> io::Result<ScanOutcome> {
+    scan_with(root, index, hide, None)
+}
+
+/// Paths the disk lacks that are nonetheless there (a working copy's
+/// placeholders, not fetched yet): a scan leaves them in the state.
+pub type Keep = dyn Fn(&TreePath) -> bool + Send + Sync;
+
+/// [`scan_hiding`], keeping what `keep` keeps.
+pub fn scan_with(
+    root: &Path,
+    index: &mut Index,
+    hide: Option<&Hide>,
+    keep: Option<&Keep>,
+) -> io::Result<ScanOutcome> {
     let mut outcome = ScanOutcome::default();
     let mut found = Vec::new();
     walk(root, None, &mut found, &mut outcome.skipped, hide)?;
@@ -345,7 +359,7 @@ pub fn scan_hiding(root: &Path, index: &mut Index, hide: Option<&Hide>) -> io::R
         .state
         .iter()
         .map(|(p, _)| p.clone())
-        .filter(|p| !found.contains_key(p))
+        .filter(|p| !found.contains_key(p) && !keep.is_some_and(|k| k(p)))
         .collect();
     for path in gone.iter().rev() {
         if index.state.get(path).is_some() {

@@ -1,0 +1,113 @@
+//! `intersync mount`: a working copy shown through presto. Files the
+//! export has and the cache does not are placeholders until first opened;
+//! every change made through the mount is journaled in the cache's own KML
+//! (`.intersync/kml/` of the cache, as a server's export keeps one) as it
+//! happens and wakes a push. The cache's journal is reconciled with the
+//! cache at every start, so a crash between a change and its record (or a
+//! record and its data) is repaired there, before anything is pushed.
+
+use std::io;
+use std::sync::Arc;
+
+use intersync_protocol::TreePath;
+use intersync_protocol::kml::{Attrs, Op};
+
+use super::pull::{fetch_one, set_attrs};
+use super::working_copy::Placeholders;
+use crate::server::Export;
+use crate::transport::Remote;
+use crate::tree::{Entry, EntryKind};
+
+/// Fetches placeholders for the mount, on the runtime the syncs run on.
+pub struct Fetcher<R> {
+    placeholders: Arc<Placeholders>,
+    remote: Arc<R>,
+    runtime: tokio::runtime::Handle,
+    /// The cache's own journal: a fetched file is recorded there.
+    local: Arc<Export>,
+}
+
+impl<R: Remote + Send + Sync + 'static> Fetcher<R> {
+    pub fn new(
+        placeholders: Arc<Placeholders>,
+        remote: Arc<R>,
+        runtime: tokio::runtime::Handle,
+        local: Arc<Export>,
+    ) -> Fetcher<R> {
+        Fetcher {
+            placeholders,
+            remote,
+            runtime,
+            local,
+        }
+    }
+
+    /// Fetches every placeholder, one after another (`--prefetch`);
+    /// returns how many were fetched.
+    pub fn fetch_all(&self) -> usize {
+        let mut fetched = 0;
+        for path in self.placeholders.paths() {
+            match crate::fuse::Lazy::fetch(self, &path) {
+                Ok(()) => fetched += 1,
+                Err(e) => tracing::warn!(%path, error = %e, "prefetch failed"),
+            }
+        }
+        fetched
+    }
+}
+
+impl<R: Remote + Send + Sync + 'static> crate::fuse::Lazy for Fetcher<R> {
+    fn get(&self, path: &TreePath) -> Option<Entry> {
+        self.placeholders.get(path)
+    }
+
+    fn list(&self, dir: Option<&TreePath>) -> Vec<(String, Entry)> {
+        self.placeholders.list(dir)
+    }
+
+    fn fetch(&self, path: &TreePath) -> io::Result<()> {
+        let Some(entry) = self.placeholders.get(path) else {
+            return Ok(());
+        };
+        let EntryKind::File { version, size } = entry.kind else {
+            return Ok(());
+        };
+        let dest = path.under(self.local.root());
+        self.runtime
+            .block_on(fetch_one(&*self.remote, path, &entry, &dest))
+            .map_err(io::Error::other)?;
+        set_attrs(&dest, &entry)?;
+        if !self.placeholders.remove(path, Some(&entry)) {
+            // A pull moved it on meanwhile; that pull's placeholder stays.
+            return Ok(());
+        }
+        let mut inner = self.local.lock();
+        let ops = vec![
+            Op::Write {
+                path: path.clone(),
+                version,
+                size,
+                mtime_ns: entry.mtime_ns,
+            },
+            Op::Setattr {
+                path: path.clone(),
+                attrs: Attrs {
+                    mode: Some(entry.mode),
+                    ..Attrs::default()
+                },
+            },
+        ];
+        if self.local.journal_ops(&mut inner, ops).is_err() {
+            // The cache's journal is behind the cache: bring it up to date.
+            self.local
+                .rescan_locked(&mut inner)
+                .map_err(io::Error::other)?;
+        }
+        self.local.remember_stat(&mut inner, path);
+        Ok(())
+    }
+
+    fn forget(&self, path: &TreePath) {
+        self.placeholders.remove(path, None);
+    }
+}
