@@ -380,3 +380,207 @@ fn the_mount_passes_posix_through() {
     fs::remove_file(mnt.join("large.bin")).unwrap();
     mounted.stop();
 }
+
+/// `intersync mount -v URL CACHE MNT`, its output in a file.
+struct ClientMount {
+    child: Option<std::process::Child>,
+    mnt: PathBuf,
+    log: PathBuf,
+}
+
+impl ClientMount {
+    fn start(url: &str, cache: &Path, mnt: &Path, extra: &[&str]) -> ClientMount {
+        fs::create_dir_all(mnt).unwrap();
+        let log = cache.with_extension("log");
+        let child = crate::util::intersync()
+            .args(["mount", "-v"])
+            .args(extra)
+            .arg(url)
+            .arg(cache)
+            .arg(mnt)
+            .stdout(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut mount = ClientMount {
+            child: Some(child),
+            mnt: mnt.to_owned(),
+            log,
+        };
+        let up = crate::client::eventually(30, || {
+            if let Some(status) = mount.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("intersync mount exited: {status}");
+            }
+            mount.output().contains(" mounted at ")
+        });
+        assert!(up && is_mounted(mnt), "not mounted: {}", mount.output());
+        mount
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM: a clean unmount and a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        terminate(&mut child);
+        assert!(child.wait().unwrap().success());
+        assert!(!is_mounted(&self.mnt), "still mounted after SIGTERM");
+    }
+
+    /// SIGKILL, as a crash; the kernel's dead mount is then detached.
+    fn crash(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        ok(Command::new("umount").arg("-l").arg(&self.mnt));
+    }
+}
+
+impl Drop for ClientMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+#[test]
+fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Dir::new();
+    let big = random_bytes(21, 4 << 20);
+    dir.write("src/big.bin", &big);
+    dir.write("src/docs/readme.txt", b"read me\n");
+    dir.write("src/unopened.txt", b"never opened here\n");
+    let src = dir.path("src");
+    let server = Server::start(&src, &["--allow-anonymous-writes"]);
+    let (cache, mnt) = (dir.path("cache"), dir.path("mnt"));
+    let mount = ClientMount::start(&server.url, &cache, &mnt, &[]);
+
+    // Listed with the export's size, mode and time, but not fetched yet.
+    assert!(!cache.join("big.bin").exists());
+    let (shown, real) = (
+        fs::metadata(mnt.join("big.bin")).unwrap(),
+        fs::metadata(src.join("big.bin")).unwrap(),
+    );
+    assert_eq!(
+        (shown.len(), shown.mode() & 0o7777, shown.mtime()),
+        (real.len(), real.mode() & 0o7777, real.mtime())
+    );
+    let names: Vec<String> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&"big.bin".to_owned()) && names.contains(&"unopened.txt".to_owned()));
+    assert!(!names.contains(&".intersync".to_owned()));
+
+    // Opening it fetches it: the right bytes, and now in the cache.
+    assert_eq!(fs::read(mnt.join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(cache.join("big.bin")).unwrap(), big);
+    assert_eq!(fs::read(mnt.join("docs/readme.txt")).unwrap(), b"read me\n");
+
+    // A scattered edit on the server reaches the mount by delta.
+    crate::client::scatter_edits(&src.join("big.bin"), 20, 100, 5);
+    let edited = fs::read(src.join("big.bin")).unwrap();
+    assert!(
+        crate::client::eventually(30, || fs::read(mnt.join("big.bin")).unwrap() == edited),
+        "the edit never reached the mount: {}",
+        mount.output()
+    );
+    assert!(
+        mount.output().contains("big.bin  updated by delta"),
+        "{}",
+        mount.output()
+    );
+
+    // Changes through the mount are pushed: a new file, and the deletion
+    // of a file never fetched here.
+    fs::write(mnt.join("docs/new.txt"), b"written through the mount\n").unwrap();
+    fs::remove_file(mnt.join("unopened.txt")).unwrap();
+    assert!(
+        crate::client::eventually(30, || {
+            fs::read(src.join("docs/new.txt")).ok().as_deref()
+                == Some(&b"written through the mount\n"[..])
+                && !src.join("unopened.txt").exists()
+        }),
+        "not pushed: {}",
+        mount.output()
+    );
+    assert_eq!(fs::read(src.join("big.bin")).unwrap(), edited);
+    mount.stop();
+}
+
+#[test]
+fn after_a_crash_the_cache_journal_and_the_cache_agree_again() {
+    let dir = Dir::new();
+    dir.write("src/kept.txt", b"kept\n");
+    let src = dir.path("src");
+    let server = Server::start(&src, &["--allow-anonymous-writes"]);
+    let (cache, mnt) = (dir.path("cache"), dir.path("mnt"));
+    let mount = ClientMount::start(&server.url, &cache, &mnt, &["--prefetch"]);
+    assert!(crate::client::eventually(30, || cache
+        .join("kept.txt")
+        .exists()));
+    // Written through the mount, journaled, and the process dies before
+    // anything is pushed.
+    fs::write(mnt.join("journaled.txt"), b"as journaled\n").unwrap();
+    mount.crash();
+    assert!(
+        !src.join("journaled.txt").exists(),
+        "pushed before the crash"
+    );
+
+    // What the crash could leave: a record whose data never reached the
+    // disk (same size and time, other bytes), and data whose record was
+    // never written.
+    let lost = cache.join("journaled.txt");
+    let mtime = fs::metadata(&lost).unwrap().modified().unwrap();
+    fs::write(&lost, b"on the disk\n\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&lost)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    fs::write(cache.join("unrecorded.txt"), b"never journaled\n").unwrap();
+
+    // The next start repairs the cache's journal, then pushes what the disk has.
+    let mount = ClientMount::start(&server.url, &cache, &mnt, &[]);
+    let mut records = Vec::new();
+    let mut names: Vec<_> = fs::read_dir(cache.join(".intersync/kml"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for seg in names {
+        let bytes = fs::read(seg).unwrap();
+        records.extend(
+            intersync_protocol::kml::SegmentReader::new(&bytes)
+                .unwrap()
+                .map(|r| r.unwrap().op),
+        );
+    }
+    assert_eq!(
+        journaled_version(&records, "journaled.txt"),
+        Some(version_of(b"on the disk\n\n")),
+        "the record without its data was not repaired: {records:#?}"
+    );
+    assert_eq!(
+        journaled_version(&records, "unrecorded.txt"),
+        Some(version_of(b"never journaled\n"))
+    );
+    assert!(
+        crate::client::eventually(30, || {
+            fs::read(src.join("journaled.txt")).ok().as_deref() == Some(&b"on the disk\n\n"[..])
+                && src.join("unrecorded.txt").exists()
+        }),
+        "not pushed after the restart: {}",
+        mount.output()
+    );
+    assert_eq!(tree(&mnt), tree(&src));
+    mount.stop();
+}

@@ -564,10 +564,7 @@ impl Filesystem for Presto {
                             });
                         }
                         if attrs != Attrs::default() {
-                            ops.push(Op::Setattr {
-                                path,
-                                attrs,
-                            });
+                            ops.push(Op::Setattr { path, attrs });
                         }
                     }
                     ops
