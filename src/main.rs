@@ -648,32 +648,69 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         );
         let _ = out.flush();
     }
-    if args.prefetch {
+    // --prefetch: fetch every placeholder now, and again after every round
+    // (new files, and whatever failed before).
+    let prefetch = args.prefetch.then(|| {
+        let (again, rounds) = std::sync::mpsc::channel::<()>();
         let fetcher = fetcher.clone();
         std::thread::spawn(move || {
-            let n = fetcher.fetch_all();
-            tracing::info!(files = n, "prefetched");
-        });
-    }
-    let followed = runtime.block_on(intersync::client::watch::follow(
-        &mut wc,
-        &*remote,
-        options,
-        local_changes,
-        |event| match event {
-            WatchEvent::Synced(report) => {
-                print_report(&report, args.verbose);
-                // What the round changed in the cache, in the cache's journal.
-                if let Err(e) = local.rescan() {
-                    tracing::warn!(error = %e, "rescanning the cache");
+            loop {
+                for (path, e) in fetcher.fetch_all() {
+                    eprintln!(
+                        "intersync: prefetching {path}: {e}; trying again after the next round"
+                    );
                 }
+                if rounds.recv().is_err() {
+                    break;
+                }
+                while rounds.try_recv().is_ok() {}
             }
-            WatchEvent::Offline { error, retry_in } => {
-                eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+        });
+        again
+    });
+    let mut on_event = |event| match event {
+        WatchEvent::Synced(report) => {
+            print_report(&report, args.verbose);
+            // What the round changed in the cache, in the cache's journal.
+            if let Err(e) = local.rescan() {
+                tracing::warn!(error = %e, "rescanning the cache");
             }
-        },
-        shutdown_signal(),
-    ));
+            if let Some(again) = &prefetch {
+                let _ = again.send(());
+            }
+        }
+        WatchEvent::Offline { error, retry_in } => {
+            eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+        }
+    };
+    let mut local_changes = local_changes;
+    let followed = runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let round = intersync::client::watch::follow(
+                &mut wc,
+                &*remote,
+                options,
+                &mut local_changes,
+                &mut on_event,
+                &mut shutdown,
+            )
+            .await;
+            match round {
+                // A failed round does not take the mount away: programs
+                // keep their files, and the next round tries again.
+                Err(e) if !e.is_auth() => {
+                    eprintln!("intersync: {e:#}; syncing again in 10s");
+                    tokio::select! {
+                        () = &mut shutdown => return Ok(()),
+                        () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                    }
+                }
+                other => return other,
+            }
+        }
+    });
     intersync::fuse::unmount_quietly(session);
     local.save_index();
     wc.save()?;

@@ -23,17 +23,24 @@ struct Mounted {
 
 impl Mounted {
     fn start(dir: &Path, mnt: &Path) -> Mounted {
+        Mounted::start_env(dir, mnt, &[])
+    }
+
+    fn start_env(dir: &Path, mnt: &Path, env: &[(&str, &str)]) -> Mounted {
         assert!(
             Path::new("/dev/fuse").exists(),
             "/dev/fuse is missing: presto's tests need FUSE"
         );
         fs::create_dir_all(mnt).unwrap();
-        let server = Server::serve(&[
-            dir.as_os_str(),
-            "--allow-anonymous-writes".as_ref(),
-            "--mount".as_ref(),
-            mnt.as_os_str(),
-        ]);
+        let server = Server::serve_env(
+            &[
+                dir.as_os_str(),
+                "--allow-anonymous-writes".as_ref(),
+                "--mount".as_ref(),
+                mnt.as_os_str(),
+            ],
+            env,
+        );
         assert!(is_mounted(mnt), "{} is not mounted", mnt.display());
         Mounted {
             server: Some(server),
@@ -206,8 +213,21 @@ fn journaled_version(all: &[Op], path: &str) -> Option<intersync_protocol::Versi
     state.get(&p(path)).and_then(|e| e.version())
 }
 
+/// Reads and writes go straight to the backing files (FUSE passthrough)
+/// where the kernel offers it, as here.
 #[test]
 fn the_mount_passes_posix_through() {
+    posix_through(&[]);
+}
+
+/// Reads and writes go through presto's own handlers (kernels without
+/// passthrough): the in-order hashing of writes is on this path.
+#[test]
+fn the_mount_passes_posix_through_without_kernel_passthrough() {
+    posix_through(&[("INTERSYNC_NO_PASSTHROUGH", "1")]);
+}
+
+fn posix_through(env: &[(&str, &str)]) {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::MetadataExt;
     let dir = Dir::new();
@@ -215,7 +235,7 @@ fn the_mount_passes_posix_through() {
     dir.write("src/x.txt", b"x content\n");
     dir.write("src/y.txt", b"y content\n");
     let (src, mnt) = (dir.path("src"), dir.path("mnt"));
-    let mounted = Mounted::start(&src, &mnt);
+    let mounted = Mounted::start_env(&src, &mnt, env);
 
     // Permissions: the kernel checks them against what presto reports, and
     // what another user creates is theirs.
@@ -491,8 +511,9 @@ fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
         "the edit never reached the mount: {}",
         mount.output()
     );
+    // The round's report is printed once the round is over.
     assert!(
-        mount.output().contains("big.bin  updated by delta"),
+        crate::client::eventually(30, || mount.output().contains("big.bin  updated by delta")),
         "{}",
         mount.output()
     );
@@ -522,9 +543,11 @@ fn after_a_crash_the_cache_journal_and_the_cache_agree_again() {
     let server = Server::start(&src, &["--allow-anonymous-writes"]);
     let (cache, mnt) = (dir.path("cache"), dir.path("mnt"));
     let mount = ClientMount::start(&server.url, &cache, &mnt, &["--prefetch"]);
-    assert!(crate::client::eventually(30, || cache
-        .join("kept.txt")
-        .exists()));
+    assert!(
+        crate::client::eventually(30, || cache.join("kept.txt").exists()),
+        "--prefetch fetched nothing: {}",
+        mount.output()
+    );
     // Written through the mount, journaled, and the process dies before
     // anything is pushed.
     fs::write(mnt.join("journaled.txt"), b"as journaled\n").unwrap();

@@ -94,8 +94,14 @@ impl Server {
     /// Starts `intersync serve ARGS` (on 127.0.0.1:0 unless they say
     /// `--listen`), and waits for its URL.
     pub fn serve(args: &[&std::ffi::OsStr]) -> Server {
+        Server::serve_env(args, &[])
+    }
+
+    /// [`Server::serve`] with extra environment variables.
+    pub fn serve_env(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut child = intersync()
+            .envs(env.iter().copied())
             .arg("serve")
             .args(if args.iter().any(|a| *a == "--listen") {
                 &[][..]

@@ -43,16 +43,17 @@ impl<R: Remote + Send + Sync + 'static> Fetcher<R> {
     }
 
     /// Fetches every placeholder, one after another (`--prefetch`);
-    /// returns how many were fetched.
-    pub fn fetch_all(&self) -> usize {
-        let mut fetched = 0;
-        for path in self.placeholders.paths() {
-            match crate::fuse::Lazy::fetch(self, &path) {
-                Ok(()) => fetched += 1,
-                Err(e) => tracing::warn!(%path, error = %e, "prefetch failed"),
-            }
-        }
-        fetched
+    /// returns those that failed, and why.
+    pub fn fetch_all(&self) -> Vec<(TreePath, io::Error)> {
+        self.placeholders
+            .paths()
+            .into_iter()
+            .filter_map(|path| {
+                crate::fuse::Lazy::fetch(self, &path)
+                    .err()
+                    .map(|e| (path, e))
+            })
+            .collect()
     }
 }
 

@@ -54,7 +54,8 @@ pub async fn watch(
     watcher
         .watch(wc.root(), RecursiveMode::Recursive)
         .map_err(|e| SyncError::local(wc.root().display(), e))?;
-    follow(wc, remote, options, local_changes, on_event, shutdown).await
+    let mut local_changes = local_changes;
+    follow(wc, remote, options, &mut local_changes, on_event, shutdown).await
 }
 
 /// [`watch`], told of local changes by `local_changes` instead of a
@@ -63,7 +64,7 @@ pub async fn follow(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
     options: SyncOptions,
-    mut local_changes: mpsc::UnboundedReceiver<()>,
+    local_changes: &mut mpsc::UnboundedReceiver<()>,
     mut on_event: impl FnMut(WatchEvent),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {

@@ -35,9 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    BackingId, Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
@@ -78,6 +78,11 @@ pub struct Presto {
     next_fh: AtomicU64,
     /// Owner of what is created: the caller (when we may chown).
     as_root: bool,
+    /// The kernel passes reads and writes straight to the backing files
+    /// (FUSE passthrough, Linux 6.9 on): presto sees opens, flushes and
+    /// releases, and journals what changed.
+    passthrough: bool,
+    backings: Mutex<HashMap<u64, std::sync::Weak<BackingId>>>,
 }
 
 /// One name of an open folder's listing: (inode, kind, name).
@@ -87,11 +92,28 @@ type DirItem = (u64, FileType, Vec<u8>);
 struct Handle {
     ino: u64,
     file: File,
-    /// Written since its content was last journaled.
+    /// Written through presto since its content was last journaled.
     dirty: AtomicBool,
     /// The hash of the file so far, while it has only been written in
     /// order from its start: (hasher, bytes hashed).
     in_order: Mutex<Option<(blake3::Hasher, u64)>>,
+    /// Open for writing: (size, mtime, ctime) when last journaled or
+    /// opened. Writes the kernel passes straight to the backing file are
+    /// noticed by this changing.
+    seen: Option<Mutex<(i64, i64, i64)>>,
+    /// The kernel reads and writes the backing file itself (passthrough).
+    _backing: Option<Arc<BackingId>>,
+}
+
+/// What says a file was written: size, mtime and ctime (which any write moves).
+fn written_stamp(file: &File) -> (i64, i64, i64) {
+    rustix::fs::fstat(file).map_or((-1, -1, -1), |s| {
+        (
+            s.st_size,
+            attr::mtime_ns(&s),
+            s.st_ctime.saturating_mul(1_000_000_000) + s.st_ctime_nsec as i64,
+        )
+    })
 }
 
 fn errno(e: impl Into<io::Error>) -> Errno {
@@ -126,6 +148,8 @@ impl Presto {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             as_root: rustix::process::geteuid().is_root(),
+            passthrough: false,
+            backings: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,7 +245,11 @@ impl Presto {
 
     /// Journals the content of an open file if it was written.
     fn settle(&self, handle: &Handle) {
-        if !handle.dirty.swap(false, Ordering::AcqRel) {
+        let written = handle.seen.as_ref().is_some_and(|seen| {
+            let now = written_stamp(&handle.file);
+            std::mem::replace(&mut *lock(seen), now) != now
+        });
+        if !handle.dirty.swap(false, Ordering::AcqRel) && !written {
             return;
         }
         let Ok(meta) = handle.file.metadata() else {
@@ -280,17 +308,55 @@ impl Presto {
         lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    fn add_handle(&self, ino: u64, file: File) -> u64 {
+    /// Registers an open file; with `backing` (a passthrough open) the
+    /// kernel does its reads and writes itself.
+    fn add_handle(
+        &self,
+        ino: u64,
+        file: File,
+        writable: bool,
+        backing: Option<Arc<BackingId>>,
+    ) -> u64 {
         let fresh = file.metadata().is_ok_and(|m| m.len() == 0);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
             ino,
+            seen: writable.then(|| Mutex::new(written_stamp(&file))),
             file,
             dirty: AtomicBool::new(false),
             in_order: Mutex::new(fresh.then(|| (blake3::Hasher::new(), 0))),
+            _backing: backing,
         };
         lock(&self.handles).insert(fh, Arc::new(handle));
         fh
+    }
+
+    /// The passthrough backing of inode `ino` (one per inode, shared by
+    /// its open files), registered with `open` if there is none yet.
+    fn backing(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough {
+            return None;
+        }
+        let mut map = lock(&self.backings);
+        if let Some(id) = map.get(&ino).and_then(std::sync::Weak::upgrade) {
+            return Some(id);
+        }
+        match open() {
+            Ok(id) => {
+                let id = Arc::new(id);
+                map.retain(|_, w| w.strong_count() > 0);
+                map.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "no passthrough for this file");
+                None
+            }
+        }
     }
 
     /// The entry reply for a child just made or found on disk.
@@ -409,6 +475,12 @@ impl Filesystem for Presto {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        self.passthrough = std::env::var_os("INTERSYNC_NO_PASSTHROUGH").is_none()
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        tracing::info!(passthrough = self.passthrough, "presto mounted");
         Ok(())
     }
 
@@ -877,18 +949,23 @@ impl Filesystem for Presto {
             let raw = OFlags::from_bits_retain(flags.0 as u32)
                 - (OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::NOFOLLOW);
             let truncate = raw.contains(OFlags::TRUNC);
+            let writable = raw.contains(OFlags::WRONLY) || raw.contains(OFlags::RDWR);
             let file = target.reopen(raw)?;
-            let fh = self.add_handle(ino.0, file);
+            let backing = self.backing(ino.0, || reply.open_backing(&file));
+            let fh = self.add_handle(ino.0, file, writable, backing.clone());
             if truncate {
                 // Journaled at the flush that follows, with what was written.
                 self.handle(FileHandle(fh))?
                     .dirty
                     .store(true, Ordering::Release);
             }
-            Ok(fh)
+            Ok((fh, backing))
         })();
         match opened {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, Some(id))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+            }
+            Ok((fh, None)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -1189,16 +1266,25 @@ impl Filesystem for Presto {
             )?;
             let attr = self.entry_of(&dir, name)?;
             let file = File::from(file);
-            let fh = self.add_handle(attr.ino.0, file);
+            let backing = self.backing(attr.ino.0, || reply.open_backing(&file));
+            let fh = self.add_handle(attr.ino.0, file, true, backing.clone());
             if !created && raw.contains(OFlags::TRUNC) {
                 self.handle(FileHandle(fh))?
                     .dirty
                     .store(true, Ordering::Release);
             }
-            Ok((attr, fh))
+            Ok((attr, fh, backing))
         })();
         match made {
-            Ok((a, fh)) => {
+            Ok((a, fh, Some(id))) => reply.created_passthrough(
+                &TTL,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            Ok((a, fh, None)) => {
                 reply.created(&TTL, &a, Generation(0), FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(e),
