@@ -476,6 +476,8 @@ fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
     dir.write("src/big.bin", &big);
     dir.write("src/docs/readme.txt", b"read me\n");
     dir.write("src/unopened.txt", b"never opened here\n");
+    let moved = random_bytes(22, 2 << 20);
+    dir.write("src/moved.bin", &moved);
     let src = dir.path("src");
     let server = Server::start(&src, &["--allow-anonymous-writes"]);
     let (cache, mnt) = (dir.path("cache"), dir.path("mnt"));
@@ -532,6 +534,21 @@ fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
         mount.output()
     );
     assert_eq!(fs::read(src.join("big.bin")).unwrap(), edited);
+
+    // A file never opened, renamed through the mount: fetched to be
+    // renamed, and pushed as a rename, not as new data.
+    fs::rename(mnt.join("moved.bin"), mnt.join("docs/moved.bin")).unwrap();
+    assert!(
+        crate::client::eventually(30, || {
+            !src.join("moved.bin").exists()
+                && mount
+                    .output()
+                    .contains(">  docs/moved.bin  renamed from moved.bin")
+        }),
+        "not pushed as a rename: {}",
+        mount.output()
+    );
+    assert_eq!(fs::read(src.join("docs/moved.bin")).unwrap(), moved);
     mount.stop();
 }
 

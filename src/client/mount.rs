@@ -16,6 +16,7 @@ use super::pull::{fetch_one, set_attrs};
 use super::working_copy::Placeholders;
 use crate::server::Export;
 use crate::transport::Remote;
+use crate::tree::scan::{self, CachedStat, StatKey};
 use crate::tree::{Entry, EntryKind};
 
 /// Fetches placeholders for the mount, on the runtime the syncs run on.
@@ -82,6 +83,12 @@ impl<R: Remote + Send + Sync + 'static> crate::fuse::Lazy for Fetcher<R> {
             // A pull moved it on meanwhile; that pull's placeholder stays.
             return Ok(());
         }
+        let meta = std::fs::symlink_metadata(&dest)?;
+        let stat = CachedStat {
+            key: StatKey::of(&meta),
+            seen_ns: scan::now_ns(),
+        };
+        self.placeholders.fetched(path.clone(), entry.clone(), stat);
         let mut inner = self.local.lock();
         let ops = vec![
             Op::Write {

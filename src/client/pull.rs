@@ -179,6 +179,7 @@ pub async fn pull(
     options: SyncOptions,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
+    wc.absorb_fetched();
     let (mut server, cursor, head) = server_tree(wc, remote).await?;
     wc.saved.static_export = head.static_export;
     let by_blocks = head.static_export || options.cacheable_reads;

@@ -20,6 +20,7 @@ pub async fn push(
     remote: &impl Remote,
     report: &mut SyncReport,
 ) -> Result<bool, SyncError> {
+    wc.absorb_fetched();
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     let mut scratch = wc.saved.base.clone();

@@ -19,7 +19,7 @@ use super::{SyncError, SyncOptions, SyncReport, pull, push};
 use crate::install::PendingFile;
 use crate::transport::Remote;
 use crate::tree::Entry;
-use crate::tree::scan::{self, Index};
+use crate::tree::scan::{self, CachedStat, Index};
 
 #[derive(Debug, Error)]
 pub enum WorkingCopyError {
@@ -91,11 +91,38 @@ pub struct Saved {
 /// The placeholders of a working copy, shared with a mount that shows them:
 /// each with the base's entry for it.
 #[derive(Debug, Default)]
-pub struct Placeholders(Mutex<BTreeMap<TreePath, Entry>>);
+pub struct Placeholders {
+    map: Mutex<BTreeMap<TreePath, Entry>>,
+    /// Placeholders fetched since the last sync, with the stat of what was
+    /// installed: the base learns it, so that a later scan recognises the
+    /// file (a rename of it is pushed as a rename, not as new data).
+    fetched: Mutex<Vec<(TreePath, Entry, CachedStat)>>,
+}
 
 impl Placeholders {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TreePath, Entry>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `path` was fetched as `entry` and installed with `stat`.
+    pub fn fetched(&self, path: TreePath, entry: Entry, stat: CachedStat) {
+        self.fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((path, entry, stat));
+    }
+
+    /// Gives `index` the stats of fetched files it still has as fetched.
+    fn teach(&self, index: &mut Index, drain: bool) {
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, entry, stat) in fetched.iter() {
+            if index.state.get(path) == Some(entry) {
+                index.stats.insert(path.clone(), *stat);
+            }
+        }
+        if drain {
+            fetched.clear();
+        }
     }
 
     pub fn get(&self, path: &TreePath) -> Option<Entry> {
@@ -227,9 +254,15 @@ impl WorkingCopy {
         &self.placeholders
     }
 
+    /// Moves the stats of placeholders fetched since into the base.
+    pub fn absorb_fetched(&mut self) {
+        self.placeholders.teach(&mut self.saved.base, true);
+    }
+
     /// Scans the disk against `index` (the base, or a copy of it), taking
     /// placeholders as present: the local changes.
     pub fn scan(&self, index: &mut Index) -> Result<scan::ScanOutcome, SyncError> {
+        self.placeholders.teach(index, false);
         let placeholders = self.placeholders.clone();
         let keep = move |p: &TreePath| placeholders.contains(p);
         scan::scan_with(&self.root, index, None, Some(&keep))
