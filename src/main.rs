@@ -900,6 +900,13 @@ fn status(dir: &std::path::Path) -> anyhow::Result<()> {
     for op in &pending {
         println!("  {op:?}");
     }
+    let placeholders = wc.placeholders().paths();
+    if !placeholders.is_empty() {
+        println!(
+            "not fetched yet: {} files (fetched when opened through `intersync mount`, or by `sync`)",
+            placeholders.len()
+        );
+    }
     println!("conflicts: {}", wc.saved.conflicts.len());
     for c in &wc.saved.conflicts {
         println!(

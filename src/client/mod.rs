@@ -19,6 +19,12 @@
 //!
 //! Files are installed only once verified against their version, atomically.
 //! The base is saved after the disk matches it.
+//!
+//! A working copy mounted through presto ([`mount`]) pulls lazily: a file
+//! with nothing local to build on becomes a *placeholder*, in the base but
+//! not on disk, which every scan of the working copy takes as present (so
+//! it is never pushed as a deletion) and the mount fetches when it is first
+//! opened. A plain `sync` of such a working copy fetches its placeholders.
 
 pub mod mount;
 mod pull;

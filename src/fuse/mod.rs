@@ -433,9 +433,30 @@ fn result_path(op: &Op) -> Option<&TreePath> {
     }
 }
 
+/// The version of a file written through the mount, on every core: a
+/// close waits for it. Read, not mapped: another program may truncate the
+/// file meanwhile, which would kill a process reading it mapped.
 fn hash(file: &File) -> io::Result<Version> {
+    const CHUNK: usize = 16 << 20;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file)?;
+    let mut buf = vec![0; CHUNK];
+    let mut offset = 0;
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        hasher.update_rayon(&buf[..filled]);
+        offset += filled as u64;
+        if filled < CHUNK {
+            break;
+        }
+    }
     Ok(Version(*hasher.finalize().as_bytes()))
 }
 
