@@ -604,6 +604,15 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
         args.cacert.as_deref(),
     )?);
     let mut wc = intersync::client::WorkingCopy::open_or_create(&args.cache, &args.url)?;
+    anyhow::ensure!(
+        !args
+            .mountpoint
+            .canonicalize()
+            .is_ok_and(|m| m.starts_with(wc.root())),
+        "the mount point {} is inside the cache {}",
+        args.mountpoint.display(),
+        wc.root().display()
+    );
     let options = intersync::client::SyncOptions {
         lazy: true,
         ..Default::default()

@@ -198,8 +198,8 @@ fn version_of(bytes: &[u8]) -> intersync_protocol::Version {
     intersync_protocol::Version(*blake3::hash(bytes).as_bytes())
 }
 
-/// The version the journal last gave `path` (by a write or a rename onto it).
-fn journaled_version(all: &[Op], path: &str) -> Option<intersync_protocol::Version> {
+/// The tree the journal describes.
+fn journaled(all: &[Op]) -> intersync::tree::TreeState {
     let mut state = intersync::tree::TreeState::default();
     for (i, op) in all.iter().enumerate() {
         let rec = intersync_protocol::kml::KmlRecord {
@@ -210,7 +210,12 @@ fn journaled_version(all: &[Op], path: &str) -> Option<intersync_protocol::Versi
         };
         state.apply(&rec).unwrap();
     }
-    state.get(&p(path)).and_then(|e| e.version())
+    state
+}
+
+/// The version the journal last gave `path` (by a write or a rename onto it).
+fn journaled_version(all: &[Op], path: &str) -> Option<intersync_protocol::Version> {
+    journaled(all).get(&p(path)).and_then(|e| e.version())
 }
 
 /// Reads and writes go straight to the backing files (FUSE passthrough)
@@ -309,6 +314,25 @@ fn posix_through(env: &[(&str, &str)]) {
         .write_all(b"more\n")
         .unwrap();
     assert_eq!(fs::read(mnt.join("h2")).unwrap(), b"linked\nmore\n");
+    // Renaming one name of a file onto another does nothing.
+    fs::rename(mnt.join("h1"), mnt.join("h2")).unwrap();
+    assert!(mnt.join("h1").exists() && mnt.join("h2").exists());
+    // A file open by a name since unlinked (its other name lives on) is
+    // journaled under the name that lives.
+    fs::write(mnt.join("h3"), b"three\n").unwrap();
+    let mut by_h3 = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("h3"))
+        .unwrap();
+    fs::hard_link(mnt.join("h3"), mnt.join("h4")).unwrap();
+    fs::remove_file(mnt.join("h4")).unwrap();
+    by_h3.write_all(b"more three\n").unwrap();
+    drop(by_h3);
+    // A folder and a file made under a umask the server's own (022) would cut.
+    sh(
+        &mnt,
+        "umask 002 && mkdir group-dir && echo g > group-dir/file",
+    );
 
     // Sparse writes, and a file past 4 GiB.
     let mut sparse = fs::File::create(mnt.join("sparse.bin")).unwrap();
@@ -369,6 +393,8 @@ fn posix_through(env: &[(&str, &str)]) {
     for name in [
         "y.txt",
         "h1",
+        "h2",
+        "h3",
         "sparse.bin",
         "shared/nobody.txt",
         "shared.bin",
@@ -389,6 +415,27 @@ fn posix_through(env: &[(&str, &str)]) {
         to: p("y.txt")
     }));
     assert!(journaled_version(&all, "large.bin").is_some());
+    assert!(!all.contains(&Op::Rename {
+        from: p("h1"),
+        to: p("h2")
+    }));
+    assert!(
+        !all.iter().any(|op| format!("{op:?}").contains("(deleted)")),
+        "a name that no longer exists was journaled"
+    );
+    assert_eq!(
+        fs::metadata(src.join("group-dir")).unwrap().mode() & 0o7777,
+        0o775
+    );
+    assert_eq!(journaled(&all).get(&p("group-dir")).unwrap().mode, 0o775);
+    assert_eq!(
+        fs::metadata(src.join("group-dir/file")).unwrap().mode() & 0o7777,
+        0o664
+    );
+    assert_eq!(
+        journaled(&all).get(&p("group-dir/file")).unwrap().mode,
+        0o664
+    );
     assert!(journaled_version(&all, "doomed.txt").is_none());
     assert!(!all.iter().any(
         |op| matches!(op, Op::Create { path, .. } | Op::Write { path, .. }

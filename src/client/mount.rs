@@ -7,7 +7,10 @@
 //! record and its data) is repaired there, before anything is pushed.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use intersync_protocol::TreePath;
 use intersync_protocol::kml::{Attrs, Op};
@@ -22,6 +25,7 @@ use crate::tree::{Entry, EntryKind};
 /// Fetches placeholders for the mount, on the runtime the syncs run on.
 pub struct Fetcher<R> {
     placeholders: Arc<Placeholders>,
+    one_at_a_time: std::sync::Mutex<()>,
     remote: Arc<R>,
     runtime: tokio::runtime::Handle,
     /// The cache's own journal: a fetched file is recorded there.
@@ -37,6 +41,7 @@ impl<R: Remote + Send + Sync + 'static> Fetcher<R> {
     ) -> Fetcher<R> {
         Fetcher {
             placeholders,
+            one_at_a_time: std::sync::Mutex::new(()),
             remote,
             runtime,
             local,
@@ -68,21 +73,61 @@ impl<R: Remote + Send + Sync + 'static> crate::fuse::Lazy for Fetcher<R> {
     }
 
     fn fetch(&self, path: &TreePath) -> io::Result<()> {
+        // One fetch at a time: a second opener waits, then finds it done.
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = self.placeholders.get(path) else {
             return Ok(());
         };
         let EntryKind::File { version, size } = entry.kind else {
             return Ok(());
         };
-        let dest = path.under(self.local.root());
+        // The folder, reached without following a symbolic link anywhere.
+        let root = self.local.root();
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dir = match path.parent() {
+            Some(parent) => rustix::fs::openat2(
+                &root_fd,
+                parent.as_str(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            )?,
+            None => root_fd,
+        };
+        // Fetched and verified beside it under a temporary name, then
+        // installed only if it is still this placeholder (a pull or an
+        // unlink may have moved on meanwhile) and nothing took the name.
+        let dir_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let temp = format!("{}fetch-{version}", crate::install::TEMP_PREFIX);
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), rustix::fs::AtFlags::empty());
         self.runtime
-            .block_on(fetch_one(&*self.remote, path, &entry, &dest))
+            .block_on(fetch_one(
+                &*self.remote,
+                path,
+                &entry,
+                &dir_path.join(&temp),
+            ))
             .map_err(io::Error::other)?;
-        set_attrs(&dest, &entry)?;
-        if !self.placeholders.remove(path, Some(&entry)) {
-            // A pull moved it on meanwhile; that pull's placeholder stays.
+        set_attrs(&dir_path.join(&temp), &entry)?;
+        let installed = self.placeholders.install_if(path, &entry, || {
+            rustix::fs::renameat_with(
+                &dir,
+                temp.as_str(),
+                &dir,
+                path.file_name(),
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(io::Error::from)
+        });
+        if !installed {
+            let _ = rustix::fs::unlinkat(&dir, temp.as_str(), rustix::fs::AtFlags::empty());
             return Ok(());
         }
+        let dest = dir_path.join(path.file_name());
         let meta = std::fs::symlink_metadata(&dest)?;
         let stat = CachedStat {
             key: StatKey::of(&meta),
@@ -117,5 +162,9 @@ impl<R: Remote + Send + Sync + 'static> crate::fuse::Lazy for Fetcher<R> {
 
     fn forget(&self, path: &TreePath) {
         self.placeholders.remove(path, None);
+    }
+
+    fn any_under(&self, dir: &TreePath) -> bool {
+        self.placeholders.any_under(dir)
     }
 }

@@ -137,6 +137,31 @@ impl Placeholders {
         self.lock().insert(path, entry);
     }
 
+    /// Runs `install` and forgets the placeholder, both while no one else
+    /// can change it, if `path` is still the placeholder `entry`; whether
+    /// it was installed. A name already taken (`EEXIST`) installs nothing.
+    pub fn install_if(
+        &self,
+        path: &TreePath,
+        entry: &Entry,
+        install: impl FnOnce() -> io::Result<()>,
+    ) -> bool {
+        let mut map = self.lock();
+        if map.get(path) != Some(entry) {
+            return false;
+        }
+        match install() {
+            Ok(()) => {
+                map.remove(path);
+                true
+            }
+            Err(e) => {
+                tracing::info!(%path, error = %e, "fetched placeholder not installed");
+                false
+            }
+        }
+    }
+
     /// Forgets `path`; with `only`, only while its entry is still that one
     /// (a fetch finishing after a pull moved the placeholder on).
     pub fn remove(&self, path: &TreePath, only: Option<&Entry>) -> bool {
@@ -154,6 +179,10 @@ impl Placeholders {
             .filter(|(p, _)| p.parent().as_ref() == dir)
             .map(|(p, e)| (p.file_name().to_owned(), e.clone()))
             .collect()
+    }
+
+    pub fn any_under(&self, dir: &TreePath) -> bool {
+        self.lock().keys().any(|p| p != dir && p.starts_with(dir))
     }
 
     pub fn paths(&self) -> Vec<TreePath> {

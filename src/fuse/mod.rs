@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,6 +64,8 @@ pub trait Lazy: Send + Sync {
     fn fetch(&self, path: &TreePath) -> io::Result<()>;
     /// The placeholder was deleted here (or replaced): forget it.
     fn forget(&self, path: &TreePath);
+    /// Whether any placeholder is inside the folder `dir`.
+    fn any_under(&self, dir: &TreePath) -> bool;
 }
 
 /// What a mount is built from.
@@ -85,28 +87,38 @@ pub struct Presto {
     backings: Mutex<HashMap<u64, std::sync::Weak<BackingId>>>,
 }
 
+/// What was made, as it is on disk: mode, owner and group.
+struct Made {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
 /// One name of an open folder's listing: (inode, kind, name).
 type DirItem = (u64, FileType, Vec<u8>);
 
 /// An open file.
 struct Handle {
-    ino: u64,
     file: File,
     /// Written through presto since its content was last journaled.
     dirty: AtomicBool,
     /// The hash of the file so far, while it has only been written in
     /// order from its start: (hasher, bytes hashed).
-    in_order: Mutex<Option<(blake3::Hasher, u64)>>,
+    /// (hasher, bytes hashed, the file's stamp after this handle's last
+    /// write): trusted only while no one else has written since.
+    in_order: Mutex<Option<(blake3::Hasher, u64, Stamp)>>,
     /// Open for writing: (size, mtime, ctime) when last journaled or
     /// opened. Writes the kernel passes straight to the backing file are
     /// noticed by this changing.
-    seen: Option<Mutex<(i64, i64, i64)>>,
+    seen: Option<Mutex<Stamp>>,
     /// The kernel reads and writes the backing file itself (passthrough).
     _backing: Option<Arc<BackingId>>,
 }
 
 /// What says a file was written: size, mtime and ctime (which any write moves).
-fn written_stamp(file: &File) -> (i64, i64, i64) {
+type Stamp = (i64, i64, i64);
+
+fn written_stamp(file: &File) -> Stamp {
     rustix::fs::fstat(file).map_or((-1, -1, -1), |s| {
         (
             s.st_size,
@@ -188,6 +200,10 @@ impl Presto {
     fn child(&self, parent: u64, name: &OsStr) -> Result<(Target, TreePath), Errno> {
         let dir = self.nodes.target(parent)?;
         let name = name.to_str().ok_or(Errno::EINVAL)?;
+        if name.starts_with(crate::install::TEMP_PREFIX) {
+            // The names of installs in progress: hidden, and swept at start.
+            return Err(Errno::EACCES);
+        }
         let path = match self.nodes.path_of(&dir, &self.root)? {
             Some(p) => p.join(name),
             None => TreePath::new(name),
@@ -252,56 +268,68 @@ impl Presto {
         if !handle.dirty.swap(false, Ordering::AcqRel) && !written {
             return;
         }
-        let Ok(meta) = handle.file.metadata() else {
-            return;
-        };
-        if rustix::fs::fstat(&handle.file).is_ok_and(|s| s.st_nlink == 0) {
-            return; // unlinked while open: nothing in the tree to journal
-        }
-        let size = meta.len();
-        let hashed = lock(&handle.in_order)
-            .as_ref()
-            .filter(|(_, n)| *n == size)
-            .map(|(h, _)| Version(*h.finalize().as_bytes()));
-        let version = match hashed {
-            Some(v) => v,
-            None => {
-                let Ok(target) = self.nodes.target(handle.ino) else {
-                    return;
-                };
-                match target
-                    .reopen(OFlags::RDONLY)
-                    .and_then(|f| hash(&f).map_err(errno))
+        // Hashed outside the lock, journaled under it only if the file has
+        // not moved since (else hashed again): the record is what the disk has.
+        for _ in 0..4 {
+            let before = written_stamp(&handle.file);
+            let Ok(meta) = handle.file.metadata() else {
+                return;
+            };
+            if meta.nlink() == 0 {
+                return; // unlinked while open: nothing in the tree to journal
+            }
+            let size = meta.len();
+            let hashed = lock(&handle.in_order)
+                .as_ref()
+                .filter(|(_, n, stamp)| *n == size && *stamp == before)
+                .map(|(h, _, _)| Version(*h.finalize().as_bytes()));
+            let version = match hashed {
+                Some(v) => v,
+                None => match rustix::fs::openat(
+                    rustix::fs::CWD,
+                    proc_path(&handle.file),
+                    OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io::Error::from)
+                .and_then(|fd| hash(&File::from(fd)))
                 {
                     Ok(v) => v,
                     Err(e) => {
-                        tracing::warn!(error = ?e, "could not hash a written file");
+                        tracing::warn!(error = %e, "could not hash a written file");
                         return;
                     }
-                }
+                },
+            };
+            let mtime_ns = crate::tree::scan::mtime_ns(&meta);
+            let mut settled = false;
+            let _ = self.change(
+                || Ok(()),
+                |_, inner| {
+                    if written_stamp(&handle.file) != before {
+                        return Vec::new();
+                    }
+                    settled = true;
+                    let all = match self.nodes.path_of_fd(&handle.file, &self.root) {
+                        Ok(Some(path)) => names(inner, &path, &meta),
+                        _ => names_of_inode(inner, &meta),
+                    };
+                    all.into_iter()
+                        .map(|path| Op::Write {
+                            path,
+                            version,
+                            size,
+                            mtime_ns,
+                        })
+                        .collect()
+                },
+            );
+            if settled {
+                return;
             }
-        };
-        let Ok(target) = self.nodes.target(handle.ino) else {
-            return;
-        };
-        let Ok(Some(path)) = self.nodes.path_of(&target, &self.root) else {
-            return;
-        };
-        let mtime_ns = crate::tree::scan::mtime_ns(&meta);
-        let _ = self.change(
-            || Ok(()),
-            |_, inner| {
-                names(inner, &path, &meta)
-                    .into_iter()
-                    .map(|path| Op::Write {
-                        path,
-                        version,
-                        size,
-                        mtime_ns,
-                    })
-                    .collect()
-            },
-        );
+        }
+        tracing::warn!("a file kept changing while being journaled; the next flush journals it");
+        handle.dirty.store(true, Ordering::Release);
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
@@ -310,21 +338,15 @@ impl Presto {
 
     /// Registers an open file; with `backing` (a passthrough open) the
     /// kernel does its reads and writes itself.
-    fn add_handle(
-        &self,
-        ino: u64,
-        file: File,
-        writable: bool,
-        backing: Option<Arc<BackingId>>,
-    ) -> u64 {
+    fn add_handle(&self, file: File, writable: bool, backing: Option<Arc<BackingId>>) -> u64 {
         let fresh = file.metadata().is_ok_and(|m| m.len() == 0);
+        let stamp = written_stamp(&file);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
-            ino,
-            seen: writable.then(|| Mutex::new(written_stamp(&file))),
+            seen: writable.then(|| Mutex::new(stamp)),
             file,
             dirty: AtomicBool::new(false),
-            in_order: Mutex::new(fresh.then(|| (blake3::Hasher::new(), 0))),
+            in_order: Mutex::new(fresh.then(|| (blake3::Hasher::new(), 0, stamp))),
             _backing: backing,
         };
         lock(&self.handles).insert(fh, Arc::new(handle));
@@ -365,25 +387,55 @@ impl Presto {
         Ok(attr::of_stat(ino, &stat))
     }
 
-    fn owner(&self, req: &Request, fd: impl AsFd) {
+    /// Gives what was just made in `dir` its owner (the caller, when we
+    /// may chown; the folder's group where it is setgid) and exactly the
+    /// mode asked for (our own umask must not apply twice; a chown clears
+    /// setuid bits): what it is now, to be journaled.
+    fn owner(&self, req: &Request, made: impl AsFd, dir: &Target, perm: Option<u32>) -> Made {
+        let setgid_dir = dir.stat().is_ok_and(|s| s.st_mode & 0o2000 != 0);
         if self.as_root {
             let _ = rustix::fs::chownat(
-                fd,
+                &made,
                 "",
                 Some(rustix::fs::Uid::from_raw(req.uid())),
-                Some(rustix::fs::Gid::from_raw(req.gid())),
+                (!setgid_dir).then(|| rustix::fs::Gid::from_raw(req.gid())),
                 AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
             );
         }
+        let stat = rustix::fs::statat(&made, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW);
+        if let (Some(perm), Ok(st)) = (perm, &stat) {
+            let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+            let want = perm | if is_dir { st.st_mode & 0o2000 } else { 0 };
+            if st.st_mode & 0o7777 != want {
+                let _ = rustix::fs::chmodat(
+                    rustix::fs::CWD,
+                    proc_path(&made.as_fd()),
+                    Mode::from_raw_mode(want),
+                    AtFlags::empty(),
+                );
+            }
+        }
+        match rustix::fs::statat(&made, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Made {
+                mode: st.st_mode & 0o7777,
+                uid: st.st_uid,
+                gid: st.st_gid,
+            },
+            Err(_) => Made {
+                mode: perm.unwrap_or(0),
+                uid: 0,
+                gid: 0,
+            },
+        }
     }
 
-    fn owner_ops(&self, req: &Request, path: &TreePath) -> Vec<Op> {
-        if self.as_root && (req.uid() != 0 || req.gid() != 0) {
+    fn owner_ops(&self, path: &TreePath, made: &Made) -> Vec<Op> {
+        if made.uid != 0 || made.gid != 0 {
             vec![Op::Setattr {
                 path: path.clone(),
                 attrs: Attrs {
-                    uid: Some(req.uid()),
-                    gid: Some(req.gid()),
+                    uid: Some(made.uid),
+                    gid: Some(made.gid),
                     ..Attrs::default()
                 },
             }]
@@ -417,6 +469,26 @@ fn names(inner: &Inner, path: &TreePath, meta: &std::fs::Metadata) -> Vec<TreePa
         );
     }
     all
+}
+
+/// The journaled names of a file whose own name is gone (it was open by a
+/// hard link since unlinked): the paths whose remembered stat is its inode.
+fn names_of_inode(inner: &Inner, meta: &std::fs::Metadata) -> Vec<TreePath> {
+    use std::os::unix::fs::MetadataExt;
+    inner
+        .index
+        .stats
+        .iter()
+        .filter(|(_, s)| (s.key.dev, s.key.ino) == (meta.dev(), meta.ino()))
+        .filter(|(p, _)| {
+            inner
+                .index
+                .state
+                .get(p)
+                .is_some_and(|e| e.version().is_some())
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
 }
 
 /// The path an op leaves something at.
@@ -578,6 +650,7 @@ impl Filesystem for Presto {
             if let Target::Placeholder(path) = &target {
                 self.fetch(path)?;
                 target = self.nodes.resolve(path)?;
+                self.nodes.promote(ino.0, &target);
             }
             let path = self.nodes.path_of(&target, &self.root)?;
             let handle = fh.and_then(|fh| self.handle(fh).ok());
@@ -610,7 +683,8 @@ impl Filesystem for Presto {
                         };
                         file.set_len(size).map_err(errno)?;
                         if let Some(h) = &handle {
-                            *lock(&h.in_order) = (size == 0).then(|| (blake3::Hasher::new(), 0));
+                            *lock(&h.in_order) = (size == 0)
+                                .then(|| (blake3::Hasher::new(), 0, written_stamp(&h.file)));
                         }
                         version = Some(if size == 0 {
                             crate::tree::state::empty_version()
@@ -712,19 +786,18 @@ impl Filesystem for Presto {
                         Mode::empty(),
                     )
                     .map_err(rerr)?;
-                    self.owner(req, &made);
-                    Ok(())
+                    Ok(self.owner(req, &made, &dir, Some(perm)))
                 },
-                |_, _| {
+                |made, _| {
                     // FIFOs, sockets and devices are not part of a tree.
                     if !regular {
                         return Vec::new();
                     }
                     let mut ops = vec![Op::Create {
                         path: path.clone(),
-                        mode: perm,
+                        mode: made.mode,
                     }];
-                    ops.extend(self.owner_ops(req, &path));
+                    ops.extend(self.owner_ops(&path, made));
                     ops
                 },
             )?;
@@ -759,15 +832,14 @@ impl Filesystem for Presto {
                         Mode::empty(),
                     )
                     .map_err(rerr)?;
-                    self.owner(req, &made);
-                    Ok(())
+                    Ok(self.owner(req, &made, &dir, Some(perm)))
                 },
-                |_, _| {
+                |made, _| {
                     let mut ops = vec![Op::Mkdir {
                         path: path.clone(),
-                        mode: perm,
+                        mode: made.mode,
                     }];
-                    ops.extend(self.owner_ops(req, &path));
+                    ops.extend(self.owner_ops(&path, made));
                     ops
                 },
             )?;
@@ -847,7 +919,7 @@ impl Filesystem for Presto {
                         Mode::empty(),
                     )
                     .map_err(rerr)?;
-                    self.owner(req, &made);
+                    self.owner(req, &made, &dir, None);
                     Ok(())
                 },
                 |_, _| {
@@ -876,21 +948,36 @@ impl Filesystem for Presto {
         reply: ReplyEmpty,
     ) {
         let done = (|| {
-            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                // The journal has no exchange; refuse as filesystems without it do.
+            if flags.contains(RenameFlags::RENAME_EXCHANGE)
+                || !(flags - RenameFlags::RENAME_NOREPLACE).is_empty()
+            {
+                // The journal has no exchange (nor whiteouts); refuse as
+                // filesystems without them do.
                 return Err(Errno::EINVAL);
             }
             let (from_dir, from) = self.child(parent.0, name)?;
             let (to_dir, to) = self.child(newparent.0, newname)?;
             self.fetch(&from)?;
-            if let Some(lazy) = &self.lazy
-                && lazy.get(&to).is_some()
-            {
-                if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            let from_stat = rustix::fs::statat(from_dir.fd()?, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(rerr)?;
+            let from_is_dir = rustix::fs::FileType::from_raw_mode(from_stat.st_mode).is_dir();
+            let over_placeholder = self.placeholder(&to).is_some();
+            if let Some(lazy) = &self.lazy {
+                if from_is_dir && lazy.any_under(&from) {
+                    // Files not fetched cannot move with their folder: `mv`
+                    // then moves it file by file, fetching each.
+                    return Err(Errno::EXDEV);
+                }
+                if over_placeholder && flags.contains(RenameFlags::RENAME_NOREPLACE) {
                     return Err(Errno::EEXIST);
                 }
-                lazy.forget(&to);
+                if over_placeholder && from_is_dir {
+                    return Err(Errno::ENOTDIR);
+                }
             }
+            // Two names of one file: POSIX makes the rename do nothing.
+            let same_file = rustix::fs::statat(to_dir.fd()?, newname, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|s| (s.st_dev, s.st_ino) == (from_stat.st_dev, from_stat.st_ino));
             let mut raw = rustix::fs::RenameFlags::empty();
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 raw |= rustix::fs::RenameFlags::NOREPLACE;
@@ -898,9 +985,16 @@ impl Filesystem for Presto {
             self.change(
                 || {
                     rustix::fs::renameat_with(from_dir.fd()?, name, to_dir.fd()?, newname, raw)
-                        .map_err(rerr)
+                        .map_err(rerr)?;
+                    if over_placeholder && let Some(lazy) = &self.lazy {
+                        lazy.forget(&to);
+                    }
+                    Ok(())
                 },
                 |_, _| {
+                    if same_file {
+                        return Vec::new();
+                    }
                     vec![Op::Rename {
                         from: from.clone(),
                         to: to.clone(),
@@ -927,6 +1021,7 @@ impl Filesystem for Presto {
             if let Target::Placeholder(path) = &target {
                 self.fetch(path)?;
                 target = self.nodes.resolve(path)?;
+                self.nodes.promote(ino.0, &target);
             }
             let (dir, path) = self.child(newparent.0, newname)?;
             if self.placeholder(&path).is_some() {
@@ -966,14 +1061,19 @@ impl Filesystem for Presto {
             if let Target::Placeholder(path) = &target {
                 self.fetch(path)?;
                 target = self.nodes.resolve(path)?;
+                self.nodes.promote(ino.0, &target);
             }
-            let raw = OFlags::from_bits_retain(flags.0 as u32)
+            let mut raw = OFlags::from_bits_retain(flags.0 as u32)
                 - (OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::NOFOLLOW);
+            if !self.passthrough {
+                // Our reads and writes use our own buffers, never aligned for it.
+                raw -= OFlags::DIRECT;
+            }
             let truncate = raw.contains(OFlags::TRUNC);
             let writable = raw.contains(OFlags::WRONLY) || raw.contains(OFlags::RDWR);
             let file = target.reopen(raw)?;
             let backing = self.backing(ino.0, || reply.open_backing(&file));
-            let fh = self.add_handle(ino.0, file, writable, backing.clone());
+            let fh = self.add_handle(file, writable, backing.clone());
             if truncate {
                 // Journaled at the flush that follows, with what was written.
                 self.handle(FileHandle(fh))?
@@ -1041,9 +1141,10 @@ impl Filesystem for Presto {
             h.dirty.store(true, Ordering::Release);
             let mut in_order = lock(&h.in_order);
             match in_order.as_mut() {
-                Some((hasher, n)) if *n == offset => {
+                Some((hasher, n, stamp)) if *n == offset => {
                     hasher.update(data);
                     *n += data.len() as u64;
+                    *stamp = written_stamp(&h.file);
                 }
                 _ => *in_order = None,
             }
@@ -1249,7 +1350,7 @@ impl Filesystem for Presto {
             let perm = mode & !umask & 0o7777;
             let raw = OFlags::from_bits_retain(flags as u32)
                 - (OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::NOFOLLOW);
-            let (file, created) = self.change(
+            let (file, made) = self.change(
                 || {
                     let fd = dir.fd()?;
                     match rustix::fs::openat(
@@ -1259,8 +1360,8 @@ impl Filesystem for Presto {
                         Mode::from_raw_mode(perm),
                     ) {
                         Ok(file) => {
-                            self.owner(req, &file);
-                            Ok((file, true))
+                            let made = self.owner(req, &file, &dir, Some(perm));
+                            Ok((file, Some(made)))
                         }
                         Err(rustix::io::Errno::EXIST)
                             if !OFlags::from_bits_retain(flags as u32).contains(OFlags::EXCL) =>
@@ -1268,28 +1369,28 @@ impl Filesystem for Presto {
                             let file =
                                 rustix::fs::openat(&fd, name, raw | OFlags::CLOEXEC, Mode::empty())
                                     .map_err(rerr)?;
-                            Ok((file, false))
+                            Ok((file, None))
                         }
                         Err(e) => Err(rerr(e)),
                     }
                 },
-                |(_, created), _| {
-                    if !created {
+                |(_, made), _| {
+                    let Some(made) = made else {
                         return Vec::new();
-                    }
+                    };
                     let mut ops = vec![Op::Create {
                         path: path.clone(),
-                        mode: perm,
+                        mode: made.mode,
                     }];
-                    ops.extend(self.owner_ops(req, &path));
+                    ops.extend(self.owner_ops(&path, made));
                     ops
                 },
             )?;
             let attr = self.entry_of(&dir, name)?;
             let file = File::from(file);
             let backing = self.backing(attr.ino.0, || reply.open_backing(&file));
-            let fh = self.add_handle(attr.ino.0, file, true, backing.clone());
-            if !created && raw.contains(OFlags::TRUNC) {
+            let fh = self.add_handle(file, true, backing.clone());
+            if made.is_none() && raw.contains(OFlags::TRUNC) {
                 self.handle(FileHandle(fh))?
                     .dirty
                     .store(true, Ordering::Release);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -94,7 +94,7 @@ impl Nodes {
             Mode::empty(),
         )?);
         let stat = rustix::fs::fstat(&fd)?;
-        let key = Key::Disk(stat.st_dev as u64, stat.st_ino as u64);
+        let key = Key::Disk(stat.st_dev, stat.st_ino);
         let root_ino = fuser::INodeNo::ROOT.0;
         let mut inner = Inner {
             next: root_ino + 1,
@@ -151,7 +151,7 @@ impl Nodes {
         .map_err(rerr)?;
         let stat = rustix::fs::statat(&fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
             .map_err(rerr)?;
-        let key = Key::Disk(stat.st_dev as u64, stat.st_ino as u64);
+        let key = Key::Disk(stat.st_dev, stat.st_ino);
         Ok((self.remember(key, Some(Arc::new(fd))), stat))
     }
 
@@ -204,20 +204,48 @@ impl Nodes {
     /// Where `target` is in the tree now (`None`: the top). A file no
     /// longer in the tree (unlinked while open) has no path.
     pub fn path_of(&self, target: &Target, root: &Path) -> Result<Option<TreePath>, Errno> {
-        let fd = match target {
-            Target::Placeholder(p) => return Ok(Some(p.clone())),
-            Target::Fd(fd) => fd,
-        };
-        let link = std::fs::read_link(proc_path(fd)).map_err(|_| Errno::ENOENT)?;
+        match target {
+            Target::Placeholder(p) => Ok(Some(p.clone())),
+            Target::Fd(fd) => self.path_of_fd(&**fd, root),
+        }
+    }
+
+    /// Where the file open as `fd` is in the tree now (`None`: the top):
+    /// the name the kernel gives it, if that name still leads to this very
+    /// file (a name unlinked since reads as "NAME (deleted)", and may have
+    /// been taken by another file).
+    pub fn path_of_fd(&self, fd: &impl AsFd, root: &Path) -> Result<Option<TreePath>, Errno> {
+        let fd = fd.as_fd();
+        let link = std::fs::read_link(proc_path(&fd)).map_err(|_| Errno::ENOENT)?;
         if link == root {
             return Ok(None);
         }
         let rel = link.strip_prefix(root).map_err(|_| Errno::ENOENT)?;
         let rel = rel.to_str().ok_or(Errno::ENOENT)?;
-        // An unlinked file reads as "... (deleted)": check it is still there.
-        if rustix::fs::fstat(fd).is_ok_and(|s| s.st_nlink == 0) {
+        let path = TreePath::new(rel).map_err(|_| Errno::ENOENT)?;
+        let here = rustix::fs::fstat(fd).map_err(rerr)?;
+        let there = self.stat_path(&path)?;
+        if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino) {
             return Err(Errno::ENOENT);
         }
-        TreePath::new(rel).map(Some).map_err(|_| Errno::ENOENT)
+        Ok(Some(path))
+    }
+
+    /// A placeholder's inode, once fetched, is the file on disk.
+    pub fn promote(&self, ino: u64, target: &Target) {
+        let (Target::Fd(fd), Ok(stat)) = (target, target.stat()) else {
+            return;
+        };
+        let mut inner = lock(&self.inner);
+        let disk = Key::Disk(stat.st_dev, stat.st_ino);
+        let Some(node) = inner.by_ino.get_mut(&ino) else {
+            return;
+        };
+        let old = std::mem::replace(&mut node.key, disk.clone());
+        node.fd = Some(fd.clone());
+        if inner.by_key.get(&old) == Some(&ino) {
+            inner.by_key.remove(&old);
+        }
+        inner.by_key.entry(disk).or_insert(ino);
     }
 }

@@ -106,6 +106,16 @@ pub async fn run(
                 path: path.clone(),
                 source,
             };
+            if path
+                .canonicalize()
+                .is_ok_and(|m| m.starts_with(export.root()))
+            {
+                // A scan of the folder would walk into its own mount.
+                return Err(StartError::Config(format!(
+                    "the mount point {} is inside the exported folder",
+                    path.display()
+                )));
+            }
             let presto = crate::fuse::Presto::new(export.clone()).map_err(failed)?;
             Some(presto.mount(path).map_err(failed)?)
         }
