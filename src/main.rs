@@ -140,10 +140,17 @@ struct MountArgs {
     /// List each change of every round.
     #[arg(short, long)]
     verbose: bool,
-    /// File holding the bearer token to send.
+    #[command(flatten)]
+    connect: Connect,
+}
+
+/// How a client reaches a server that asks for credentials or a private CA.
+#[derive(clap::Args)]
+struct Connect {
+    /// File holding the server's bearer token.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// PEM file of extra CA certificates to trust for https:// URLs.
+    /// PEM certificate of a CA to trust besides the system's.
     #[arg(long)]
     cacert: Option<PathBuf>,
 }
@@ -221,12 +228,8 @@ struct SyncArgs {
     /// Print rsync-style transfer statistics.
     #[arg(long)]
     stats: bool,
-    /// File holding the server's bearer token.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
-    /// PEM certificate of a CA to trust besides the system's.
-    #[arg(long)]
-    cacert: Option<PathBuf>,
+    #[command(flatten)]
+    connect: Connect,
     /// Limit the receiving rate, like rsync: a number of KiB/s, or with a
     /// suffix (K, M, G: powers of 1024; KB, MB, GB: of 1000), e.g. 1.5M.
     #[arg(long, value_parser = intersync_compat::bwlimit::parse)]
@@ -509,10 +512,11 @@ fn open_sync(
     intersync::client::WorkingCopy,
     intersync::client::SyncOptions,
 )> {
-    let token = read_token(&args.token_file)?;
-    let remote = intersync::transport::HttpRemote::new(&args.url, token, args.cacert.as_deref())?
-        .with_bwlimit(args.bwlimit)
-        .with_progress(progress);
+    let token = read_token(&args.connect.token_file)?;
+    let remote =
+        intersync::transport::HttpRemote::new(&args.url, token, args.connect.cacert.as_deref())?
+            .with_bwlimit(args.bwlimit)
+            .with_progress(progress);
     let wc = intersync::client::WorkingCopy::open_or_create(&args.dir, &args.url)?;
     let options = intersync::client::SyncOptions {
         pull: !args.push_only,
@@ -600,8 +604,8 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     let remote = Arc::new(intersync::transport::HttpRemote::new(
         &args.url,
-        read_token(&args.token_file)?,
-        args.cacert.as_deref(),
+        read_token(&args.connect.token_file)?,
+        args.connect.cacert.as_deref(),
     )?);
     let mut wc = intersync::client::WorkingCopy::open_or_create(&args.cache, &args.url)?;
     anyhow::ensure!(

@@ -212,6 +212,15 @@ impl Presto {
         Ok((dir, path))
     }
 
+    /// [`Presto::child`] for a name about to be made: a placeholder holds it.
+    fn new_child(&self, parent: u64, name: &OsStr) -> Result<(Target, TreePath), Errno> {
+        let (dir, path) = self.child(parent, name)?;
+        if self.placeholder(&path).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        Ok((dir, path))
+    }
+
     fn placeholder(&self, path: &TreePath) -> Option<Entry> {
         self.lazy.as_ref()?.get(path)
     }
@@ -387,6 +396,24 @@ impl Presto {
         Ok(attr::of_stat(ino, &stat))
     }
 
+    /// What `name` just made in `dir` is, once given its owner and mode.
+    fn made(
+        &self,
+        req: &Request,
+        dir: &Target,
+        name: &OsStr,
+        perm: Option<u32>,
+    ) -> Result<Made, Errno> {
+        let made = rustix::fs::openat(
+            dir.fd()?,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(rerr)?;
+        Ok(self.owner(req, &made, dir, perm))
+    }
+
     /// Gives what was just made in `dir` its owner (the caller, when we
     /// may chown; the folder's group where it is setgid) and exactly the
     /// mode asked for (our own umask must not apply twice; a chown clears
@@ -426,21 +453,6 @@ impl Presto {
                 uid: 0,
                 gid: 0,
             },
-        }
-    }
-
-    fn owner_ops(&self, path: &TreePath, made: &Made) -> Vec<Op> {
-        if made.uid != 0 || made.gid != 0 {
-            vec![Op::Setattr {
-                path: path.clone(),
-                attrs: Attrs {
-                    uid: Some(made.uid),
-                    gid: Some(made.gid),
-                    ..Attrs::default()
-                },
-            }]
-        } else {
-            Vec::new()
         }
     }
 }
@@ -491,6 +503,25 @@ fn names_of_inode(inner: &Inner, meta: &std::fs::Metadata) -> Vec<TreePath> {
         .collect()
 }
 
+/// `op` (which makes something), and the owner it was given if not root's.
+fn with_owner(op: Op, made: &Made) -> Vec<Op> {
+    let path = result_path(&op)
+        .expect("an op that makes something")
+        .clone();
+    let mut ops = vec![op];
+    if made.uid != 0 || made.gid != 0 {
+        ops.push(Op::Setattr {
+            path,
+            attrs: Attrs {
+                uid: Some(made.uid),
+                gid: Some(made.gid),
+                ..Attrs::default()
+            },
+        });
+    }
+    ops
+}
+
 /// The path an op leaves something at.
 fn result_path(op: &Op) -> Option<&TreePath> {
     match op {
@@ -502,6 +533,14 @@ fn result_path(op: &Op) -> Option<&TreePath> {
         | Op::Link { path, .. } => Some(path),
         Op::Rename { to, .. } => Some(to),
         Op::Unlink { .. } | Op::Rmdir { .. } => None,
+    }
+}
+
+/// Answers a lookup or a making of something with its attributes.
+fn answer_entry(reply: ReplyEntry, found: Result<fuser::FileAttr, Errno>) {
+    match found {
+        Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -593,10 +632,7 @@ impl Filesystem for Presto {
                 Err(e) => Err(e),
             }
         })();
-        match found {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, found)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -767,10 +803,7 @@ impl Filesystem for Presto {
         reply: ReplyEntry,
     ) {
         let made = (|| {
-            let (dir, path) = self.child(parent.0, name)?;
-            if self.placeholder(&path).is_some() {
-                return Err(Errno::EEXIST);
-            }
+            let (dir, path) = self.new_child(parent.0, name)?;
             let kind = rustix::fs::FileType::from_raw_mode(mode);
             let perm = mode & !umask & 0o7777;
             let regular = kind == rustix::fs::FileType::RegularFile;
@@ -779,34 +812,25 @@ impl Filesystem for Presto {
                     let fd = dir.fd()?;
                     rustix::fs::mknodat(&fd, name, kind, Mode::from_raw_mode(perm), rdev as u64)
                         .map_err(rerr)?;
-                    let made = rustix::fs::openat(
-                        &fd,
-                        name,
-                        OFlags::PATH | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    )
-                    .map_err(rerr)?;
-                    Ok(self.owner(req, &made, &dir, Some(perm)))
+                    self.made(req, &dir, name, Some(perm))
                 },
                 |made, _| {
                     // FIFOs, sockets and devices are not part of a tree.
                     if !regular {
                         return Vec::new();
                     }
-                    let mut ops = vec![Op::Create {
-                        path: path.clone(),
-                        mode: made.mode,
-                    }];
-                    ops.extend(self.owner_ops(&path, made));
-                    ops
+                    with_owner(
+                        Op::Create {
+                            path: path.clone(),
+                            mode: made.mode,
+                        },
+                        made,
+                    )
                 },
             )?;
             self.entry_of(&dir, name)
         })();
-        match made {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, made)
     }
 
     fn mkdir(
@@ -819,36 +843,27 @@ impl Filesystem for Presto {
         reply: ReplyEntry,
     ) {
         let made = (|| {
-            let (dir, path) = self.child(parent.0, name)?;
+            let (dir, path) = self.new_child(parent.0, name)?;
             let perm = mode & !umask & 0o7777;
             self.change(
                 || {
                     let fd = dir.fd()?;
                     rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(perm)).map_err(rerr)?;
-                    let made = rustix::fs::openat(
-                        &fd,
-                        name,
-                        OFlags::PATH | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    )
-                    .map_err(rerr)?;
-                    Ok(self.owner(req, &made, &dir, Some(perm)))
+                    self.made(req, &dir, name, Some(perm))
                 },
                 |made, _| {
-                    let mut ops = vec![Op::Mkdir {
-                        path: path.clone(),
-                        mode: made.mode,
-                    }];
-                    ops.extend(self.owner_ops(&path, made));
-                    ops
+                    with_owner(
+                        Op::Mkdir {
+                            path: path.clone(),
+                            mode: made.mode,
+                        },
+                        made,
+                    )
                 },
             )?;
             self.entry_of(&dir, name)
         })();
-        match made {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, made)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -904,22 +919,12 @@ impl Filesystem for Presto {
         reply: ReplyEntry,
     ) {
         let made = (|| {
-            let (dir, path) = self.child(parent.0, link_name)?;
-            if self.placeholder(&path).is_some() {
-                return Err(Errno::EEXIST);
-            }
+            let (dir, path) = self.new_child(parent.0, link_name)?;
             self.change(
                 || {
                     let fd = dir.fd()?;
                     rustix::fs::symlinkat(target, &fd, link_name).map_err(rerr)?;
-                    let made = rustix::fs::openat(
-                        &fd,
-                        link_name,
-                        OFlags::PATH | OFlags::NOFOLLOW,
-                        Mode::empty(),
-                    )
-                    .map_err(rerr)?;
-                    self.owner(req, &made, &dir, None);
+                    self.made(req, &dir, link_name, None)?;
                     Ok(())
                 },
                 |_, _| {
@@ -931,10 +936,7 @@ impl Filesystem for Presto {
             )?;
             self.entry_of(&dir, link_name)
         })();
-        match made {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, made)
     }
 
     fn rename(
@@ -1023,10 +1025,7 @@ impl Filesystem for Presto {
                 target = self.nodes.resolve(path)?;
                 self.nodes.promote(ino.0, &target);
             }
-            let (dir, path) = self.child(newparent.0, newname)?;
-            if self.placeholder(&path).is_some() {
-                return Err(Errno::EEXIST);
-            }
+            let (dir, path) = self.new_child(newparent.0, newname)?;
             let from = self.nodes.path_of(&target, &self.root)?;
             self.change(
                 || {
@@ -1049,10 +1048,7 @@ impl Filesystem for Presto {
             )?;
             self.entry_of(&dir, newname)
         })();
-        match made {
-            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, made)
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -1343,10 +1339,7 @@ impl Filesystem for Presto {
         reply: ReplyCreate,
     ) {
         let made = (|| {
-            let (dir, path) = self.child(parent.0, name)?;
-            if self.placeholder(&path).is_some() {
-                return Err(Errno::EEXIST);
-            }
+            let (dir, path) = self.new_child(parent.0, name)?;
             let perm = mode & !umask & 0o7777;
             let raw = OFlags::from_bits_retain(flags as u32)
                 - (OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::NOFOLLOW);
@@ -1378,12 +1371,13 @@ impl Filesystem for Presto {
                     let Some(made) = made else {
                         return Vec::new();
                     };
-                    let mut ops = vec![Op::Create {
-                        path: path.clone(),
-                        mode: made.mode,
-                    }];
-                    ops.extend(self.owner_ops(&path, made));
-                    ops
+                    with_owner(
+                        Op::Create {
+                            path: path.clone(),
+                            mode: made.mode,
+                        },
+                        made,
+                    )
                 },
             )?;
             let attr = self.entry_of(&dir, name)?;
