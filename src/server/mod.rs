@@ -10,6 +10,7 @@ pub mod export;
 mod files;
 mod meta;
 pub mod modules;
+pub mod versions;
 mod watch;
 mod writes;
 
