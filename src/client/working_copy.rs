@@ -189,10 +189,6 @@ impl Placeholders {
         self.lock().keys().cloned().collect()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     /// Keeps only what `keep` says.
     pub fn retain(&self, mut keep: impl FnMut(&TreePath, &mut Entry) -> bool) {
         self.lock().retain(|p, e| keep(p, e));

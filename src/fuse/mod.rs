@@ -404,13 +404,7 @@ impl Presto {
         name: &OsStr,
         perm: Option<u32>,
     ) -> Result<Made, Errno> {
-        let made = rustix::fs::openat(
-            dir.fd()?,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(rerr)?;
+        let made = nodes::open_path(dir, name)?;
         Ok(self.owner(req, &made, dir, perm))
     }
 
@@ -1408,7 +1402,8 @@ impl Filesystem for Presto {
     }
 }
 
-/// Unmounts on SIGINT or SIGTERM: what a mount's process waits for.
+/// Unmounts and waits for the serving threads; a failure is logged (the
+/// mount may already be gone).
 pub fn unmount_quietly(session: fuser::BackgroundSession) {
     if let Err(e) = session.umount_and_join() {
         tracing::warn!(error = %e, "unmounting");

@@ -86,6 +86,17 @@ pub fn hidden(parent: u64, name: &OsStr) -> bool {
             .is_some_and(|n| n.starts_with(crate::install::TEMP_PREFIX))
 }
 
+/// `name` in `dir` as an `O_PATH` descriptor, never following a link.
+pub fn open_path(dir: &Target, name: &OsStr) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir.fd()?,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(rerr)
+}
+
 impl Nodes {
     pub fn new(root: &Path) -> std::io::Result<Nodes> {
         let fd = Arc::new(rustix::fs::open(
@@ -142,13 +153,7 @@ impl Nodes {
 
     /// Finds `name` in `dir` on disk and counts a lookup of it.
     pub fn lookup(&self, dir: &Target, name: &OsStr) -> Result<(u64, Stat), Errno> {
-        let fd = rustix::fs::openat(
-            dir.fd()?,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(rerr)?;
+        let fd = open_path(dir, name)?;
         let stat = rustix::fs::statat(&fd, "", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
             .map_err(rerr)?;
         let key = Key::Disk(stat.st_dev, stat.st_ino);
