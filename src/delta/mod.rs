@@ -5,6 +5,8 @@
 //! - [`matcher`]: finding a signature's blocks in other data (both the rsync
 //!   and the zsync direction use it).
 //! - [`diff`]: writing deltas; [`patch`]: applying them with limits.
+//! - [`zpatch`]: exact deltas between two versions one side holds (zstd with
+//!   the old version as reference prefix).
 //! - [`files`]: the same over files, as the `signature`, `delta` and `patch`
 //!   commands use them, with outputs installed atomically.
 //!
@@ -19,6 +21,7 @@ pub mod patch;
 pub mod signature;
 pub mod strong;
 pub mod weak;
+pub mod zpatch;
 
 use std::io;
 use std::path::PathBuf;
