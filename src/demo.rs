@@ -108,6 +108,7 @@ fn step(name: &'static str, r: &SyncReport, before: Traffic) -> DemoStep {
     DemoStep {
         name,
         files: r.files_local
+            + r.files_patched
             + r.files_delta
             + r.files_blocks
             + r.files_whole

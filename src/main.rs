@@ -205,6 +205,15 @@ struct ServeArgs {
     /// path, status and body bytes.
     #[arg(long)]
     access_log: Option<PathBuf>,
+    /// Bytes of the versions clients hold to keep under .intersync/versions/
+    /// (with the patches made from them), so that a client's next update is
+    /// an exact patch instead of a signature and blocks; 0 keeps none.
+    /// The least recently used go first.
+    #[arg(long, default_value_t = 1 << 30)]
+    version_budget: u64,
+    /// Drop a kept version or patch unused for this many seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    version_max_age: u64,
 }
 
 #[derive(clap::Args)]
@@ -474,6 +483,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
                 None => None,
             },
+            versions: (args.version_budget > 0).then_some(server::versions::Budget {
+                bytes: args.version_budget,
+                max_age: std::time::Duration::from_secs(args.version_max_age),
+            }),
         },
         watch: !args.no_watch,
         mount: args.mount.clone(),

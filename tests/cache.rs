@@ -1,7 +1,8 @@
 //! Fan-out: a real nginx with `proxy_cache` in front of `intersync serve`,
 //! ten working copies syncing through it with `--via-cache`, and the
 //! origin's own access log showing that every immutable object (versions,
-//! their signatures, checkpoints) crossed from the origin to the cache once.
+//! their signatures, patches between two versions, checkpoints) crossed
+//! from the origin to the cache once.
 
 use std::collections::HashMap;
 use std::fs;
@@ -115,6 +116,7 @@ fn immutable(path: &str) -> bool {
     [
         "/.intersync/version/",
         "/.intersync/sig/",
+        "/.intersync/patch/",
         "/.intersync/checkpoints/",
     ]
     .iter()
@@ -165,8 +167,8 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
     for (i, out) in outputs.iter().enumerate() {
         assert_same_tree(&root, &clients.path(&format!("wc{i}")));
         assert!(
-            out.contains("1 by blocks and ranges"),
-            "big.bin should be updated by blocks:\n{out}"
+            out.contains("1 patches"),
+            "big.bin should be updated by a patch from the version every copy holds:\n{out}"
         );
     }
 
@@ -188,11 +190,12 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
         .filter(|(_, p, s)| immutable(p) && *s < 300)
         .map(|(_, p, _)| p.as_str())
         .collect();
-    // The new big.bin's signature and content, and docs/new.txt: each once.
-    let sigs = after.iter().filter(|p| p.contains("/sig/")).count();
-    let versions = after.iter().filter(|p| p.contains("/version/")).count();
-    assert_eq!(sigs, 1, "{after:?}");
-    assert_eq!(versions, 2, "{after:?}");
+    // One patch for big.bin (no signature, no ranges), docs/new.txt whole:
+    // each once.
+    let count = |kind: &str| after.iter().filter(|p| p.contains(kind)).count();
+    assert_eq!(count("/patch/"), 1, "{after:?}");
+    assert_eq!(count("/sig/"), 0, "{after:?}");
+    assert_eq!(count("/version/"), 1, "{after:?}");
     // The head is not cacheable: every client asked the origin itself.
     let heads = requests[before..]
         .iter()

@@ -516,7 +516,7 @@ impl Drop for ClientMount {
 }
 
 #[test]
-fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
+fn a_mounted_working_copy_fetches_on_open_and_follows_by_patch() {
     use std::os::unix::fs::MetadataExt;
     let dir = Dir::new();
     let big = random_bytes(21, 4 << 20);
@@ -552,7 +552,8 @@ fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
     assert_eq!(fs::read(cache.join("big.bin")).unwrap(), big);
     assert_eq!(fs::read(mnt.join("docs/readme.txt")).unwrap(), b"read me\n");
 
-    // A scattered edit on the server reaches the mount by delta.
+    // A scattered edit on the server reaches the mount by an exact patch
+    // (the server kept the version it handed out).
     crate::client::scatter_edits(&src.join("big.bin"), 20, 100, 5);
     let edited = fs::read(src.join("big.bin")).unwrap();
     assert!(
@@ -562,7 +563,7 @@ fn a_mounted_working_copy_fetches_on_open_and_follows_by_delta() {
     );
     // The round's report is printed once the round is over.
     assert!(
-        crate::client::eventually(30, || mount.output().contains("big.bin  updated by delta")),
+        crate::client::eventually(30, || mount.output().contains("big.bin  updated by patch")),
         "{}",
         mount.output()
     );

@@ -8,6 +8,7 @@ mod cache;
 mod client;
 mod delta_cli;
 mod misbehaving;
+mod patches;
 mod presto;
 mod rdiff;
 mod rsync_compat;

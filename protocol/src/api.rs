@@ -18,6 +18,9 @@ pub const HEADER_MODE: &str = "x-intersync-mode";
 pub const HEADER_SERVER_ID: &str = "x-intersync-server";
 /// Media type of a librsync delta body.
 pub const MEDIA_DELTA: &str = "application/x-librsync-delta";
+/// Media type of a patch: one zstd frame whose reference prefix is the
+/// base version's content (`GET /.intersync/patch/FROM/TO`).
+pub const MEDIA_PATCH: &str = "application/x-intersync-patch";
 /// Media type of a librsync signature body.
 pub const MEDIA_SIGNATURE: &str = "application/x-librsync-signature";
 

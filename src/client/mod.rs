@@ -91,6 +91,8 @@ pub struct SyncReport {
     /// Local changes not pushed this time (the server's copy moved), for the next round.
     pub deferred: Vec<Change>,
     pub files_local: u64,
+    /// Files updated by an exact patch from the version last synced.
+    pub files_patched: u64,
     pub files_delta: u64,
     /// Files rebuilt from local blocks and ranged GETs (a static source).
     pub files_blocks: u64,
@@ -118,12 +120,16 @@ impl SyncReport {
     pub fn rsync_stats(&self, elapsed: std::time::Duration) -> String {
         let t = self.traffic;
         let moved = t.sent_bytes + t.received_bytes;
-        let transferred =
-            self.files_local + self.files_delta + self.files_whole + self.pushed.len() as u64;
+        let transferred = self.files_local
+            + self.files_patched
+            + self.files_delta
+            + self.files_blocks
+            + self.files_whole
+            + self.pushed.len() as u64;
         format!(
             "\nNumber of files: {}\n\
              Number of regular files transferred: {transferred}\n\
-             Files by way: {} local copies, {} deltas, {} by blocks and ranges, {} whole\n\
+             Files by way: {} local copies, {} patches, {} deltas, {} by blocks and ranges, {} whole\n\
              Total file size: {} bytes\n\
              Total transferred file size: {} bytes\n\
              Literal data: {} bytes\n\
@@ -136,6 +142,7 @@ impl SyncReport {
              A full fetch would have moved {} bytes\n",
             self.files,
             self.files_local,
+            self.files_patched,
             self.files_delta,
             self.files_blocks,
             self.files_whole,

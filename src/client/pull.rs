@@ -182,7 +182,10 @@ pub async fn pull(
     wc.absorb_fetched();
     let (mut server, cursor, head) = server_tree(wc, remote).await?;
     wc.saved.static_export = head.static_export;
-    let by_blocks = head.static_export || options.cacheable_reads;
+    let ways = Ways {
+        patches: !head.static_export,
+        by_blocks: head.static_export || options.cacheable_reads,
+    };
     let root = wc.root().to_owned();
     let base = wc.saved.base.state.clone();
     let placeholders = wc.placeholders().clone();
@@ -371,17 +374,7 @@ pub async fn pull(
                     version: *version,
                     size: *size,
                 };
-                match fetch(
-                    wc,
-                    remote,
-                    &local,
-                    &mut sources_going,
-                    &want,
-                    by_blocks,
-                    report,
-                )
-                .await
-                {
+                match fetch(wc, remote, &local, &mut sources_going, &want, ways, report).await {
                     Ok(got) if got == *version => {
                         placeholders.remove(p, None);
                         // The stat right after the install: if the file
@@ -519,7 +512,7 @@ async fn fetch(
     local: &TreeState,
     sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
-    by_blocks: bool,
+    ways: Ways,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
     report.full_fetch_bytes += want.size;
@@ -527,24 +520,34 @@ async fn fetch(
     if let Some(p) = progress {
         p.plan(want.size);
     }
-    let got = fetch_by_cheapest(wc, remote, local, sources_going, want, by_blocks, report).await;
+    let got = fetch_by_cheapest(wc, remote, local, sources_going, want, ways, report).await;
     if let (Some(p), Ok(_)) = (progress, &got) {
         p.file_done();
     }
     got
 }
 
-/// With `by_blocks`, a changed file is updated by the static path (the new
-/// version's signature and ranges) instead of a delta from the server.
+/// Which ways to a changed file a source offers.
+#[derive(Clone, Copy)]
+struct Ways {
+    /// Exact patches from the version last synced (a smart server; they
+    /// are immutable GETs, so a cache in front serves them too).
+    patches: bool,
+    /// The static path (the new version's signature and ranges) instead of
+    /// a delta from the server.
+    by_blocks: bool,
+}
+
 async fn fetch_by_cheapest(
     wc: &WorkingCopy,
     remote: &impl Remote,
     local: &TreeState,
     sources_going: &mut HashMap<Version, Vec<TreePath>>,
     want: &Wanted<'_>,
-    by_blocks: bool,
+    ways: Ways,
     report: &mut SyncReport,
 ) -> Result<Version, SyncError> {
+    let Ways { patches, by_blocks } = ways;
     let root = wc.root();
     let dest = want.path.under(root);
     // A folder deleted here while the server changed something in it.
@@ -580,7 +583,29 @@ async fn fetch_by_cheapest(
             return Ok(got);
         }
     }
-    // 2. A delta against the local copy.
+    // 2. The local copy is the version last synced, which the server may
+    // still hold: an exact patch from it, with no signature.
+    let here = local.get(want.path).and_then(Entry::version);
+    let synced = wc.saved.base.state.get(want.path).and_then(Entry::version);
+    if patches && let Some(from) = here.filter(|v| Some(*v) == synced) {
+        match fetch_patch(remote, &dest, from, want).await {
+            Ok(Some(received)) => {
+                report.files_patched += 1;
+                done(want.size);
+                report.literal_bytes += received;
+                report.matched_bytes += want.size.saturating_sub(received);
+                report.pulled.push(Change {
+                    path: want.path.clone(),
+                    what: "updated by patch".into(),
+                });
+                return Ok(want.version);
+            }
+            Ok(None) => {}
+            Err(SyncError::Transport(e)) if e.is_unreachable() => return Err(e.into()),
+            Err(e) => tracing::info!(path = %want.path, error = %e, "patch failed; trying a delta"),
+        }
+    }
+    // 3. A delta against the local copy.
     if matches!(
         local.get(want.path).map(|e| &e.kind),
         Some(EntryKind::File { .. })
@@ -610,7 +635,7 @@ async fn fetch_by_cheapest(
             Err(e) => tracing::info!(path = %want.path, error = %e, "delta failed; fetching whole"),
         }
     }
-    // 3. The whole file, resuming a partial.
+    // 4. The whole file, resuming a partial.
     let version = fetch_whole(wc, remote, want, report).await?;
     report.files_whole += 1;
     report.pulled.push(Change {
@@ -830,6 +855,43 @@ pub async fn fetch_one(
         path,
         "the download never matched its version",
     ))
+}
+
+/// Updates `dest`, which holds version `from`, by the server's patch to
+/// `want`; the patch's length, or `None` when the server has none.
+async fn fetch_patch(
+    remote: &impl Remote,
+    dest: &std::path::Path,
+    from: Version,
+    want: &Wanted<'_>,
+) -> Result<Option<u64>, SyncError> {
+    let mut spool = tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new(".")))
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let Some(size) = remote.patch(from, want.version, &mut spool).await? else {
+        return Ok(None);
+    };
+    let patch = MappedFile::map(&spool).map_err(|e| SyncError::local(dest.display(), e))?;
+    let file = File::open(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let base = MappedFile::map(&file).map_err(|e| SyncError::local(dest.display(), e))?;
+    let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: blake3::Hasher::new(),
+    };
+    delta::zpatch::decode(&base, &patch, &mut hashing, size)
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let got = Version(*hashing.hasher.finalize().as_bytes());
+    if got != want.version || size != want.size {
+        return Err(SyncError::local(
+            dest.display(),
+            format!("patch gave {got:?}, not {:?}", want.version),
+        ));
+    }
+    drop(base);
+    out.install()
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    set_attrs(dest, want.entry).map_err(|e| SyncError::local(dest.display(), e))?;
+    Ok(Some(patch.len() as u64))
 }
 
 async fn fetch_delta(

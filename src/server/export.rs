@@ -17,7 +17,8 @@ use rand::RngCore;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::delta::{MappedFile, Signature, SignatureOptions};
+use super::versions::{Budget, VersionStore};
+use crate::delta::{MappedFile, Signature, SignatureOptions, zpatch};
 use crate::install::PendingFile;
 use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
@@ -51,6 +52,8 @@ pub struct Export {
     hide: Option<Arc<scan::Hide>>,
     /// An rsync module's `incoming chmod`, applied to modes clients write.
     incoming_chmod: Option<intersync_compat::chmod::Chmod>,
+    /// Versions clients hold, kept for exact patches from them.
+    versions: Option<super::versions::VersionStore>,
 }
 
 pub struct Inner {
@@ -78,6 +81,14 @@ impl Inner {
         }
         self.by_version.as_ref()?.1.get(&version)
     }
+}
+
+/// A patch ready to serve: `len` bytes of `file` from its start.
+pub struct Patch {
+    pub file: File,
+    pub len: u64,
+    /// The length of the version it gives.
+    pub result_len: u64,
 }
 
 /// What a scan of the folder added to the journal.
@@ -127,10 +138,104 @@ impl Export {
             seq,
             hide,
             incoming_chmod: None,
+            versions: None,
         };
         export.rescan()?;
         export.save_index();
         Ok(export)
+    }
+
+    /// Keeps the versions clients hold in a store of `budget` under
+    /// `.intersync/versions/`, to answer patches from them.
+    pub fn with_versions(mut self, budget: Budget) -> Result<Export, ExportError> {
+        let dir = self.state_dir.join("versions");
+        self.versions = Some(VersionStore::open(&dir, budget).map_err(io_err(&dir))?);
+        Ok(self)
+    }
+
+    pub fn versions(&self) -> Option<&VersionStore> {
+        self.versions.as_ref()
+    }
+
+    /// A client now holds `version`, the content of `file` (`len` bytes):
+    /// keep it, if there is a store and it fits. Failing to keep it only
+    /// costs a later patch, so it is reported, not returned.
+    pub fn keep(&self, version: Version, file: &File, len: u64) {
+        if let Some(store) = &self.versions {
+            kept(version, store.put_file(version, file, len));
+        }
+    }
+
+    /// [`Export::keep`] for content in memory (or mapped).
+    pub fn keep_bytes(&self, version: Version, data: &[u8]) {
+        if let Some(store) = &self.versions {
+            kept(
+                version,
+                store.put(version, &mut &data[..], data.len() as u64),
+            );
+        }
+    }
+
+    /// The patch from `from` to `to` (made once, then kept): its file and
+    /// length, and the length of `to`. `None` when there is no store, `from`
+    /// is not in it, no file has `to` now, or the pair is too large for a
+    /// patch window: the client takes the signature path then.
+    pub fn patch(&self, from: Version, to: Version) -> Result<Option<Patch>, ExportError> {
+        let Some(store) = &self.versions else {
+            return Ok(None);
+        };
+        let store_err = |e| ExportError::Io {
+            path: self.state_dir.join("versions"),
+            source: e,
+        };
+        let Some(new) = self.current_content(to)? else {
+            return Ok(None);
+        };
+        let new_len = new.len() as u64;
+        if let Some((file, len)) = store.patch(&from, &to).map_err(store_err)? {
+            return Ok(Some(Patch {
+                file,
+                len,
+                result_len: new_len,
+            }));
+        }
+        let Some(old) = store.get(&from).map_err(store_err)? else {
+            return Ok(None);
+        };
+        if zpatch::window_log(old.len() as u64, new_len).is_none() {
+            return Ok(None);
+        }
+        let (file, len) = store
+            .put_patch(&from, &to, |out| zpatch::encode(&old, &new, out).map(drop))
+            .map_err(|e| match e {
+                zpatch::PatchError::Write(e) => store_err(e),
+                other => store_err(io::Error::other(other)),
+            })?;
+        // The client that asked will hold `to`: the next patch starts there.
+        self.keep_bytes(to, &new);
+        Ok(Some(Patch {
+            file,
+            len,
+            result_len: new_len,
+        }))
+    }
+
+    /// The content of `version` from the file that has it now (hashed to
+    /// make sure), or from the store.
+    fn current_content(&self, version: Version) -> Result<Option<MappedFile>, ExportError> {
+        let path = self.lock().path_of(version).cloned();
+        if let Some(path) = path
+            && let Ok(file) = super::files::open_beneath(&self.root, &path)
+        {
+            let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
+            if Version(*blake3::hash(&data).as_bytes()) == version {
+                return Ok(Some(data));
+            }
+        }
+        match &self.versions {
+            Some(store) => store.get(&version).map_err(io_err(&self.state_dir)),
+            None => Ok(None),
+        }
     }
 
     /// Applies `incoming chmod` to the modes clients write from now on.
@@ -408,6 +513,12 @@ impl Export {
             inner.index.stats.insert(path.clone(), cached);
             inner.index_dirty = true;
         }
+    }
+}
+
+fn kept(version: Version, result: io::Result<bool>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, %version, "could not keep a version");
     }
 }
 

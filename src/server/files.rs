@@ -44,6 +44,8 @@ pub async fn serve_tree_file(
     path: TreePath,
 ) -> Result<Response<Body>, Refusal> {
     let export = export.clone();
+    // Whoever GETs a file holds its version next: keep it for patches.
+    let keeps = req.method() == Method::GET;
     let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
         let mut inner = export.lock();
         let entry = export
@@ -65,6 +67,10 @@ pub async fn serve_tree_file(
         let meta = file
             .metadata()
             .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        drop(inner);
+        if keeps {
+            export.keep(version, &file, meta.len());
+        }
         Ok(Served {
             len: meta.len(),
             modified: meta.modified().ok(),
@@ -92,6 +98,7 @@ pub async fn serve_version(
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))?;
     let gone = || Refusal::new(StatusCode::NOT_FOUND, "no file has that version now");
     let export = export.clone();
+    let keeps = req.method() == Method::GET;
     let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
         let (path, seen) = {
             let mut inner = export.lock();
@@ -112,6 +119,9 @@ pub async fn serve_version(
                 // Changed since it was journaled: the next scan records it.
                 return Err(gone());
             }
+        }
+        if keeps {
+            export.keep(version, &file, meta.len());
         }
         Ok(Served {
             len: meta.len(),

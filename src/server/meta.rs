@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self};
 use hyper::{Request, Response, StatusCode};
-use intersync_protocol::api::{HEADER_RESULT_SIZE, MEDIA_DELTA, MEDIA_SIGNATURE};
+use intersync_protocol::api::{HEADER_RESULT_SIZE, MEDIA_DELTA, MEDIA_PATCH, MEDIA_SIGNATURE};
 use intersync_protocol::{TreePath, Version};
 
 use super::export::Export;
@@ -98,6 +98,35 @@ pub async fn signature(export: &Arc<Export>, version: &str) -> Result<Response<B
         .expect("valid response"))
 }
 
+/// `GET /.intersync/patch/FROM/TO`: the patch from version FROM (which a
+/// client holds) to version TO (which a file has now): deterministic, so
+/// immutable and cacheable by anyone in between. 404 when the server no
+/// longer has FROM, no file has TO, or the pair is too large for a patch:
+/// the client takes the signature path then.
+pub async fn patch(export: &Arc<Export>, pair: &str) -> Result<Response<Body>, Refusal> {
+    let parse = |v: &str| {
+        v.parse::<Version>()
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))
+    };
+    let (from, to) = pair
+        .split_once('/')
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "a patch is FROM/TO"))?;
+    let (from, to) = (parse(from)?, parse(to)?);
+    let export = export.clone();
+    let patch = tokio::task::spawn_blocking(move || export.patch(from, to))
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no patch between those versions"))?;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, MEDIA_PATCH)
+        .header(header::ETAG, format!("\"patch-{from}-{to}\""))
+        .header(header::CACHE_CONTROL, super::IMMUTABLE)
+        .header(HEADER_RESULT_SIZE, patch.result_len)
+        .header(header::CONTENT_LENGTH, patch.len)
+        .body(stream(patch.file, 0, patch.len))
+        .expect("valid response"))
+}
+
 /// `POST /.intersync/delta/PATH` with a signature: a delta from that base to
 /// the file's current content. The ETag is the version of exactly the bytes
 /// the delta was made from, hashed in the same pass.
@@ -139,6 +168,7 @@ pub async fn delta(
             let data = MappedFile::map(&file)
                 .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
             let version = Version(*blake3::hash(&data).as_bytes());
+            export.keep_bytes(version, &data);
             let mut out = tempfile::tempfile()
                 .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let stats = write_delta(sig.view(), &data, std::io::BufWriter::new(&mut out))

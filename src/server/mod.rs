@@ -91,9 +91,16 @@ pub async fn run(
     }
     let root = config.root.clone();
     let journal = config.journal;
-    let export = tokio::task::spawn_blocking(move || Export::open(&root, journal))
-        .await
-        .map_err(|e| StartError::Stopped(e.to_string()))??;
+    let budget = config.options.versions;
+    let export = tokio::task::spawn_blocking(move || {
+        let export = Export::open(&root, journal)?;
+        match budget {
+            Some(budget) => export.with_versions(budget),
+            None => Ok(export),
+        }
+    })
+    .await
+    .map_err(|e| StartError::Stopped(e.to_string()))??;
     let export = Arc::new(export);
     let (listener, addr) = bind(config.listen).await?;
     let tls = config
@@ -204,6 +211,7 @@ impl LocalServer {
             options: ServeOptions {
                 allow_anonymous_writes: true,
                 max_wait: Duration::from_secs(10),
+                versions: Some(Default::default()),
                 ..Default::default()
             },
             watch: true,
@@ -283,6 +291,9 @@ pub struct ServeOptions {
     pub max_wait: Duration,
     /// Where to log every request, one line each.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Keep the versions clients hold, within this budget, to answer exact
+    /// patches from them (`None`: no store, no patches).
+    pub versions: Option<versions::Budget>,
 }
 
 /// One line a request: `TIME PEER METHOD PATH STATUS BYTES`, with the time
@@ -429,13 +440,25 @@ enum Handler {
     Modules(Arc<modules::Modules>),
 }
 
-/// Background work: save the index now and then.
+/// Background work: save the index now and then, and drop kept versions
+/// past their age every hour (the byte budget is kept as they are added).
 async fn maintain(export: Arc<Export>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
+    const TICK: Duration = Duration::from_secs(5);
+    const EVICT_EVERY: u32 = 720;
+    let mut tick = tokio::time::interval(TICK);
+    for n in 1u32.. {
         tick.tick().await;
         let export = export.clone();
-        let _ = tokio::task::spawn_blocking(move || export.save_index()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            export.save_index();
+            if n % EVICT_EVERY == 0
+                && let Some(store) = export.versions()
+                && let Err(e) = store.evict()
+            {
+                tracing::warn!(error = %e, "could not evict kept versions");
+            }
+        })
+        .await;
     }
 }
 
@@ -480,6 +503,7 @@ impl Service {
                     files::serve_state_file(&req, &path, None).await
                 }
                 (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
+                (&Method::GET, ("patch", pair)) => meta::patch(&self.export, pair).await,
                 (&Method::GET | &Method::HEAD, ("version", version)) => {
                     files::serve_version(&self.export, &req, version).await
                 }

@@ -70,6 +70,10 @@ impl Modules {
                     StartError::Config(format!("module [{}]: incoming chmod: {e}", conf.name))
                 })?;
             let export = Export::open_hiding(&conf.path, journal, hide)
+                .and_then(|e| match options.versions {
+                    Some(budget) => e.with_versions(budget),
+                    None => Ok(e),
+                })
                 .map_err(|e| {
                     StartError::Config(format!(
                         "module [{}] ({}): {e}",

@@ -235,6 +235,11 @@ pub async fn put(
         });
         export.journal_ops(&mut inner, ops)?;
         export.remember_stat(&mut inner, &path);
+        drop(inner);
+        // The writer holds this version now: keep it for patches.
+        if let Ok(file) = super::files::open_beneath(export.root(), &path) {
+            export.keep(version, &file, size);
+        }
         Ok(created)
     })
     .await

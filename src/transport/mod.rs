@@ -127,6 +127,16 @@ pub trait Remote {
         signature: Vec<u8>,
         out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError>;
+    /// The patch from version `from` (held here) to version `to`, written
+    /// as it came into `out`; the length of the result it gives. `None`
+    /// when the server has no patch between them (it no longer holds
+    /// `from`, or cannot make one): the signature path is left.
+    async fn patch(
+        &self,
+        from: Version,
+        to: Version,
+        out: &mut std::fs::File,
+    ) -> Result<Option<u64>, TransportError>;
     /// Bytes `range` of `version` of a file, by a ranged GET. A server that
     /// answers with anything but exactly that range is refused (the caller
     /// falls back).
