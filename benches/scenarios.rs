@@ -87,6 +87,7 @@ fn parse() -> Args {
                     .split(',')
                     .map(|t| match t {
                         "smart" => Tool::Smart,
+                        "smart-unknown-base" => Tool::SmartUnknownBase,
                         "static" => Tool::Static,
                         "full" => Tool::FullFetch,
                         "rsync" => Tool::Rsync,
@@ -95,7 +96,7 @@ fn parse() -> Args {
                         "get" => Tool::Get,
                         other => {
                             panic!(
-                                "no tool {other} (smart, static, full, rsync, rsync-z, zsync, get)"
+                                "no tool {other} (smart, smart-unknown-base, static, full, rsync, rsync-z, zsync, get)"
                             )
                         }
                     })

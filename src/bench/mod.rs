@@ -44,6 +44,9 @@ pub enum BenchError {
 pub enum Tool {
     /// `intersync serve` and `intersync sync`.
     Smart,
+    /// The same with the server's kept versions emptied before the update:
+    /// a base the server never saw (a migrated copy), the signature path.
+    SmartUnknownBase,
     /// `intersync export`, nginx, `intersync sync`.
     Static,
     /// curl from nginx, of every changed file whole.
@@ -60,8 +63,9 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 6] = [
+    pub const ALL: [Tool; 7] = [
         Tool::Smart,
+        Tool::SmartUnknownBase,
         Tool::Static,
         Tool::FullFetch,
         Tool::Rsync,
@@ -72,6 +76,7 @@ impl Tool {
     pub fn name(self) -> &'static str {
         match self {
             Tool::Smart => "InterSync",
+            Tool::SmartUnknownBase => "InterSync, base unknown to the server",
             Tool::Static => "InterSync static (nginx)",
             Tool::FullFetch => "full fetch (curl, nginx)",
             Tool::Rsync => "rsync",
@@ -84,7 +89,7 @@ impl Tool {
     /// The programs the tool needs besides `intersync`.
     pub fn programs(self) -> &'static [&'static str] {
         match self {
-            Tool::Smart | Tool::Get => &[],
+            Tool::Smart | Tool::SmartUnknownBase | Tool::Get => &[],
             Tool::Static => &["nginx"],
             Tool::FullFetch => &["nginx", "curl"],
             Tool::Rsync | Tool::RsyncZ => &["rsync"],

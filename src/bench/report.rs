@@ -176,7 +176,7 @@ pub fn svg(report: &Report) -> String {
         .find(|l| *l != "loopback")
         .unwrap_or("loopback");
     let colours = [
-        "#1f77b4", "#aec7e8", "#7f7f7f", "#d62728", "#ff9896", "#2ca02c",
+        "#1f77b4", "#9467bd", "#aec7e8", "#7f7f7f", "#d62728", "#ff9896", "#2ca02c", "#8c564b",
     ];
     let (bar, gap, label_w, panel_w) = (9.0, 10.0, 40.0, 420.0);
     let group = bar * tools.len() as f64 + gap;

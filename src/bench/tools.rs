@@ -34,7 +34,8 @@ pub async fn run_once(tool: Tool, s: &Prepared, dir: &Path, options: &Options) -
     io(std::fs::create_dir_all(dir))?;
     let client = dir.join("client");
     let mut sample = match tool {
-        Tool::Smart => smart(s, dir, &client, options).await?,
+        Tool::Smart => smart(s, dir, &client, options, false).await?,
+        Tool::SmartUnknownBase => smart(s, dir, &client, options, true).await?,
         Tool::Static => static_export(s, dir, &client, options).await?,
         Tool::FullFetch => full_fetch(s, dir, &client, options).await?,
         Tool::Rsync | Tool::RsyncZ => rsync(s, dir, &client, options, tool == Tool::RsyncZ).await?,
@@ -242,7 +243,15 @@ fn intersync_stats(stdout: &str) -> (Option<(u64, u64)>, Option<u64>) {
     (bytes, field("HTTP requests:"))
 }
 
-async fn smart(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Outcome<Sample> {
+/// With `forget`, the server's kept versions are emptied before the update,
+/// so it cannot patch from the client's version and the signature path runs.
+async fn smart(
+    s: &Prepared,
+    dir: &Path,
+    client: &Path,
+    options: &Options,
+    forget: bool,
+) -> Outcome<Sample> {
     let root = dir.join("server");
     io(tree::mirror(&s.old, &root))?;
     let port = free_port()?;
@@ -254,6 +263,9 @@ async fn smart(s: &Prepared, dir: &Path, client: &Path, options: &Options) -> Ou
     // journals it, as it would for any change made behind its back.
     drop(server);
     io(tree::mirror(&s.new, &root))?;
+    if forget {
+        io(std::fs::remove_dir_all(root.join(".intersync/versions")))?;
+    }
     let server = Serve::start(options, &root, port)?;
     let before = (relay.counted(), server.stats());
     let Synced {
