@@ -79,6 +79,17 @@ fn every_tool_on_every_scenario_at_small_scale() {
         let s1 = figure(&figures, "S1", tool);
         assert!(s1.total_bytes() * 20 < s1.full_fetch_bytes, "{s1:?}");
     }
+    // The server patches from the version it handed out (#9): scattered
+    // edits cost about themselves (the rest is the head, the journal and
+    // headers, much at this scale), text edits a fraction of rsync -z.
+    let s1 = figure(&figures, "S1", Tool::Smart);
+    assert!(s1.total_bytes() < s1.changed_bytes * 3 / 2, "{s1:?}");
+    for other in [Tool::SmartUnknownBase, Tool::Zsync, Tool::Rsync] {
+        assert!(s1.total_bytes() < figure(&figures, "S1", other).total_bytes(), "{s1:?}");
+    }
+    let s5 = figure(&figures, "S5", Tool::Smart);
+    let s5_rsync_z = figure(&figures, "S5", Tool::RsyncZ);
+    assert!(s5.total_bytes() * 4 < s5_rsync_z.total_bytes(), "{s5:?}");
     let s6 = figure(&figures, "S6", Tool::Smart);
     assert!(s6.total_bytes() < s6.full_fetch_bytes, "{s6:?}");
     // Unrelated data: the signature sent up is all a delta costs over a

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::client::{scatter_edits, sync, sync_ok, tree};
-use crate::util::{Dir, Server, get, ok, random_bytes};
+use crate::util::{Dir, Server, get, http, ok, random_bytes};
 
 /// A server on `root` that can be restarted on the same port, so that
 /// changes made in the folder meanwhile are journaled by its start-up scan.
@@ -258,4 +258,42 @@ fn corrupt_stored_versions_and_patches_are_detected_and_never_used() {
         bytes,
         "the damaged patch was replaced"
     );
+}
+
+#[test]
+fn a_base_the_server_never_saw_is_refined_in_rounds() {
+    let export = Dir::new();
+    fs::write(export.path("big.bin"), random_bytes(45, 8 << 20)).unwrap();
+    // No kept versions: the server cannot patch, as for a migrated copy.
+    let mut site = Site::start(&export.path(""), &["--version-budget", "0"]);
+    let wc = Dir::new().path("wc");
+    sync_ok(&site.url(), &wc);
+    assert!(
+        !site.versions().exists(),
+        "nothing is kept without a budget"
+    );
+
+    scatter_edits(&export.path("big.bin"), 20, 100, 10);
+    site.restart();
+    let (out, moved) = sync_stats(&site.url(), &wc);
+    assert!(out.contains("<  big.bin  updated by delta"), "{out}");
+    assert_same(&export.path(""), &wc);
+    // One round at the policy's 1 KiB blocks: a 90 KB signature up and a
+    // block an edit down, about 112 KB. Coarse blocks (11 KB of signature),
+    // a fine signature of the gaps only and the missing fine blocks by
+    // ranges: well under half of that.
+    assert!(
+        moved < 50_000,
+        "{moved} bytes for 2,000 bytes of edits\n{out}"
+    );
+    // head, journal, refine, and one multi-range GET (no patch asked for:
+    // the head says this server keeps no versions).
+    assert!(out.contains("HTTP requests: 4"), "{out}");
+    let refine = site
+        .server
+        .as_ref()
+        .unwrap()
+        .url(".intersync/refine/big.bin");
+    let bad = http("POST", &refine, &[], b"not a signature".to_vec(), None);
+    assert_eq!(bad.status, 400, "{}", bad.text());
 }

@@ -21,6 +21,9 @@ pub const MEDIA_DELTA: &str = "application/x-librsync-delta";
 /// Media type of a patch: one zstd frame whose reference prefix is the
 /// base version's content (`GET /.intersync/patch/FROM/TO`).
 pub const MEDIA_PATCH: &str = "application/x-intersync-patch";
+/// Media type of a refine answer (`intersync_protocol::refine`), the second
+/// round of a multi-round delta (`POST /.intersync/refine/PATH`).
+pub const MEDIA_REFINE: &str = "application/x-intersync-refine";
 /// Media type of a librsync signature body.
 pub const MEDIA_SIGNATURE: &str = "application/x-librsync-signature";
 
@@ -40,6 +43,10 @@ pub struct Head {
     /// endpoints (deltas, writes), signatures as files, ranges for blocks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub static_export: bool,
+    /// The server keeps the versions its clients hold and answers patches
+    /// from them (`/.intersync/patch/FROM/TO`); without it, clients do not ask.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patches: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

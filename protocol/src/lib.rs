@@ -7,6 +7,8 @@
 //! - [`path`]: paths inside a tree, which cannot escape it.
 //! - [`kml`]: the modification log's segments and records.
 //! - [`byteranges`]: multipart/byteranges answers to multi-range GETs.
+//! - [`refine`]: the second round of a multi-round delta (copies, gaps and a
+//!   fine signature of the gaps).
 //! - [`api`]: the HTTP API's documents, header names and media types.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
@@ -18,6 +20,7 @@ pub mod byteranges;
 pub mod delta;
 pub mod kml;
 pub mod path;
+pub mod refine;
 pub mod signature;
 pub mod version;
 

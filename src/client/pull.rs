@@ -15,7 +15,7 @@ use super::working_copy::{Conflict, Cursor, WorkingCopy, WorkingCopyError};
 use super::{Change, SyncError, SyncOptions, SyncReport};
 use crate::delta::{self, MappedFile, Signature, SignatureOptions};
 use crate::install::PendingFile;
-use crate::transport::{Remote, TransportError};
+use crate::transport::{Refined, Remote, TransportError};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
 use crate::tree::{Entry, EntryKind, TreeState};
 
@@ -183,7 +183,7 @@ pub async fn pull(
     let (mut server, cursor, head) = server_tree(wc, remote).await?;
     wc.saved.static_export = head.static_export;
     let ways = Ways {
-        patches: !head.static_export,
+        patches: head.patches && !head.static_export,
         by_blocks: head.static_export || options.cacheable_reads,
     };
     let root = wc.root().to_owned();
@@ -612,6 +612,16 @@ async fn fetch_by_cheapest(
     ) {
         let delta = if by_blocks {
             fetch_blocks(remote, &dest, want).await
+        } else if want.size >= REFINE_MIN_LEN
+            && fs::metadata(&dest).is_ok_and(|m| m.len() >= REFINE_MIN_LEN)
+        {
+            match fetch_refined(remote, &dest, want).await {
+                // A server without refinement: one round, then.
+                Err(SyncError::Transport(TransportError::Refused { status: 404, .. })) => {
+                    fetch_delta(remote, &dest, want).await
+                }
+                other => other,
+            }
         } else {
             fetch_delta(remote, &dest, want).await
         };
@@ -899,17 +909,81 @@ async fn fetch_delta(
     dest: &std::path::Path,
     want: &Wanted<'_>,
 ) -> Result<(Version, delta::DeltaStats), SyncError> {
-    let file = File::open(dest).map_err(|e| SyncError::local(dest.display(), e))?;
-    let base = MappedFile::map(&file).map_err(|e| SyncError::local(dest.display(), e))?;
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let file = File::open(dest).map_err(local)?;
+    let base = MappedFile::map(&file).map_err(local)?;
     let options = SignatureOptions::for_len(base.len() as u64, SignatureFormat::Md4Rollsum);
     let (sig, _) = Signature::calculate(&base, options);
-    let mut spool = tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new(".")))
-        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let mut spool = spool_beside(dest)?;
     let answer = remote
         .delta(want.path, sig.into_bytes(), &mut spool)
         .await?;
-    let delta = MappedFile::map(&spool).map_err(|e| SyncError::local(dest.display(), e))?;
-    let mut out = PendingFile::create(dest).map_err(|e| SyncError::local(dest.display(), e))?;
+    install_delta(base, &spool, answer, dest, want)
+}
+
+/// Files at least this long are updated by a multi-round delta when the
+/// server cannot patch them: below it one signature is small anyway.
+const REFINE_MIN_LEN: u64 = 1 << 20;
+
+/// A multi-round delta (`delta::refine`): a coarse signature up, copies,
+/// gaps and a fine signature of the gaps down, the fine blocks found here,
+/// the rest of the gaps by ranges.
+async fn fetch_refined(
+    remote: &impl Remote,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<(Version, delta::DeltaStats), SyncError> {
+    use intersync_protocol::refine::RefineAnswer;
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let file = File::open(dest).map_err(local)?;
+    let base = MappedFile::map(&file).map_err(local)?;
+    let options = delta::refine::coarse_options(base.len() as u64);
+    let (sig, _) = Signature::calculate(&base, options);
+    let mut spool = spool_beside(dest)?;
+    let answer = match remote
+        .refine(want.path, sig.into_bytes(), &mut spool)
+        .await?
+    {
+        Refined::Delta(answer) => return install_delta(base, &spool, answer, dest, want),
+        Refined::Answer { .. } => MappedFile::map(&spool).map_err(local)?,
+    };
+    let answer = RefineAnswer::parse(&answer, base.len() as u64)
+        .map_err(|e| SyncError::local(dest.display(), e))?;
+    let found = delta::refine::find(&answer, &base);
+    let missing = found.missing(&answer);
+    let fetched = fetch_ranges(remote, want.path, answer.version, &missing).await?;
+    let mut out = PendingFile::create(dest).map_err(local)?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: blake3::Hasher::new(),
+    };
+    let stats = found
+        .assemble(&answer, &base, &missing, &fetched, &mut hashing)
+        .map_err(local)?;
+    let got = Version(*hashing.hasher.finalize().as_bytes());
+    drop(base);
+    install_checked(out, got, answer.version, answer.size, dest, want)?;
+    Ok((got, stats))
+}
+
+/// A temporary file in `dest`'s folder, for an answer to land in.
+fn spool_beside(dest: &std::path::Path) -> Result<File, SyncError> {
+    tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new(".")))
+        .map_err(|e| SyncError::local(dest.display(), e))
+}
+
+/// Applies the delta spooled in `spool` to `base` and installs the result
+/// at `dest` if it has the version the server said.
+fn install_delta(
+    base: MappedFile,
+    spool: &File,
+    answer: crate::transport::RemoteDelta,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<(Version, delta::DeltaStats), SyncError> {
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let delta = MappedFile::map(spool).map_err(local)?;
+    let mut out = PendingFile::create(dest).map_err(local)?;
     let mut hashing = HashingWriter {
         inner: &mut out,
         hasher: blake3::Hasher::new(),
@@ -917,24 +991,34 @@ async fn fetch_delta(
     let stats = delta::apply(&base, &delta, &mut hashing, answer.size)
         .map_err(|e| SyncError::local(dest.display(), e))?;
     let got = Version(*hashing.hasher.finalize().as_bytes());
-    if got != answer.version {
+    drop(base);
+    install_checked(out, got, answer.version, answer.size, dest, want)?;
+    Ok((got, stats))
+}
+
+/// Installs `out` (whose content hashed to `got`) at `dest`, with `want`'s
+/// attributes, if `got` is the version the server announced.
+fn install_checked(
+    out: PendingFile,
+    got: Version,
+    announced: Version,
+    size: u64,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<(), SyncError> {
+    if got != announced {
         return Err(SyncError::local(
             dest.display(),
-            format!("delta gave {got:?}, not {:?}", answer.version),
+            format!("the update gave {got:?}, not {announced:?}"),
         ));
     }
-    drop(base);
     out.install()
         .map_err(|e| SyncError::local(dest.display(), e))?;
     let entry = Entry {
-        kind: EntryKind::File {
-            version: got,
-            size: answer.size,
-        },
+        kind: EntryKind::File { version: got, size },
         ..want.entry.clone()
     };
-    set_attrs(dest, &entry).map_err(|e| SyncError::local(dest.display(), e))?;
-    Ok((got, stats))
+    set_attrs(dest, &entry).map_err(|e| SyncError::local(dest.display(), e))
 }
 
 async fn fetch_whole(

@@ -5,6 +5,7 @@
 //! - [`matcher`]: finding a signature's blocks in other data (both the rsync
 //!   and the zsync direction use it).
 //! - [`diff`]: writing deltas; [`patch`]: applying them with limits.
+//! - [`refine`]: multi-round deltas for a base the server never saw.
 //! - [`zpatch`]: exact deltas between two versions one side holds (zstd with
 //!   the old version as reference prefix).
 //! - [`files`]: the same over files, as the `signature`, `delta` and `patch`
@@ -18,6 +19,7 @@ pub mod diff;
 pub mod files;
 pub mod matcher;
 pub mod patch;
+pub mod refine;
 pub mod signature;
 pub mod strong;
 pub mod weak;

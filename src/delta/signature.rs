@@ -65,6 +65,23 @@ impl SignatureOptions {
         }
     }
 
+    /// Options for `blocks` blocks of `block_len` bytes to be looked for in
+    /// about `len` bytes: the strong sum as long as [`SignatureOptions::for_len`]
+    /// would make it for that many blocks. `block_len` must be in librsync's range.
+    pub fn for_blocks(
+        len: u64,
+        block_len: u32,
+        blocks: u64,
+        format: SignatureFormat,
+    ) -> SignatureOptions {
+        let bits = ilog2(len + (1 << 24)) + ilog2(blocks);
+        SignatureOptions {
+            format,
+            block_len,
+            strong_len: (2 + bits.div_ceil(8)).min(format.max_strong_len()),
+        }
+    }
+
     /// Options as given on a command line: any omitted length comes from the
     /// policy, and the result is checked like a signature read from disk.
     pub fn new(
@@ -149,6 +166,36 @@ impl Signature {
         let version = Version(*hasher.finalize().as_bytes());
         (Signature { bytes }, version)
     }
+}
+
+impl Signature {
+    /// The signature of the blocks of `data` that start at `starts`, in that
+    /// order (blocks anywhere, overlapping or not, each a whole block).
+    pub fn of_windows(data: &[u8], starts: &[u64], options: SignatureOptions) -> Signature {
+        let header = options.header();
+        let block_len = options.block_len as usize;
+        let mut bytes =
+            Vec::with_capacity(SIGNATURE_HEADER_LEN + starts.len() * header.record_len());
+        bytes.extend_from_slice(&header.to_bytes());
+        for &start in starts {
+            let block = &data[start as usize..start as usize + block_len];
+            bytes.extend_from_slice(&block_sums(block, options));
+        }
+        Signature { bytes }
+    }
+}
+
+/// The record of one block: weak sum, then the strong sum's prefix.
+pub fn block_sums(block: &[u8], options: SignatureOptions) -> Vec<u8> {
+    let weak = match options.format.weak() {
+        WeakSumKind::Rollsum => Rollsum::of(block).digest(),
+        WeakSumKind::RabinKarp => RabinKarp::of(block).digest(),
+    };
+    let mut out = weak.to_be_bytes().to_vec();
+    out.extend_from_slice(
+        &strong_sum(options.format.strong(), block)[..options.strong_len as usize],
+    );
+    out
 }
 
 /// Appends the records of every block of `chunk` (whole blocks but perhaps the last).

@@ -391,6 +391,7 @@ impl Export {
                 length: c.len,
             }),
             static_export: false,
+            patches: self.versions.is_some(),
         }
     }
 

@@ -10,7 +10,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self};
 use hyper::{Request, Response, StatusCode};
-use intersync_protocol::api::{HEADER_RESULT_SIZE, MEDIA_DELTA, MEDIA_PATCH, MEDIA_SIGNATURE};
+use intersync_protocol::api::{
+    HEADER_RESULT_SIZE, MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, MEDIA_SIGNATURE,
+};
 use intersync_protocol::{TreePath, Version};
 
 use super::export::Export;
@@ -135,6 +137,48 @@ pub async fn delta(
     path: TreePath,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
+    let (sig, zstd_ok) = read_signature(req).await?;
+    let export = export.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let (data, version) = current_content(&export, &path)?;
+        delta_answer(&sig, &data, version, zstd_ok)
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(answer.into_response())
+}
+
+/// `POST /.intersync/refine/PATH` with a coarse signature: the second round
+/// of a multi-round delta (`delta::refine`), the file's current content
+/// tiled into copies and gaps with a fine signature of the gaps; or, when
+/// another round would not pay, a delta against the coarse signature, as
+/// `delta` answers it.
+pub async fn refine(
+    export: &Arc<Export>,
+    path: TreePath,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let (sig, zstd_ok) = read_signature(req).await?;
+    let export = export.clone();
+    let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        let (data, version) = current_content(&export, &path)?;
+        let plan = crate::delta::refine::plan(sig.view(), &data);
+        match plan.answer(&data, &version) {
+            Some(body) => Ok(Answer::Refine {
+                body,
+                version,
+                size: data.len() as u64,
+            }),
+            None => delta_answer(&sig, &data, version, zstd_ok),
+        }
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(answer.into_response())
+}
+
+/// A signature from a request's body, and whether the client takes zstd.
+async fn read_signature(req: Request<Incoming>) -> Result<(Signature, bool), Refusal> {
     let zstd_ok = req
         .headers()
         .get(header::ACCEPT_ENCODING)
@@ -155,53 +199,118 @@ pub async fn delta(
         .to_bytes();
     let sig = Signature::from_bytes(body.to_vec())
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
-    let export = export.clone();
-    let (file, len, version, size, compressed) =
-        tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
-            let mut inner = export.lock();
-            export
-                .current(&mut inner, &path)?
-                .filter(|e| e.version().is_some())
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
-            drop(inner);
-            let file = open_beneath(export.root(), &path)?;
-            let data = MappedFile::map(&file)
-                .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-            let version = Version(*blake3::hash(&data).as_bytes());
-            export.keep_bytes(version, &data);
-            let mut out = tempfile::tempfile()
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let stats = write_delta(sig.view(), &data, std::io::BufWriter::new(&mut out))
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            let internal =
-                |e: std::io::Error| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-            out.seek(SeekFrom::Start(0)).map_err(internal)?;
-            // Literal data compresses when the file does; copies never need to.
-            if zstd_ok && stats.literal_bytes >= MIN_COMPRESSIBLE {
-                let mut packed = tempfile::tempfile().map_err(internal)?;
-                zstd::stream::copy_encode(&mut out, &mut packed, 3).map_err(internal)?;
-                let packed_len = packed.stream_position().map_err(internal)?;
-                if packed_len < stats.delta_bytes * 9 / 10 {
-                    packed.seek(SeekFrom::Start(0)).map_err(internal)?;
-                    return Ok((packed, packed_len, version, data.len() as u64, true));
+    Ok((sig, zstd_ok))
+}
+
+/// The file's current content, mapped, and its version hashed from exactly
+/// those bytes. The client will hold that version: it is kept for patches.
+fn current_content(export: &Export, path: &TreePath) -> Result<(MappedFile, Version), Refusal> {
+    let mut inner = export.lock();
+    export
+        .current(&mut inner, path)?
+        .filter(|e| e.version().is_some())
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
+    drop(inner);
+    let file = open_beneath(export.root(), path)?;
+    let data =
+        MappedFile::map(&file).map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let version = Version(*blake3::hash(&data).as_bytes());
+    export.keep_bytes(version, &data);
+    Ok((data, version))
+}
+
+/// What a delta or refine request is answered with.
+enum Answer {
+    Delta {
+        file: std::fs::File,
+        len: u64,
+        version: Version,
+        size: u64,
+        compressed: bool,
+    },
+    Refine {
+        body: Vec<u8>,
+        version: Version,
+        size: u64,
+    },
+}
+
+impl Answer {
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Answer::Delta {
+                file,
+                len,
+                version,
+                size,
+                compressed,
+            } => {
+                let mut builder = Response::builder();
+                if compressed {
+                    builder = builder.header(header::CONTENT_ENCODING, "zstd");
                 }
-                out.seek(SeekFrom::Start(0)).map_err(internal)?;
+                builder
+                    .header(header::VARY, "accept-encoding")
+                    .header(header::CONTENT_TYPE, MEDIA_DELTA)
+                    .header(header::ETAG, version.etag())
+                    .header(HEADER_RESULT_SIZE, size)
+                    .header(header::CONTENT_LENGTH, len)
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(stream(file, 0, len))
             }
-            Ok((out, stats.delta_bytes, version, data.len() as u64, false))
-        })
-        .await
-        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    let mut builder = Response::builder();
-    if compressed {
-        builder = builder.header(header::CONTENT_ENCODING, "zstd");
+            Answer::Refine {
+                body,
+                version,
+                size,
+            } => Response::builder()
+                .header(header::CONTENT_TYPE, MEDIA_REFINE)
+                .header(header::ETAG, version.etag())
+                .header(HEADER_RESULT_SIZE, size)
+                .header(header::CONTENT_LENGTH, body.len())
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(full(body)),
+        }
+        .expect("valid response")
     }
-    Ok(builder
-        .header(header::VARY, "accept-encoding")
-        .header(header::CONTENT_TYPE, MEDIA_DELTA)
-        .header(header::ETAG, version.etag())
-        .header(HEADER_RESULT_SIZE, size)
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(stream(file, 0, len))
-        .expect("valid response"))
+}
+
+/// A delta from `sig`'s base to `data`, spooled to a temporary file, and
+/// zstd-compressed when the client takes it and that saves 10%.
+fn delta_answer(
+    sig: &Signature,
+    data: &[u8],
+    version: Version,
+    zstd_ok: bool,
+) -> Result<Answer, Refusal> {
+    let internal =
+        |e: std::io::Error| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut out = tempfile::tempfile().map_err(internal)?;
+    let stats =
+        write_delta(sig.view(), data, std::io::BufWriter::new(&mut out)).map_err(internal)?;
+    out.seek(SeekFrom::Start(0)).map_err(internal)?;
+    let size = data.len() as u64;
+    // Literal data compresses when the file does; copies never need to.
+    if zstd_ok && stats.literal_bytes >= MIN_COMPRESSIBLE {
+        let mut packed = tempfile::tempfile().map_err(internal)?;
+        zstd::stream::copy_encode(&mut out, &mut packed, 3).map_err(internal)?;
+        let packed_len = packed.stream_position().map_err(internal)?;
+        if packed_len < stats.delta_bytes * 9 / 10 {
+            packed.seek(SeekFrom::Start(0)).map_err(internal)?;
+            return Ok(Answer::Delta {
+                file: packed,
+                len: packed_len,
+                version,
+                size,
+                compressed: true,
+            });
+        }
+        out.seek(SeekFrom::Start(0)).map_err(internal)?;
+    }
+    Ok(Answer::Delta {
+        file: out,
+        len: stats.delta_bytes,
+        version,
+        size,
+        compressed: false,
+    })
 }

@@ -511,6 +511,10 @@ impl Service {
                     let path = self.visible(tree_path(path)?)?;
                     meta::delta(&self.export, path, req).await
                 }
+                (&Method::POST, ("refine", path)) => {
+                    let path = self.visible(tree_path(path)?)?;
+                    meta::refine(&self.export, path, req).await
+                }
                 (&Method::POST, ("ops", "")) => {
                     self.may_write()?;
                     writes::ops(&self.export, req).await

@@ -252,7 +252,9 @@ fn reads_content(method: &Method, rest: &str) -> bool {
         || rest.starts_with("/.intersync/checkpoints/");
     match *method {
         Method::GET | Method::HEAD => !meta,
-        Method::POST => rest.starts_with("/.intersync/delta/"),
+        Method::POST => {
+            rest.starts_with("/.intersync/delta/") || rest.starts_with("/.intersync/refine/")
+        }
         _ => false,
     }
 }

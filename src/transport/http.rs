@@ -16,10 +16,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use intersync_protocol::api::{
     HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head, MEDIA_DELTA,
+    MEDIA_REFINE,
 };
 use intersync_protocol::{TreePath, Version};
 
-use super::{Expect, FileMeta, Remote, RemoteDelta, Traffic, TransportError, Written};
+use super::{Expect, FileMeta, Refined, Remote, RemoteDelta, Traffic, TransportError, Written};
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -359,6 +360,87 @@ impl HttpRemote {
         Ok(answer)
     }
 
+    /// POSTs a signature to `.intersync/KIND/PATH`, taking zstd.
+    async fn post_signature(
+        &self,
+        kind: &str,
+        path: &TreePath,
+        signature: Vec<u8>,
+        what: &str,
+    ) -> Result<Answer, TransportError> {
+        self.send(
+            Method::POST,
+            &format!(".intersync/{kind}/{}", percent_path(path)),
+            &[
+                ("accept-encoding", "zstd".into()),
+                ("content-type", "application/x-librsync-signature".into()),
+            ],
+            Bytes::from(signature),
+            what,
+        )
+        .await
+    }
+
+    /// A delta answer, written (decompressed) into `out`.
+    async fn read_delta(
+        &self,
+        answer: Answer,
+        out: &mut std::fs::File,
+        what: &str,
+    ) -> Result<RemoteDelta, TransportError> {
+        let version = etag_version(&answer.headers, what)?;
+        let size = result_size(&answer.headers, what)?;
+        let zstd =
+            answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
+        // A delta never needs much more than its result: refuse one that does.
+        let limit = size + size / 8 + 4096;
+        let bad = |e: std::io::Error| TransportError::BadAnswer {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        };
+        let file = LimitedWriter {
+            inner: &mut *out,
+            left: limit,
+            written: 0,
+        };
+        let mut sink: Box<dyn Write + '_> = if zstd {
+            Box::new(zstd::stream::write::Decoder::new(file).map_err(bad)?)
+        } else {
+            Box::new(file)
+        };
+        self.read_body(answer.body, &mut sink, what).await?;
+        sink.flush().map_err(bad)?;
+        drop(sink);
+        let written = out.metadata().map_err(bad)?.len();
+        Ok(RemoteDelta {
+            delta_len: written,
+            version,
+            size,
+        })
+    }
+
+    /// Streams a body into `sink`, counting what arrives.
+    async fn read_body(
+        &self,
+        body: hyper::body::Incoming,
+        sink: &mut impl Write,
+        what: &str,
+    ) -> Result<(), TransportError> {
+        let mut frames = BodyStream::new(body);
+        while let Some(frame) = frames.next().await {
+            let frame = frame.map_err(|e| Self::interrupted(what, e))?;
+            if let Ok(data) = frame.into_data() {
+                sink.write_all(&data)
+                    .map_err(|e| TransportError::BadAnswer {
+                        what: what.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                self.received(data.len() as u64).await;
+            }
+        }
+        Ok(())
+    }
+
     /// A whole resource below the base, read into memory.
     async fn get_all(&self, path: &str, what: &str) -> Result<Bytes, TransportError> {
         let answer = self
@@ -412,6 +494,18 @@ fn push_meta(headers: &mut Vec<(&str, String)>, meta: FileMeta) {
     if let Some(ns) = meta.mtime_ns {
         headers.push((HEADER_MTIME, ns.to_string()));
     }
+}
+
+/// `X-InterSync-Size`: the length of the result a delta or patch gives.
+fn result_size(headers: &HeaderMap, what: &str) -> Result<u64, TransportError> {
+    headers
+        .get(HEADER_RESULT_SIZE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| TransportError::BadAnswer {
+            what: what.to_owned(),
+            reason: "no size".into(),
+        })
 }
 
 fn etag_version(headers: &HeaderMap, what: &str) -> Result<Version, TransportError> {
@@ -584,64 +678,33 @@ impl Remote for HttpRemote {
         out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError> {
         let what = format!("delta of {path}");
+        let answer = self.post_signature("delta", path, signature, &what).await?;
+        self.read_delta(answer, out, &what).await
+    }
+
+    async fn refine(
+        &self,
+        path: &TreePath,
+        signature: Vec<u8>,
+        out: &mut std::fs::File,
+    ) -> Result<Refined, TransportError> {
+        let what = format!("refinement of {path}");
         let answer = self
-            .send(
-                Method::POST,
-                &format!(".intersync/delta/{}", percent_path(path)),
-                &[
-                    ("accept-encoding", "zstd".into()),
-                    ("content-type", "application/x-librsync-signature".into()),
-                ],
-                Bytes::from(signature),
-                &what,
-            )
+            .post_signature("refine", path, signature, &what)
             .await?;
-        let version = etag_version(&answer.headers, &what)?;
-        let size = answer
-            .headers
-            .get(HEADER_RESULT_SIZE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| TransportError::BadAnswer {
-                what: what.clone(),
-                reason: "no size".into(),
-            })?;
-        let zstd =
-            answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
-        // A delta never needs much more than its result: refuse one that does.
-        let limit = size + size / 8 + 4096;
-        let bad = |e: std::io::Error| TransportError::BadAnswer {
-            what: what.clone(),
-            reason: e.to_string(),
+        if answer.headers.get(header::CONTENT_TYPE) != Some(&HeaderValue::from_static(MEDIA_REFINE))
+        {
+            return Ok(Refined::Delta(self.read_delta(answer, out, &what).await?));
+        }
+        let size = result_size(&answer.headers, &what)?;
+        // Copies, gaps and a fine signature of at most half the file.
+        let mut file = LimitedWriter {
+            inner: &mut *out,
+            left: size / 2 + (1 << 20),
+            written: 0,
         };
-        let written = {
-            let file = LimitedWriter {
-                inner: &mut *out,
-                left: limit,
-                written: 0,
-            };
-            let mut sink: Box<dyn Write + '_> = if zstd {
-                Box::new(zstd::stream::write::Decoder::new(file).map_err(bad)?)
-            } else {
-                Box::new(file)
-            };
-            let mut frames = BodyStream::new(answer.body);
-            while let Some(frame) = frames.next().await {
-                let frame = frame.map_err(|e| Self::interrupted(&what, e))?;
-                if let Ok(data) = frame.into_data() {
-                    sink.write_all(&data).map_err(bad)?;
-                    self.received(data.len() as u64).await;
-                }
-            }
-            sink.flush().map_err(bad)?;
-            drop(sink);
-            out.metadata().map_err(bad)?.len()
-        };
-        Ok(RemoteDelta {
-            delta_len: written,
-            version,
-            size,
-        })
+        self.read_body(answer.body, &mut file, &what).await?;
+        Ok(Refined::Answer { len: file.written })
     }
 
     async fn patch(
@@ -666,33 +729,14 @@ impl Remote for HttpRemote {
             Err(TransportError::Refused { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let size = answer
-            .headers
-            .get(HEADER_RESULT_SIZE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| TransportError::BadAnswer {
-                what: what.clone(),
-                reason: "no size".into(),
-            })?;
+        let size = result_size(&answer.headers, &what)?;
         // A patch never needs much more than its result: refuse one that does.
         let mut file = LimitedWriter {
             inner: &mut *out,
             left: size + size / 8 + 4096,
             written: 0,
         };
-        let mut frames = BodyStream::new(answer.body);
-        while let Some(frame) = frames.next().await {
-            let frame = frame.map_err(|e| Self::interrupted(&what, e))?;
-            if let Ok(data) = frame.into_data() {
-                file.write_all(&data)
-                    .map_err(|e| TransportError::BadAnswer {
-                        what: what.clone(),
-                        reason: e.to_string(),
-                    })?;
-                self.received(data.len() as u64).await;
-            }
-        }
+        self.read_body(answer.body, &mut file, &what).await?;
         Ok(Some(size))
     }
 

@@ -64,6 +64,14 @@ pub struct RemoteDelta {
     pub size: u64,
 }
 
+/// What a refine request brought.
+pub enum Refined {
+    /// The server answered a delta against the coarse signature.
+    Delta(RemoteDelta),
+    /// A refine answer of `len` bytes.
+    Answer { len: u64 },
+}
+
 /// A write the server acknowledged.
 #[derive(Debug, Clone, Copy)]
 pub struct Written {
@@ -127,6 +135,15 @@ pub trait Remote {
         signature: Vec<u8>,
         out: &mut std::fs::File,
     ) -> Result<RemoteDelta, TransportError>;
+    /// The second round of a multi-round delta (`delta::refine`): the
+    /// answer to a coarse `signature`, written into `out` as it came, or a
+    /// delta (decompressed) when the server found refining not worth it.
+    async fn refine(
+        &self,
+        path: &TreePath,
+        signature: Vec<u8>,
+        out: &mut std::fs::File,
+    ) -> Result<Refined, TransportError>;
     /// The patch from version `from` (held here) to version `to`, written
     /// as it came into `out`; the length of the result it gives. `None`
     /// when the server has no patch between them (it no longer holds
