@@ -15,6 +15,8 @@
 //! - [`transfer`]: an rsync command line carried out with rsync's semantics.
 //! - [`transport`]: where a client's bytes come from: one trait, the smart HTTP server first.
 //! - [`tree`]: the state of a tree as the KML describes it, and scanning folders for changes.
+//! - [`versions`]: recent versions kept by content, for exact patches from
+//!   them (the server's of what clients hold, a client's of what it synced).
 //! - [`monitor`]: progress counters the library advances and front ends read.
 //! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
@@ -44,3 +46,4 @@ pub mod transfer;
 #[cfg(feature = "net")]
 pub mod transport;
 pub mod tree;
+pub mod versions;

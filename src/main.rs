@@ -483,7 +483,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 )),
                 None => None,
             },
-            versions: (args.version_budget > 0).then_some(server::versions::Budget {
+            versions: (args.version_budget > 0).then_some(intersync::versions::Budget {
                 bytes: args.version_budget,
                 max_age: std::time::Duration::from_secs(args.version_max_age),
             }),

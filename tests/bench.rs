@@ -85,7 +85,10 @@ fn every_tool_on_every_scenario_at_small_scale() {
     let s1 = figure(&figures, "S1", Tool::Smart);
     assert!(s1.total_bytes() < s1.changed_bytes * 3 / 2, "{s1:?}");
     for other in [Tool::SmartUnknownBase, Tool::Zsync, Tool::Rsync] {
-        assert!(s1.total_bytes() < figure(&figures, "S1", other).total_bytes(), "{s1:?}");
+        assert!(
+            s1.total_bytes() < figure(&figures, "S1", other).total_bytes(),
+            "{s1:?}"
+        );
     }
     let s5 = figure(&figures, "S5", Tool::Smart);
     let s5_rsync_z = figure(&figures, "S5", Tool::RsyncZ);

@@ -17,12 +17,12 @@ use rand::RngCore;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use super::versions::{Budget, VersionStore};
 use crate::delta::{MappedFile, Signature, SignatureOptions, zpatch};
 use crate::install::PendingFile;
 use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
 use crate::tree::{Entry, TreeState};
+use crate::versions::{Budget, VersionStore};
 use intersync_protocol::signature::SignatureFormat;
 
 #[derive(Debug, Error)]
@@ -53,7 +53,7 @@ pub struct Export {
     /// An rsync module's `incoming chmod`, applied to modes clients write.
     incoming_chmod: Option<intersync_compat::chmod::Chmod>,
     /// Versions clients hold, kept for exact patches from them.
-    versions: Option<super::versions::VersionStore>,
+    versions: Option<VersionStore>,
 }
 
 pub struct Inner {

@@ -10,7 +10,6 @@ pub mod export;
 mod files;
 mod meta;
 pub mod modules;
-pub mod versions;
 mod watch;
 mod writes;
 
@@ -293,7 +292,7 @@ pub struct ServeOptions {
     pub access_log: Option<Arc<AccessLog>>,
     /// Keep the versions clients hold, within this budget, to answer exact
     /// patches from them (`None`: no store, no patches).
-    pub versions: Option<versions::Budget>,
+    pub versions: Option<crate::versions::Budget>,
 }
 
 /// One line a request: `TIME PEER METHOD PATH STATUS BYTES`, with the time

@@ -1,13 +1,13 @@
-//! The version store: recent contents of the export's files, kept by
-//! version under `.intersync/versions/`, so that the server can answer a
-//! client that names the version it holds with an exact patch from it
-//! (`delta::zpatch`), and the patches made, so that each pair is made once.
+//! The version store: recent contents of files, kept by version under
+//! `.intersync/versions/`, for exact patches from them (`delta::zpatch`),
+//! and the patches made, so that each pair is made once.
 //!
-//! What goes in: every version the server hands to a client (a whole file,
-//! a delta's result, a patch's result) and every version a client writes,
+//! A server keeps every version it hands to a client (a whole file, a
+//! delta's result, a patch's result) and every version a client writes,
 //! stored as it is served, so that when the file changes later its old
-//! content is still here. A version larger than the byte budget on its own
-//! is never stored.
+//! content is still here to patch from. A working copy keeps the versions
+//! it synced, so that it can push its own edits as patches. A version
+//! larger than the byte budget on its own is never stored.
 //!
 //! Policy: every use (store or read) renews an entry's time. What has not
 //! been used for `max_age` goes first, then the least recently used until
