@@ -156,22 +156,33 @@ struct Serve {
 }
 
 impl Serve {
+    /// Starts the server; a port another process took meanwhile (the port
+    /// was free when picked, and is reused across a restart) is tried again.
     fn start(options: &Options, root: &Path, port: u16) -> Outcome<Serve> {
-        let mut child = io(Command::new(&options.intersync)
-            .arg("serve")
-            .arg(root)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-watch"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn())?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        io(std::io::BufReader::new(stdout).read_line(&mut line))?;
-        if !line.contains("serving") {
+        let errors = root.with_extension("serve.err");
+        for _ in 0..20 {
+            let mut child = io(Command::new(&options.intersync)
+                .arg("serve")
+                .arg(root)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--no-watch"])
+                .stdout(Stdio::piped())
+                .stderr(io(std::fs::File::create(&errors))?)
+                .spawn())?;
+            let mut line = String::new();
+            let stdout = child.stdout.take().expect("piped");
+            io(std::io::BufReader::new(stdout).read_line(&mut line))?;
+            if line.contains("serving") {
+                return Ok(Serve { child });
+            }
             let _ = child.kill();
-            return Err(format!("intersync serve did not start: {line:?}"));
+            let _ = child.wait();
+            let said = std::fs::read_to_string(&errors).unwrap_or_default();
+            if !said.contains("in use") {
+                return Err(format!("intersync serve did not start: {line:?} {said}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
         }
-        Ok(Serve { child })
+        Err(format!("port {port} stayed in use"))
     }
 
     fn stats(&self) -> Option<(f64, u64)> {
