@@ -73,8 +73,30 @@ impl VersionStore {
             budget,
             total: AtomicU64::new(0),
         };
+        store.sweep_temporaries();
         store.evict()?;
         Ok(store)
+    }
+
+    /// Removes what a put cut short by a crash left: temporary files an
+    /// hour old (a put in progress is younger).
+    fn sweep_temporaries(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let temporary = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(".tmp"));
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+            if temporary && old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn budget(&self) -> Budget {
@@ -421,6 +443,17 @@ mod tests {
         assert!(put(&s, &[1u8; 1500]));
         assert!(s.size().unwrap() <= 2000);
         assert!(s.patch(&from, &to).unwrap().is_none());
+    }
+
+    #[test]
+    fn temporaries_a_crash_left_are_swept_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join(".tmpOLD"), dir.path().join(".tmpNEW"));
+        fs::write(&old, b"cut short").unwrap();
+        fs::write(&new, b"in progress").unwrap();
+        age_path(&old, 7200);
+        store(dir.path(), 1 << 20);
+        assert!(!old.exists() && new.exists());
     }
 
     fn age_path(path: &Path, secs: u64) {
