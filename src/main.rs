@@ -248,6 +248,12 @@ struct SyncArgs {
     /// versions), so that what one client fetched serves the others.
     #[arg(long)]
     via_cache: bool,
+    /// Bytes of synced versions (of files of 64 KiB and more) to keep under
+    /// DIR/.intersync/versions/, so that edits made here are pushed as exact
+    /// patches from them; 0 keeps none (edits go as deltas against the
+    /// server's signature).
+    #[arg(long, default_value_t = 1 << 30)]
+    version_budget: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -536,6 +542,10 @@ fn open_sync(
         push: !args.pull_only,
         cacheable_reads: args.via_cache,
         lazy: false,
+        keep_versions: (args.version_budget > 0).then(|| intersync::versions::Budget {
+            bytes: args.version_budget,
+            ..Default::default()
+        }),
     };
     Ok((remote, wc, options))
 }

@@ -297,3 +297,75 @@ fn a_base_the_server_never_saw_is_refined_in_rounds() {
     let bad = http("POST", &refine, &[], b"not a signature".to_vec(), None);
     assert_eq!(bad.status, 400, "{}", bad.text());
 }
+
+#[test]
+fn local_edits_are_pushed_as_exact_patches_from_the_version_kept() {
+    let export = Dir::new();
+    fs::write(export.path("big.bin"), random_bytes(46, 8 << 20)).unwrap();
+    fs::write(export.path("small.txt"), b"too small to keep\n").unwrap();
+    let site = Site::start(&export.path(""), &[]);
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    sync_ok(&site.url(), &wc);
+    let kept = |dir: &Path| {
+        fs::read_dir(dir.join(".intersync/versions"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        kept(&wc),
+        1,
+        "big.bin's version is kept, small.txt's is not"
+    );
+
+    // 20 edits of 100 bytes: the signature path would fetch the server's
+    // 90 KB signature and send a block an edit.
+    scatter_edits(&wc.join("big.bin"), 20, 100, 11);
+    let (out, moved) = sync_stats(&site.url(), &wc);
+    assert!(out.contains(">  big.bin  updated by patch"), "{out}");
+    assert!(
+        moved < 12_000,
+        "{moved} bytes for 2,000 bytes of edits\n{out}"
+    );
+    assert_eq!(
+        fs::read(export.path("big.bin")).unwrap(),
+        fs::read(wc.join("big.bin")).unwrap()
+    );
+    // The version pushed is the next base: a second edit is a patch too.
+    scatter_edits(&wc.join("big.bin"), 3, 100, 12);
+    let (out, _) = sync_stats(&site.url(), &wc);
+    assert!(out.contains(">  big.bin  updated by patch"), "{out}");
+
+    // Without a kept base, the signature path still works.
+    let other = clients.path("other");
+    let (first, _, _) = sync(&site.url(), &other, &["--version-budget", "0"]);
+    assert!(first.status.success());
+    assert_eq!(kept(&other), 0);
+    scatter_edits(&other.join("big.bin"), 3, 100, 13);
+    let (out, _, _) = sync(&site.url(), &other, &["-v", "--version-budget", "0"]);
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains(">  big.bin  updated by delta"), "{out}");
+    assert_eq!(
+        fs::read(export.path("big.bin")).unwrap(),
+        fs::read(other.join("big.bin")).unwrap()
+    );
+
+    // A malformed patch is refused and nothing is written.
+    let before = fs::read(export.path("big.bin")).unwrap();
+    let base = version_of(&export.path("big.bin"));
+    let etag = format!("\"b3-{base}\"");
+    let bad = http(
+        "PUT",
+        &site.server.as_ref().unwrap().url("big.bin"),
+        &[
+            ("content-type", "application/x-intersync-patch"),
+            ("if-match", &etag),
+            ("x-intersync-version", &"1".repeat(64)),
+            ("x-intersync-size", "8388608"),
+        ],
+        b"\x28\xb5\x2f\xfd not a frame".to_vec(),
+        None,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(fs::read(export.path("big.bin")).unwrap(), before);
+}

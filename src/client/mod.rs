@@ -51,6 +51,10 @@ pub struct SyncOptions {
     /// be fetched when first opened (a mounted working copy). Without it,
     /// placeholders left by a mount are fetched.
     pub lazy: bool,
+    /// Keep the versions synced of files of at least 64 KiB under
+    /// `.intersync/versions/`, within this budget, so that edits made here
+    /// are pushed as exact patches from them (`None`: keep none).
+    pub keep_versions: Option<crate::versions::Budget>,
 }
 
 impl Default for SyncOptions {
@@ -60,6 +64,7 @@ impl Default for SyncOptions {
             push: true,
             cacheable_reads: false,
             lazy: false,
+            keep_versions: Some(Default::default()),
         }
     }
 }

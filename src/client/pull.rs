@@ -524,6 +524,14 @@ async fn fetch(
     if let (Some(p), Ok(_)) = (progress, &got) {
         p.file_done();
     }
+    if let Ok(version) = &got
+        && wc.versions().is_some()
+        && want.size >= super::working_copy::MIN_KEPT_LEN
+        && let Ok(data) = MappedFile::open(&want.path.under(wc.root()))
+    {
+        // The base of the next local edit: pushed as a patch from it.
+        wc.keep(*version, &data);
+    }
     got
 }
 

@@ -10,8 +10,9 @@ use intersync_protocol::{TreePath, Version};
 use serde_json::json;
 
 use super::{Change, SyncError, SyncReport, WorkingCopy};
+use crate::delta::zpatch;
 use crate::delta::{MappedFile, Signature, write_delta};
-use crate::transport::{Expect, FileMeta, Remote, TransportError};
+use crate::transport::{DeltaFormat, Expect, FileMeta, Remote, TransportError};
 use crate::tree::{EntryKind, TreeState};
 
 /// Pushes local changes; returns whether anything reached the server.
@@ -43,6 +44,7 @@ pub async fn push(
                 flush(remote, &mut batch, report, &mut pushed).await?;
                 put_file(
                     remote,
+                    wc,
                     &root,
                     &base,
                     &local,
@@ -59,6 +61,7 @@ pub async fn push(
                     i >= 2 && matches!(&ops[i - 2], Op::Create { path: p, .. } if p == path);
                 put_file(
                     remote,
+                    wc,
                     &root,
                     &base,
                     &local,
@@ -166,6 +169,7 @@ async fn flush(
 #[allow(clippy::too_many_arguments)]
 async fn put_file(
     remote: &impl Remote,
+    wc: &WorkingCopy,
     root: &std::path::Path,
     base: &TreeState,
     local: &TreeState,
@@ -201,7 +205,12 @@ async fn put_file(
     } else {
         base.get(path).and_then(|e| e.version())
     };
+    let patched = match base_version {
+        Some(base) => put_patch(remote, wc, path, &data, base, (version, size), meta).await,
+        None => None,
+    };
     let result = match base_version {
+        _ if patched.is_some() => patched.expect("checked"),
         Some(base_version) => {
             let delta = match remote.signature(base_version).await {
                 Ok(sig) => Signature::from_bytes(sig.to_vec()).ok().map(|sig| {
@@ -216,7 +225,14 @@ async fn put_file(
             match delta {
                 Some((delta, stats)) if (delta.len() as u64) < size => {
                     let r = remote
-                        .put_delta(path, delta, base_version, (version, size), meta)
+                        .put_delta(
+                            path,
+                            delta,
+                            DeltaFormat::Librsync,
+                            base_version,
+                            (version, size),
+                            meta,
+                        )
                         .await;
                     if r.is_ok() {
                         report.literal_bytes += stats.literal_bytes;
@@ -254,6 +270,7 @@ async fn put_file(
     match result {
         Ok(what) => {
             *pushed = true;
+            wc.keep(version, &data);
             report.pushed.push(Change {
                 path: path.clone(),
                 what: what.into(),
@@ -270,5 +287,36 @@ async fn put_file(
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes the file as an exact patch from `base`, if this copy kept that
+/// version and the patch is smaller than the file; `None` leaves it to the
+/// signature path (also when the server does not take patches).
+async fn put_patch(
+    remote: &impl Remote,
+    wc: &WorkingCopy,
+    path: &TreePath,
+    data: &[u8],
+    base: Version,
+    (version, size): (Version, u64),
+    meta: FileMeta,
+) -> Option<Result<&'static str, TransportError>> {
+    let old = wc.versions()?.get(&base).ok()??;
+    let patch = zpatch::encode(&old, data, Vec::new()).ok()?;
+    if patch.len() as u64 >= size {
+        return None;
+    }
+    let r = remote
+        .put_delta(path, patch, DeltaFormat::Patch, base, (version, size), meta)
+        .await;
+    match r {
+        Ok(_) => Some(Ok("updated by patch")),
+        // A server that does not know patches (415, or 400 from one that
+        // took it for something else): the signature path, then.
+        Err(TransportError::Refused {
+            status: 400 | 415, ..
+        }) => None,
+        Err(e) => Some(Err(e)),
     }
 }

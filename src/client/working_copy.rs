@@ -8,9 +8,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use intersync_protocol::TreePath;
 use intersync_protocol::kml::NodeId;
 use intersync_protocol::path::STATE_DIR;
+use intersync_protocol::{TreePath, Version};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -20,6 +20,7 @@ use crate::install::PendingFile;
 use crate::transport::Remote;
 use crate::tree::Entry;
 use crate::tree::scan::{self, CachedStat, Index};
+use crate::versions::{Budget, VersionStore};
 
 #[derive(Debug, Error)]
 pub enum WorkingCopyError {
@@ -201,7 +202,13 @@ pub struct WorkingCopy {
     state_dir: PathBuf,
     pub saved: Saved,
     placeholders: Arc<Placeholders>,
+    /// The versions synced, to push edits as patches from.
+    versions: Option<VersionStore>,
 }
+
+/// Smaller files are not kept: pushing them whole or by a delta costs
+/// little, and a clone of many small files would write each twice.
+pub const MIN_KEPT_LEN: u64 = 64 << 10;
 
 impl WorkingCopy {
     /// Opens the working copy in `dir`, creating it (and `dir`) on first use.
@@ -231,6 +238,7 @@ impl WorkingCopy {
                 ..Saved::default()
             },
             placeholders: Arc::default(),
+            versions: None,
         };
         wc.save()?;
         Ok(wc)
@@ -259,7 +267,35 @@ impl WorkingCopy {
             state_dir,
             saved,
             placeholders: Arc::new(placeholders),
+            versions: None,
         })
+    }
+
+    /// Keeps the versions synced within `budget` from now on (`None`: not).
+    pub fn keep_versions(&mut self, budget: Option<Budget>) {
+        let dir = self.state_dir.join("versions");
+        self.versions = budget.and_then(|b| {
+            VersionStore::open(&dir, b)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "no version store; edits are pushed as deltas"),
+                )
+                .ok()
+        });
+    }
+
+    pub fn versions(&self) -> Option<&VersionStore> {
+        self.versions.as_ref()
+    }
+
+    /// Keeps `data` as `version` (checked), if it is large enough to be
+    /// worth it and there is a store.
+    pub fn keep(&self, version: Version, data: &[u8]) {
+        if let Some(store) = &self.versions
+            && data.len() as u64 >= MIN_KEPT_LEN
+            && let Err(e) = store.put(version, &mut &data[..], data.len() as u64)
+        {
+            tracing::warn!(error = %e, %version, "could not keep a version");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -318,6 +354,9 @@ impl WorkingCopy {
         options: SyncOptions,
     ) -> Result<SyncReport, SyncError> {
         let mut report = SyncReport::default();
+        if self.versions.is_none() {
+            self.keep_versions(options.keep_versions);
+        }
         if options.pull {
             pull::pull(self, remote, options, &mut report).await?;
             self.save()?;

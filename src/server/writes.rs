@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
-    HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA,
+    HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA, MEDIA_PATCH,
 };
 use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
@@ -125,8 +125,16 @@ pub async fn put(
         .transpose()?;
     // A module's `incoming chmod` applies to what clients write.
     let mode = export.incoming_mode(mode, false);
-    let is_delta =
-        header_str(&req, header::CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with(MEDIA_DELTA));
+    let format = header_str(&req, header::CONTENT_TYPE.as_str()).and_then(|t| {
+        if t.starts_with(MEDIA_DELTA) {
+            Some(DeltaFormat::Librsync)
+        } else if t.starts_with(MEDIA_PATCH) {
+            Some(DeltaFormat::Patch)
+        } else {
+            None
+        }
+    });
+    let is_delta = format.is_some();
     let expected = header_str(&req, HEADER_RESULT_VERSION)
         .map(|v| {
             v.parse::<Version>().map_err(|e| {
@@ -183,7 +191,8 @@ pub async fn put(
         let limit = expected_size.expect("checked above");
         tokio::task::spawn_blocking(move || {
             let delta = MappedFile::map(&spool).map_err(internal)?;
-            apply_delta(&export, &base_path, &delta, pending, limit)
+            let format = format.expect("checked above");
+            apply_delta(&export, &base_path, &delta, format, pending, limit)
         })
         .await
         .map_err(internal)??
@@ -310,10 +319,18 @@ async fn receive_whole(
     Ok((pending, Version(*hasher.finalize().as_bytes()), size))
 }
 
+/// How a delta write's body gives the result from the current file.
+#[derive(Clone, Copy)]
+enum DeltaFormat {
+    Librsync,
+    Patch,
+}
+
 fn apply_delta(
     export: &Export,
     path: &TreePath,
     delta: &[u8],
+    format: DeltaFormat,
     mut pending: PendingFile,
     limit: u64,
 ) -> Result<(PendingFile, Version, u64), Refusal> {
@@ -324,10 +341,21 @@ fn apply_delta(
         hasher: blake3::Hasher::new(),
         size: 0,
     };
-    delta::apply(&base, delta, &mut hashing, limit).map_err(|e| match e.kind() {
-        delta::ErrorKind::Corrupt => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
-        _ => internal(e),
-    })?;
+    match format {
+        DeltaFormat::Librsync => {
+            delta::apply(&base, delta, &mut hashing, limit).map_err(|e| match e.kind() {
+                delta::ErrorKind::Corrupt => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+                _ => internal(e),
+            })?;
+        }
+        // A patch gives exactly the size announced, or it is refused.
+        DeltaFormat::Patch => {
+            delta::zpatch::decode(&base, delta, &mut hashing, limit).map_err(|e| match e {
+                delta::zpatch::PatchError::Write(e) => internal(e),
+                e => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+            })?;
+        }
+    }
     let (version, size) = (Version(*hashing.hasher.finalize().as_bytes()), hashing.size);
     Ok((pending, version, size))
 }

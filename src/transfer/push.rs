@@ -21,7 +21,7 @@ use serde_json::json;
 use super::flist::{Entry, FileList, Kind, NoFiles};
 use super::{Event, Export, Outcome, count, same_mtime};
 use crate::delta::{MappedFile, Signature, write_delta};
-use crate::transport::{Expect, FileMeta, Remote, TransportError};
+use crate::transport::{DeltaFormat, Expect, FileMeta, Remote, TransportError};
 use crate::tree::{EntryKind, TreeState};
 
 struct Pusher<'a> {
@@ -409,7 +409,14 @@ impl Pusher<'_> {
             };
             match delta {
                 Some((delta, stats)) if (delta.len() as u64) < e.size => remote
-                    .put_delta(path, delta, base, (version, e.size), meta)
+                    .put_delta(
+                        path,
+                        delta,
+                        DeltaFormat::Librsync,
+                        base,
+                        (version, e.size),
+                        meta,
+                    )
                     .await
                     .map(|_| (stats.literal_bytes, stats.matched_bytes)),
                 _ => remote

@@ -16,11 +16,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use intersync_protocol::api::{
     HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head, MEDIA_DELTA,
-    MEDIA_REFINE,
+    MEDIA_PATCH, MEDIA_REFINE,
 };
 use intersync_protocol::{TreePath, Version};
 
-use super::{Expect, FileMeta, Refined, Remote, RemoteDelta, Traffic, TransportError, Written};
+use super::{
+    DeltaFormat, Expect, FileMeta, Refined, Remote, RemoteDelta, Traffic, TransportError, Written,
+};
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -874,13 +876,18 @@ impl Remote for HttpRemote {
         &self,
         path: &TreePath,
         delta: Vec<u8>,
+        format: DeltaFormat,
         base: Version,
         (result, size): (Version, u64),
         meta: FileMeta,
     ) -> Result<Written, TransportError> {
         let what = path.to_string();
+        let media = match format {
+            DeltaFormat::Librsync => MEDIA_DELTA,
+            DeltaFormat::Patch => MEDIA_PATCH,
+        };
         let mut headers = vec![
-            ("content-type", MEDIA_DELTA.to_string()),
+            ("content-type", media.to_string()),
             ("if-match", base.etag()),
             (HEADER_RESULT_VERSION, result.to_string()),
             (HEADER_RESULT_SIZE, size.to_string()),

@@ -64,6 +64,15 @@ pub struct RemoteDelta {
     pub size: u64,
 }
 
+/// How a write's body gives the result from its base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaFormat {
+    /// A librsync delta against the server's signature of the base.
+    Librsync,
+    /// A zstd patch from the base's content (`delta::zpatch`).
+    Patch,
+}
+
 /// What a refine request brought.
 pub enum Refined {
     /// The server answered a delta against the coarse signature.
@@ -182,10 +191,13 @@ pub trait Remote {
         result: Version,
         meta: FileMeta,
     ) -> Result<Written, TransportError>;
+    /// Writes the file as `delta` (in `format`) against `base`, which the
+    /// server's copy must still be.
     async fn put_delta(
         &self,
         path: &TreePath,
         delta: Vec<u8>,
+        format: DeltaFormat,
         base: Version,
         result: (Version, u64),
         meta: FileMeta,
