@@ -274,15 +274,19 @@ mod tests {
         assert_eq!(window_count(&segs, 1000), 5);
     }
 
+    /// 4096 bytes from offset 50 of the base, then 3000 new: three fine
+    /// blocks of 1024.
+    const COPY_THEN_GAP: [Segment; 2] = [
+        Segment::Copy {
+            base_offset: 50,
+            len: 4096,
+        },
+        Segment::Gap { len: 3000 },
+    ];
+
     #[test]
     fn a_good_answer_parses() {
-        let segs = [
-            Segment::Copy {
-                base_offset: 50,
-                len: 4096,
-            },
-            Segment::Gap { len: 3000 },
-        ];
+        let segs = COPY_THEN_GAP;
         let bytes = answer(&segs, 1024, 3);
         let a = RefineAnswer::parse(&bytes, 5000).unwrap();
         assert_eq!(a.size, 7096);
@@ -292,13 +296,7 @@ mod tests {
 
     #[test]
     fn bad_answers_are_typed_errors() {
-        let segs = [
-            Segment::Copy {
-                base_offset: 50,
-                len: 4096,
-            },
-            Segment::Gap { len: 3000 },
-        ];
+        let segs = COPY_THEN_GAP;
         let good = answer(&segs, 1024, 3);
         // The copy runs past a shorter base.
         assert!(matches!(

@@ -917,12 +917,9 @@ async fn fetch_delta(
     dest: &std::path::Path,
     want: &Wanted<'_>,
 ) -> Result<(Version, delta::DeltaStats), SyncError> {
-    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
-    let file = File::open(dest).map_err(local)?;
-    let base = MappedFile::map(&file).map_err(local)?;
-    let options = SignatureOptions::for_len(base.len() as u64, SignatureFormat::Md4Rollsum);
-    let (sig, _) = Signature::calculate(&base, options);
-    let mut spool = spool_beside(dest)?;
+    let (base, sig, mut spool) = signed_base(dest, |len| {
+        SignatureOptions::for_len(len, SignatureFormat::Md4Rollsum)
+    })?;
     let answer = remote
         .delta(want.path, sig.into_bytes(), &mut spool)
         .await?;
@@ -943,11 +940,7 @@ async fn fetch_refined(
 ) -> Result<(Version, delta::DeltaStats), SyncError> {
     use intersync_protocol::refine::RefineAnswer;
     let local = |e: std::io::Error| SyncError::local(dest.display(), e);
-    let file = File::open(dest).map_err(local)?;
-    let base = MappedFile::map(&file).map_err(local)?;
-    let options = delta::refine::coarse_options(base.len() as u64);
-    let (sig, _) = Signature::calculate(&base, options);
-    let mut spool = spool_beside(dest)?;
+    let (base, sig, mut spool) = signed_base(dest, delta::refine::coarse_options)?;
     let answer = match remote
         .refine(want.path, sig.into_bytes(), &mut spool)
         .await?
@@ -974,10 +967,20 @@ async fn fetch_refined(
     Ok((got, stats))
 }
 
-/// A temporary file in `dest`'s folder, for an answer to land in.
-fn spool_beside(dest: &std::path::Path) -> Result<File, SyncError> {
-    tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new(".")))
-        .map_err(|e| SyncError::local(dest.display(), e))
+/// The local copy at `dest` mapped, its signature with the options
+/// `options` gives for its length, and a temporary file in its folder for
+/// the answer to land in.
+fn signed_base(
+    dest: &std::path::Path,
+    options: impl FnOnce(u64) -> SignatureOptions,
+) -> Result<(MappedFile, Signature, File), SyncError> {
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let file = File::open(dest).map_err(local)?;
+    let base = MappedFile::map(&file).map_err(local)?;
+    let (sig, _) = Signature::calculate(&base, options(base.len() as u64));
+    let spool =
+        tempfile::tempfile_in(dest.parent().unwrap_or(std::path::Path::new("."))).map_err(local)?;
+    Ok((base, sig, spool))
 }
 
 /// Applies the delta spooled in `spool` to `base` and installs the result

@@ -137,15 +137,7 @@ pub async fn delta(
     path: TreePath,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
-    let (sig, zstd_ok) = read_signature(req).await?;
-    let export = export.clone();
-    let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
-        let (data, version) = current_content(&export, &path)?;
-        delta_answer(&sig, &data, version, zstd_ok)
-    })
-    .await
-    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(answer.into_response())
+    answer_signature(export, path, req, false).await
 }
 
 /// `POST /.intersync/refine/PATH` with a coarse signature: the second round
@@ -158,19 +150,30 @@ pub async fn refine(
     path: TreePath,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
+    answer_signature(export, path, req, true).await
+}
+
+async fn answer_signature(
+    export: &Arc<Export>,
+    path: TreePath,
+    req: Request<Incoming>,
+    refine: bool,
+) -> Result<Response<Body>, Refusal> {
     let (sig, zstd_ok) = read_signature(req).await?;
     let export = export.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
         let (data, version) = current_content(&export, &path)?;
-        let plan = crate::delta::refine::plan(sig.view(), &data);
-        match plan.answer(&data, &version) {
-            Some(body) => Ok(Answer::Refine {
-                body,
-                version,
-                size: data.len() as u64,
-            }),
-            None => delta_answer(&sig, &data, version, zstd_ok),
+        if refine {
+            let plan = crate::delta::refine::plan(sig.view(), &data);
+            if let Some(body) = plan.answer(&data, &version) {
+                return Ok(Answer::Refine {
+                    body,
+                    version,
+                    size: data.len() as u64,
+                });
+            }
         }
+        delta_answer(&sig, &data, version, zstd_ok)
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
