@@ -44,9 +44,19 @@ pub struct Head {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub static_export: bool,
     /// The server keeps the versions its clients hold and answers patches
-    /// from them (`/.intersync/patch/FROM/TO`); without it, clients do not ask.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// from them (`/.intersync/patch/FROM/TO`). Written only when false
+    /// (`"patches": false`), so that the head most servers send, and every
+    /// client reads on every sync, carries nothing more for it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub patches: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
