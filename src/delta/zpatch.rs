@@ -79,6 +79,12 @@ pub fn encode<W: Write>(old: &[u8], new: &[u8], out: W) -> Result<W, PatchError>
     enc.finish().map_err(PatchError::Write)
 }
 
+/// The size of the result a patch gives, read from the start of its frame
+/// (at most 18 bytes are needed); `None` if the header does not say.
+pub fn result_len(head: &[u8]) -> Option<u64> {
+    zstd::zstd_safe::get_frame_content_size(head).ok().flatten()
+}
+
 /// Applies `patch` to `old`, writing exactly `size` bytes to `out`.
 ///
 /// # Security
@@ -160,6 +166,7 @@ mod tests {
     fn round_trip_is_small_for_small_edits() {
         let (old, new) = edited(4 << 20);
         let patch = encode(&old, &new, Vec::new()).unwrap();
+        assert_eq!(result_len(&patch[..18]), Some(new.len() as u64));
         // Eight one-byte edits and a tail in 4 MiB: block headers and a few
         // bytes an edit, where one rsync block an edit would be 16 KiB.
         assert!(patch.len() < 2000, "patch of {} bytes", patch.len());

@@ -177,9 +177,10 @@ impl Export {
     }
 
     /// The patch from `from` to `to` (made once, then kept): its file and
-    /// length, and the length of `to`. `None` when there is no store, `from`
-    /// is not in it, no file has `to` now, or the pair is too large for a
-    /// patch window: the client takes the signature path then.
+    /// length, and the length of `to`. `None` when there is no store, the
+    /// patch was not made and `from` is not kept or no file has `to` now, or
+    /// the pair is too large for a patch window: the client takes the
+    /// signature path then.
     pub fn patch(&self, from: Version, to: Version) -> Result<Option<Patch>, ExportError> {
         let Some(store) = &self.versions else {
             return Ok(None);
@@ -188,17 +189,22 @@ impl Export {
             path: self.state_dir.join("versions"),
             source: e,
         };
+        // A kept patch was made from both versions, checked: serve it as is.
+        if let Some((file, len)) = store.patch(&from, &to).map_err(store_err)? {
+            let mut head = [0u8; 18];
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).unwrap_or(0);
+            if let Some(result_len) = zpatch::result_len(&head[..n]) {
+                return Ok(Some(Patch {
+                    file,
+                    len,
+                    result_len,
+                }));
+            }
+        }
         let Some(new) = self.current_content(to)? else {
             return Ok(None);
         };
         let new_len = new.len() as u64;
-        if let Some((file, len)) = store.patch(&from, &to).map_err(store_err)? {
-            return Ok(Some(Patch {
-                file,
-                len,
-                result_len: new_len,
-            }));
-        }
         let Some(old) = store.get(&from).map_err(store_err)? else {
             return Ok(None);
         };
