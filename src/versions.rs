@@ -99,10 +99,6 @@ impl VersionStore {
         }
     }
 
-    pub fn budget(&self) -> Budget {
-        self.budget
-    }
-
     fn path(&self, version: &Version) -> PathBuf {
         self.dir.join(version.to_string())
     }
@@ -151,11 +147,6 @@ impl VersionStore {
     /// whatever its position.
     pub fn put_file(&self, version: Version, file: &File, len: u64) -> io::Result<bool> {
         self.put(version, &mut ReadAt { file, at: 0 }, len)
-    }
-
-    /// Whether `version` is stored (unchecked: [`VersionStore::get`] checks).
-    pub fn has(&self, version: &Version) -> bool {
-        self.path(version).is_file()
     }
 
     /// The stored content of `version`, mapped and checked against it. A
