@@ -118,7 +118,8 @@ fn server_edits_reach_a_client_as_exact_patches() {
     assert!(site.stored().contains(&first), "the version served is kept");
 
     // 20 edits of 100 bytes. The signature path would cost its signature
-    // (about 35 KB for 8 MiB) and a block an edit (about 58 KB).
+    // (90 KB for 8 MiB: 8,192 blocks of 11 bytes) and a 1 KiB block or two
+    // an edit (20 KiB or more).
     let old = fs::read(export.path("big.bin")).unwrap();
     scatter_edits(&export.path("big.bin"), 20, 100, 3);
     site.restart();

@@ -351,8 +351,8 @@ mod tests {
         assert!(out == new, "the result is not the new version");
         let moved = moved.expect("worth refining");
         // 30 edits of at most 3000 bytes: 90 KB at worst, 45 KB on average.
-        // One round at the policy's blocks would cost a 46 KB signature and
-        // a 2 KiB block an edit on top of each edit.
+        // One round at the policy's blocks would cost a 180 KB signature
+        // (16,384 blocks of 1 KiB, 11 bytes each) and a block or two an edit.
         assert!(moved < 150_000, "{moved} bytes");
     }
 
