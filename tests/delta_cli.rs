@@ -212,6 +212,30 @@ fn output_larger_than_announced() {
         .arg(&d)
         .arg(dir.path("out")));
     assert_eq!(dir.read("out").len(), 10_000);
+
+    // A version patch (`/.intersync/patch/`) that says its result is 10,000
+    // bytes, or copies from past the base's end, is refused the same way.
+    let mut big = b"ISP1".to_vec();
+    big.extend_from_slice(&[0x90, 0x4e, 1, 0, 0, 0, 0x90, 0x4e]);
+    let p = dir.write("patch", &big);
+    refused(
+        &[
+            Path::new("patch"),
+            Path::new("--max-output"),
+            Path::new("5000"),
+            &base,
+            &p,
+        ],
+        &dir.path("out2"),
+        CORRUPT,
+        "output passes its limit of 5000 bytes",
+    );
+    refused(
+        &[Path::new("patch"), &base, &p],
+        &dir.path("out2"),
+        CORRUPT,
+        "reads past the old content",
+    );
 }
 
 #[test]

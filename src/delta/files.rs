@@ -13,7 +13,7 @@ use memmap2::Mmap;
 
 use super::diff::{DeltaStats, write_delta};
 use super::signature::{Signature, SignatureOptions};
-use super::{Error, patch};
+use super::{Error, patch, zpatch};
 use crate::install::PendingFile;
 
 /// The bytes of an input file: mapped, or read whole from standard input.
@@ -151,8 +151,9 @@ pub struct PatchLimits {
     pub expect: Option<Version>,
 }
 
-/// Applies `delta` to `base` and installs the result at `out`, but only if
-/// the delta is valid, stays within `limits` and gives the expected version.
+/// Applies `delta` (a librsync delta, or a patch between two versions) to
+/// `base` and installs the result at `out`, but only if the delta is
+/// valid, stays within `limits` and gives the expected version.
 pub fn patch_file(
     base: &Path,
     delta: &Path,
@@ -173,12 +174,25 @@ pub fn patch_file(
         inner: &mut sink,
         hasher: blake3::Hasher::new(),
     };
-    let stats = patch::apply(
-        &base_bytes,
-        &delta_bytes,
-        &mut hashing,
-        limits.max_output.unwrap_or(u64::MAX),
-    )?;
+    let limit = limits.max_output.unwrap_or(u64::MAX);
+    let stats = match zpatch::result_len(&delta_bytes) {
+        // A patch between two versions (what `/.intersync/patch/` serves).
+        Some(size) => {
+            if size > limit {
+                return Err(Error::OutputTooLarge {
+                    delta_offset: 0,
+                    limit,
+                });
+            }
+            let literal_bytes = zpatch::decode(&base_bytes, &delta_bytes, &mut hashing, size)?;
+            DeltaStats {
+                literal_bytes,
+                matched_bytes: size - literal_bytes,
+                delta_bytes: delta_bytes.len() as u64,
+            }
+        }
+        None => patch::apply(&base_bytes, &delta_bytes, &mut hashing, limit)?,
+    };
     let version = Version(*hashing.hasher.finalize().as_bytes());
     if let Some(expected) = limits.expect
         && expected != version

@@ -6,8 +6,8 @@
 //!   and the zsync direction use it).
 //! - [`diff`]: writing deltas; [`patch`]: applying them with limits.
 //! - [`refine`]: multi-round deltas for a base the server never saw.
-//! - [`zpatch`]: exact deltas between two versions one side holds (zstd with
-//!   the old version as reference prefix).
+//! - [`zpatch`]: exact deltas between two versions one side holds (copies
+//!   and a zstd frame of literals with the old version as reference prefix).
 //! - [`files`]: the same over files, as the `signature`, `delta` and `patch`
 //!   commands use them, with outputs installed atomically.
 //!
@@ -57,6 +57,8 @@ pub enum Error {
     },
     #[error("bad delta: output passes its limit of {limit} bytes at offset {delta_offset}")]
     OutputTooLarge { delta_offset: usize, limit: u64 },
+    #[error(transparent)]
+    Patch(#[from] zpatch::PatchError),
     #[error("result has version {actual}, expected {expected}")]
     WrongVersion { expected: Version, actual: Version },
     #[error("writing output: {0}")]
@@ -84,6 +86,8 @@ impl Error {
             | Error::CopyOutOfBounds { .. }
             | Error::OutputTooLarge { .. }
             | Error::WrongVersion { .. } => ErrorKind::Corrupt,
+            Error::Patch(zpatch::PatchError::Write(_)) => ErrorKind::Io,
+            Error::Patch(_) => ErrorKind::Corrupt,
             Error::Write(_) | Error::Io { .. } => ErrorKind::Io,
             Error::Options(_) => ErrorKind::Usage,
         }

@@ -1,42 +1,67 @@
-//! Exact deltas between two versions that one side holds both of: the new
-//! content as one zstd frame compressed with the old content as its
-//! reference prefix (what `zstd --patch-from=OLD NEW` does). Unlike an
-//! rsync delta it needs no signature and pays nothing per block: an edit
-//! costs about its own compressed size.
+//! Exact deltas between two versions that one side holds both of. Unlike
+//! an rsync delta a patch needs no signature and pays nothing per block:
+//! an edit costs about its own size.
 //!
-//! The window must reach from the end of the new content back to the start
-//! of the old, so it spans both: at most [`MAX_PATCH_SPAN`] bytes (a
-//! window log of 31, zstd's largest). Past that there is no patch and the
-//! caller takes the signature path. Memory: the encoder's long-distance
-//! table is about a sixteenth of the window, its input buffer at most the
-//! new content; the decoder's buffer is about the new content. The old
-//! content is only referenced (mapped), never copied.
+//! A patch is a list of copies from the old content, found exactly (at
+//! content-defined anchors, then each match grown byte by byte both ways),
+//! and the bytes between them, the literals, as one zstd frame compressed
+//! with the old content as its reference prefix (what `zstd
+//! --patch-from=OLD NEW` does), so that short matches the copies miss
+//! still cost little. A patch that is one zstd frame over the whole new
+//! content would pay a few bytes for each of zstd's 128 KiB blocks even
+//! where nothing changed: 11 KB between two equal 100 MiB versions, 6% on
+//! top of the benchmark's scattered edits (S1: 202,168 bytes against
+//! 190,698 for 190,057 edited; S5: 12,240 against 671).
 //!
-//! The frame names neither version: the caller knows which base it used
-//! and checks the result's version before trusting it.
+//! Layout (integers are LEB128; `delta` is zigzag-coded):
+//!
+//! ```text
+//! "ISP1" result_len copies literal_len
+//! copies x (literal_run copy_from_delta copy_len)
+//! zstd frame of the literal_len literal bytes (absent when there are none)
+//! ```
+//!
+//! The result is, for each copy, the next `literal_run` literal bytes and
+//! then `copy_len` bytes of the old content from `copy_from`, and after the
+//! last copy the literals left. `copy_from` is coded against where an
+//! in-place edit would put it: the end of the previous copy plus the run.
+//!
+//! The literal frame's window must reach from its end back to the start of
+//! the old content, so old and new content together may span at most
+//! [`MAX_PATCH_SPAN`] bytes (a window log of 31, zstd's largest). Past that
+//! there is no patch and the caller takes the signature path. Memory: the
+//! encoder's table of the old content's anchors is at most a sixteenth of
+//! it; zstd's tables for the literal frame are about a sixteenth of the
+//! window; the decoder streams. The old and new content are only
+//! referenced (mapped), never copied.
+//!
+//! A patch names neither version: the caller knows which base it used and
+//! checks the result's version before trusting it.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use thiserror::Error;
 
 /// Old and new content together may span at most this (a window log of 31).
 pub const MAX_PATCH_SPAN: u64 = 1 << 31;
 
-/// zstd level: the long-distance matcher finds the long matches at any
-/// level, so the level only decides how the rest is coded. On the
-/// benchmark's 100 MiB scenarios, level 1 (the fast strategy) came within
-/// 0.02% of the smallest patch of levels 1 to 6 for scattered edits and
-/// insertions (S1: 202,168 bytes for 190,057 edited, against 202,140 at
-/// level 6 and 212,544 at level 3; S2, S3: 1% over the bytes inserted,
-/// against 2% at level 3), where levels 5 and 6 took up to twice the time;
-/// it is 0.7% larger than level 3 for text (S5).
-const LEVEL: i32 = 1;
+const MAGIC: &[u8; 4] = b"ISP1";
+
+/// zstd level of the literal frame: its default. The literals are the
+/// edits, a small part of the file, so the level costs little time: on the
+/// benchmark's 100 MiB scenarios levels 1 and 3 took the same, and 3 gave
+/// the same bytes or fewer (S5: 664 against 671).
+const LEVEL: i32 = 3;
 
 #[derive(Debug, Error)]
 pub enum PatchError {
     #[error("no patch: {old} + {new} bytes is more than a patch window spans ({MAX_PATCH_SPAN})")]
     TooLarge { old: u64, new: u64 },
     #[error("bad patch: {0}")]
+    Malformed(&'static str),
+    #[error("bad patch: copy {index} reads past the old content's {old_len} bytes")]
+    CopyOutside { index: u64, old_len: u64 },
+    #[error("bad patch: its literals: {0}")]
     Corrupt(io::Error),
     #[error("bad patch: its output passes the {limit} bytes expected")]
     OutputTooLarge { limit: u64 },
@@ -58,103 +83,448 @@ pub fn window_log(old: u64, new: u64) -> Option<u32> {
     Some(log.clamp(10, 31))
 }
 
+/// One copy of the old content, after `literal_run` literal bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Copy {
+    literal_run: u64,
+    from: u64,
+    len: u64,
+}
+
 /// Writes the patch from `old` to `new` into `out`; returns `out` back.
-pub fn encode<W: Write>(old: &[u8], new: &[u8], out: W) -> Result<W, PatchError> {
+pub fn encode<W: Write>(old: &[u8], new: &[u8], mut out: W) -> Result<W, PatchError> {
     let (old_len, new_len) = (old.len() as u64, new.len() as u64);
-    let log = window_log(old_len, new_len).ok_or(PatchError::TooLarge {
+    window_log(old_len, new_len).ok_or(PatchError::TooLarge {
         old: old_len,
         new: new_len,
     })?;
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, old)
-        .map_err(PatchError::Write)?;
-    let setup = |enc: &mut zstd::stream::write::Encoder<'_, W>| -> io::Result<()> {
-        enc.window_log(log)?;
-        enc.long_distance_matching(true)?;
-        enc.set_pledged_src_size(Some(new_len))?;
-        enc.include_contentsize(true)?;
-        // The caller checks the result's BLAKE3 version instead.
-        enc.include_checksum(false)
-    };
-    setup(&mut enc).map_err(PatchError::Write)?;
-    enc.write_all(new).map_err(PatchError::Write)?;
-    enc.finish().map_err(PatchError::Write)
+    let copies = find_copies(old, new);
+    let copied: u64 = copies.iter().map(|c| c.len).sum();
+    let literal_len = new_len - copied;
+    let mut head = MAGIC.to_vec();
+    for n in [new_len, copies.len() as u64, literal_len] {
+        put_varint(&mut head, n);
+    }
+    let mut old_end = 0u64;
+    for c in &copies {
+        let expected = old_end + c.literal_run;
+        put_varint(&mut head, c.literal_run);
+        put_varint(&mut head, zigzag(c.from as i64 - expected as i64));
+        put_varint(&mut head, c.len);
+        old_end = c.from + c.len;
+    }
+    out.write_all(&head)?;
+    if literal_len == 0 {
+        return Ok(out);
+    }
+    let log = window_log(old_len, literal_len).expect("literals are part of the new content");
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, old)?;
+    enc.window_log(log)?;
+    enc.long_distance_matching(true)?;
+    enc.set_pledged_src_size(Some(literal_len))?;
+    enc.include_contentsize(true)?;
+    // The caller checks the result's BLAKE3 version instead.
+    enc.include_checksum(false)?;
+    let mut at = 0usize;
+    for c in &copies {
+        enc.write_all(&new[at..at + c.literal_run as usize])?;
+        at += (c.literal_run + c.len) as usize;
+    }
+    enc.write_all(&new[at..])?;
+    Ok(enc.finish()?)
 }
 
-/// The size of the result a patch gives, read from the start of its frame
-/// (at most 18 bytes are needed); `None` if the header does not say.
+/// The copies that make `new` out of `old`, in order. Each is exact and as
+/// long as it can be, on both sides; what lies between them is literal.
+///
+/// Matches are looked for only at anchors: the positions where a gear hash
+/// of the last 64 bytes has its top bits clear, about one in
+/// [`ANCHOR_EVERY`]. Anchors depend on content, not offsets, so the same
+/// bytes give the same anchors in both versions wherever they sit, and a
+/// position that is no anchor costs a shift and an add. A match is tried
+/// first where the last copy's offset puts it (in-place edits, and the
+/// bytes after an insertion, continue it), then at the old anchor with the
+/// same hash, and grown both ways byte by byte; the bytes scanned before
+/// the first anchor past an edit are won back by growing the match
+/// backwards. Content with few anchors (a short period repeated) is
+/// probed at the last copy's offset every [`ANCHOR_EVERY`] bytes still.
+/// Matching stretches too short to hold an anchor are left to the literal
+/// frame.
+fn find_copies(old: &[u8], new: &[u8]) -> Vec<Copy> {
+    let anchors = Anchors::new(old);
+    let mut copies = Vec::new();
+    // Where the literals not yet given to a copy start, and the last
+    // copy's offset from new to old.
+    let (mut literal_start, mut offset) = (0usize, 0i64);
+    let mut hash = 0u64;
+    let (mut at, mut next_probe) = (0usize, ANCHOR_EVERY);
+    while at < new.len() {
+        hash = gear(hash, new[at]);
+        let anchor = is_anchor(hash);
+        if !anchor && at < next_probe {
+            at += 1;
+            continue;
+        }
+        next_probe = at + ANCHOR_EVERY;
+        let guess = usize::try_from(at as i64 + offset).ok();
+        let listed = anchor.then(|| anchors.get(hash)).flatten();
+        let found = [guess, listed]
+            .into_iter()
+            .flatten()
+            .find_map(|from| grow(old, new, literal_start, at, from));
+        let Some((start, from, len)) = found else {
+            at += 1;
+            continue;
+        };
+        copies.push(Copy {
+            literal_run: (start - literal_start) as u64,
+            from: from as u64,
+            len: len as u64,
+        });
+        offset = from as i64 - start as i64;
+        literal_start = start + len;
+        // Take up the hash again from the 64 bytes before the next one.
+        at = literal_start;
+        next_probe = at + ANCHOR_EVERY;
+        hash = new[at.saturating_sub(64)..at]
+            .iter()
+            .fold(0, |h, &b| gear(h, b));
+    }
+    copies
+}
+
+/// One in this many positions is an anchor, in random data. Fewer anchors
+/// keep the old content's table small (2 MiB for 100 MiB) and quick to
+/// fill: at one in 64 it was too large for the cache, and filling it took
+/// longer than the whole patch does now. The price is that a stretch must
+/// be a few hundred bytes long to be sure of an anchor; shorter ones are
+/// the literal frame's.
+const ANCHOR_EVERY: usize = 256;
+
+/// A copy shorter than this is left to the literal frame: its three
+/// numbers would cost about as much as the bytes.
+const MIN_COPY: usize = 32;
+
+/// The match through `new[at]` and `old[from]`, grown back to
+/// `literal_start` at most and forward as far as it goes: its start in
+/// new, its start in old and its length, if it is long enough for a copy.
+fn grow(
+    old: &[u8],
+    new: &[u8],
+    literal_start: usize,
+    at: usize,
+    from: usize,
+) -> Option<(usize, usize, usize)> {
+    if from >= old.len() || old[from] != new[at] {
+        return None;
+    }
+    let back = new[literal_start..at]
+        .iter()
+        .rev()
+        .zip(old[..from].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let len = back + common_prefix(&new[at..], &old[from..]);
+    (len >= MIN_COPY).then_some((at - back, from - back, len))
+}
+
+/// How many bytes `a` and `b` share from their starts.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const CHUNK: usize = 256;
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + CHUNK <= n && a[i..i + CHUNK] == b[i..i + CHUNK] {
+        i += CHUNK;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// The gear hash with `byte` taken in: each byte's random value is shifted
+/// out after 64 more, so the hash is of the last 64 bytes.
+fn gear(hash: u64, byte: u8) -> u64 {
+    (hash << 1).wrapping_add(GEAR[byte as usize])
+}
+
+fn is_anchor(hash: u64) -> bool {
+    hash >> (64 - ANCHOR_EVERY.trailing_zeros()) == 0
+}
+
+/// A random value for each byte (splitmix64 from a fixed seed).
+const GEAR: [u64; 256] = {
+    let (mut table, mut state, mut i) = ([0u64; 256], 0x1234_5678_9abc_def0u64, 0);
+    while i < 256 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+};
+
+/// The old content's anchors by hash. A slot holds one anchor (the first
+/// to land there): one lost to a shared slot costs a few bytes of scanning
+/// in the new content, since the copy found at the next anchor is grown
+/// back over it.
+struct Anchors {
+    /// The anchor's position plus one (0 is empty); the span limit keeps
+    /// it within 32 bits.
+    slots: Vec<u32>,
+    mask: usize,
+}
+
+impl Anchors {
+    fn new(old: &[u8]) -> Anchors {
+        let count = (2 * old.len() / ANCHOR_EVERY).max(1).next_power_of_two();
+        let mut anchors = Anchors {
+            slots: vec![0; count],
+            mask: count - 1,
+        };
+        let mut hash = 0u64;
+        for (at, &b) in old.iter().enumerate() {
+            hash = gear(hash, b);
+            if is_anchor(hash) {
+                let slot = anchors.slot(hash);
+                if anchors.slots[slot] == 0 {
+                    anchors.slots[slot] = (at + 1) as u32;
+                }
+            }
+        }
+        anchors
+    }
+
+    /// The slot for `hash`, from bits of a well-mixed product (Fibonacci
+    /// hashing) below the top ones, which the anchor condition has fixed.
+    fn slot(&self, hash: u64) -> usize {
+        (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) as usize & self.mask
+    }
+
+    fn get(&self, hash: u64) -> Option<usize> {
+        match self.slots[self.slot(hash)] {
+            0 => None,
+            p => Some(p as usize - 1),
+        }
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    (n >> 1) as i64 ^ -((n & 1) as i64)
+}
+
+/// Reads the patch's header fields in order.
+struct Header<'a> {
+    rest: &'a [u8],
+}
+
+impl Header<'_> {
+    fn varint(&mut self, what: &'static str) -> Result<u64, PatchError> {
+        let mut n = 0u64;
+        for (i, &b) in self.rest.iter().enumerate().take(10) {
+            let bits = u64::from(b & 0x7f);
+            if i == 9 && b > 1 {
+                return Err(PatchError::Malformed(what));
+            }
+            n |= bits << (7 * i);
+            if b & 0x80 == 0 {
+                self.rest = &self.rest[i + 1..];
+                return Ok(n);
+            }
+        }
+        Err(PatchError::Malformed(what))
+    }
+}
+
+/// The size of the result a patch gives, read from the start of its header
+/// (at most 14 bytes are needed); `None` if it does not say, or is no
+/// patch.
 pub fn result_len(head: &[u8]) -> Option<u64> {
-    zstd::zstd_safe::get_frame_content_size(head).ok().flatten()
+    let rest = head.strip_prefix(MAGIC)?;
+    Header { rest }.varint("result length").ok()
 }
 
-/// Applies `patch` to `old`, writing exactly `size` bytes to `out`.
+/// Applies `patch` to `old`, writing exactly `size` bytes to `out`;
+/// returns how many of them were literal (the rest were copied).
 ///
 /// # Security
-/// `patch` is untrusted. zstd checks the frame; on top of that the output
-/// may not pass `size` (no decompression bomb), a window larger than a
-/// patch may use is refused, and a patch that gives fewer bytes is an
-/// error. Whether the bytes are the right ones is the caller's check of the
-/// result's version.
-pub fn decode(old: &[u8], patch: &[u8], out: impl Write, size: u64) -> Result<(), PatchError> {
-    let mut limited = Limited {
-        inner: out,
-        left: size,
-        over: false,
-        failed: false,
-    };
-    let written = {
-        let raw = zstd::stream::raw::Decoder::with_ref_prefix(old).map_err(PatchError::Corrupt)?;
-        let mut dec = zstd::stream::write::Decoder::with_decoder(&mut limited, raw);
-        dec.window_log_max(31).map_err(PatchError::Corrupt)?;
-        let fed = dec.write_all(patch).and_then(|()| dec.flush());
-        match fed {
-            Ok(()) => size - dec.get_ref().left,
-            Err(_) if dec.get_ref().over => return Err(PatchError::OutputTooLarge { limit: size }),
-            Err(e) if dec.get_ref().failed => return Err(PatchError::Write(e)),
-            Err(e) => return Err(PatchError::Corrupt(e)),
+/// `patch` is untrusted. Every copy must lie within `old`, and the copies
+/// and literals must add up to `size` before a byte is written (no
+/// decompression bomb); zstd checks the literal frame, which may give
+/// neither more nor fewer bytes than the header says, and a window larger
+/// than a patch may use is refused. Whether the bytes are the right ones
+/// is the caller's check of the result's version.
+pub fn decode(old: &[u8], patch: &[u8], mut out: impl Write, size: u64) -> Result<u64, PatchError> {
+    let rest = patch
+        .strip_prefix(MAGIC)
+        .ok_or(PatchError::Malformed("not a patch (no ISP1 magic)"))?;
+    let mut head = Header { rest };
+    let result = head.varint("result length")?;
+    if result > size {
+        return Err(PatchError::OutputTooLarge { limit: size });
+    }
+    let count = head.varint("copy count")?;
+    let literal_len = head.varint("literal length")?;
+    // Each copy takes three bytes at least.
+    if count > head.rest.len() as u64 / 3 {
+        return Err(PatchError::Malformed("more copies than the header holds"));
+    }
+    let mut copies = Vec::with_capacity(count as usize);
+    let (mut old_end, mut literals, mut copied) = (0u64, 0u64, 0u64);
+    for index in 0..count {
+        let literal_run = head.varint("literal run")?;
+        let delta = unzigzag(head.varint("copy start")?);
+        let len = head.varint("copy length")?;
+        let outside = PatchError::CopyOutside {
+            index,
+            old_len: old.len() as u64,
+        };
+        let from = old_end
+            .checked_add(literal_run)
+            .and_then(|e| e.checked_add_signed(delta))
+            .ok_or(PatchError::Malformed("copy start out of range"))?;
+        let end = from
+            .checked_add(len)
+            .ok_or(PatchError::Malformed("copy length"))?;
+        if end > old.len() as u64 {
+            return Err(outside);
         }
-    };
-    if written != size {
+        literals = literals.saturating_add(literal_run);
+        copied = copied.saturating_add(len);
+        if literals > literal_len {
+            return Err(PatchError::Malformed("literal runs pass the literals"));
+        }
+        copies.push(Copy {
+            literal_run,
+            from,
+            len,
+        });
+        old_end = end;
+    }
+    let total = copied.saturating_add(literal_len);
+    if total != result {
+        return Err(PatchError::Malformed(
+            "copies and literals do not make the result",
+        ));
+    }
+    if total > size {
+        return Err(PatchError::OutputTooLarge { limit: size });
+    }
+    if total < size {
         return Err(PatchError::WrongSize {
-            got: written,
+            got: total,
             want: size,
         });
     }
-    Ok(())
+    let frame = head.rest;
+    let mut lit = Literals::new(old, frame, literal_len)?;
+    for c in &copies {
+        lit.copy_to(&mut out, c.literal_run)?;
+        out.write_all(&old[c.from as usize..(c.from + c.len) as usize])?;
+    }
+    lit.copy_to(&mut out, literal_len - literals)?;
+    lit.finish()?;
+    Ok(literal_len)
 }
 
-/// Passes at most `left` bytes on; more is refused. Remembers whether it
-/// refused (`over`) or its writer failed, to tell those from a bad frame.
-struct Limited<W: Write> {
-    inner: W,
-    left: u64,
-    over: bool,
-    failed: bool,
+/// The literal frame, read as the copies need it.
+struct Literals<'a> {
+    frame: Option<zstd::stream::read::Decoder<'a, &'a [u8]>>,
 }
 
-impl<W: Write> Write for Limited<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() as u64 > self.left {
-            self.over = true;
-            return Err(io::Error::other("patch output past its size"));
+impl<'a> Literals<'a> {
+    fn new(old: &'a [u8], frame: &'a [u8], len: u64) -> Result<Literals<'a>, PatchError> {
+        if len == 0 {
+            if !frame.is_empty() {
+                return Err(PatchError::Malformed("bytes after the copies"));
+            }
+            return Ok(Literals { frame: None });
         }
-        let n = self.inner.write(buf).inspect_err(|_| self.failed = true)?;
-        self.left -= n as u64;
-        Ok(n)
+        if zstd::zstd_safe::get_frame_content_size(frame)
+            .ok()
+            .flatten()
+            != Some(len)
+        {
+            return Err(PatchError::Malformed(
+                "the literal frame's size is not the header's",
+            ));
+        }
+        let mut dec = zstd::stream::read::Decoder::with_ref_prefix(frame, old)
+            .map_err(PatchError::Corrupt)?
+            .single_frame();
+        dec.window_log_max(31).map_err(PatchError::Corrupt)?;
+        Ok(Literals { frame: Some(dec) })
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush().inspect_err(|_| self.failed = true)
+    /// Passes the next `n` literal bytes on to `out`.
+    fn copy_to(&mut self, out: &mut impl Write, mut n: u64) -> Result<(), PatchError> {
+        let mut buf = [0u8; 16 << 10];
+        while n > 0 {
+            let dec = self
+                .frame
+                .as_mut()
+                .ok_or(PatchError::Malformed("literal runs pass the literals"))?;
+            let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            let got = dec.read(&mut buf[..want]).map_err(PatchError::Corrupt)?;
+            if got == 0 {
+                return Err(PatchError::Malformed("the literal frame ends early"));
+            }
+            out.write_all(&buf[..got])?;
+            n -= got as u64;
+        }
+        Ok(())
+    }
+
+    /// Checks that the frame has nothing left, and nothing follows it.
+    fn finish(self) -> Result<(), PatchError> {
+        let Some(mut dec) = self.frame else {
+            return Ok(());
+        };
+        let mut probe = [0u8; 1];
+        if dec.read(&mut probe).map_err(PatchError::Corrupt)? != 0 {
+            return Err(PatchError::Malformed(
+                "the literal frame has more than the header says",
+            ));
+        }
+        let mut rest = dec.finish();
+        if !rest.fill_buf().map_err(PatchError::Corrupt)?.is_empty() {
+            return Err(PatchError::Malformed("bytes after the literal frame"));
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn edited(len: usize) -> (Vec<u8>, Vec<u8>) {
+    fn random(len: usize, seed: u64) -> Vec<u8> {
         use rand::{RngCore, SeedableRng};
-        let mut old = vec![0; len];
-        rand_chacha::ChaCha8Rng::seed_from_u64(9).fill_bytes(&mut old);
+        let mut bytes = vec![0; len];
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut bytes);
+        bytes
+    }
+
+    /// `old` with eight one-byte edits and a tail.
+    fn edited(len: usize) -> (Vec<u8>, Vec<u8>) {
+        let old = random(len, 9);
         let mut new = old.clone();
         for at in (0..len).step_by(len / 7 + 1) {
             new[at] ^= 0x5a;
@@ -163,17 +533,101 @@ mod tests {
         (old, new)
     }
 
+    fn round_trip(old: &[u8], new: &[u8]) -> Vec<u8> {
+        let patch = encode(old, new, Vec::new()).unwrap();
+        assert_eq!(result_len(&patch), Some(new.len() as u64));
+        let mut out = Vec::new();
+        decode(old, &patch, &mut out, new.len() as u64).unwrap();
+        assert!(out == new, "the patch gives other bytes");
+        patch
+    }
+
     #[test]
     fn round_trip_is_small_for_small_edits() {
         let (old, new) = edited(4 << 20);
-        let patch = encode(&old, &new, Vec::new()).unwrap();
-        assert_eq!(result_len(&patch[..18]), Some(new.len() as u64));
-        // Eight one-byte edits and a tail in 4 MiB: block headers and a few
-        // bytes an edit, where one rsync block an edit would be 16 KiB.
-        assert!(patch.len() < 2000, "patch of {} bytes", patch.len());
-        let mut out = Vec::new();
-        decode(&old, &patch, &mut out, new.len() as u64).unwrap();
-        assert_eq!(out, new);
+        let patch = round_trip(&old, &new);
+        // Eight one-byte edits and a tail in 4 MiB: a few bytes each for
+        // nine copies and a literal frame of 18 bytes, where one rsync
+        // block an edit would be 16 KiB and one zstd frame would pay for
+        // each of its 32 blocks.
+        assert!(patch.len() < 120, "patch of {} bytes", patch.len());
+    }
+
+    #[test]
+    fn copies_are_exact_and_literals_are_the_edits() {
+        let old = random(1 << 20, 1);
+        let mut new = old.clone();
+        let edits = [
+            (1000, 1),
+            (70_000, 4096),
+            (70_000 + 4096 + 5, 100),
+            (900_000, 3),
+        ];
+        for &(at, len) in &edits {
+            new[at..at + len].iter_mut().for_each(|b| *b ^= 0xff);
+        }
+        let copies = find_copies(&old, &new);
+        let literal: u64 = copies.iter().map(|c| c.literal_run).sum();
+        let tail = new.len() as u64 - copies.iter().map(|c| c.literal_run + c.len).sum::<u64>();
+        let edited: usize = edits.iter().map(|e| e.1).sum();
+        // The 5 bytes between the second and third edit are too few for a
+        // copy: they join the literals, and the two edits make one.
+        assert_eq!(literal + tail, edited as u64 + 5);
+        assert_eq!(copies.len(), edits.len());
+        assert!(copies.iter().all(|c| c.from + c.len <= old.len() as u64));
+        round_trip(&old, &new);
+    }
+
+    #[test]
+    fn insertions_deletions_and_moves_are_copies() {
+        let old = random(1 << 20, 2);
+        // A block moved to the front, 10 KiB inserted, 5 KiB deleted.
+        let mut new = old[600_000..650_000].to_vec();
+        new.extend_from_slice(&old[..300_000]);
+        new.extend_from_slice(&random(10 << 10, 3));
+        new.extend_from_slice(&old[300_000..500_000]);
+        new.extend_from_slice(&old[505_000..]);
+        let patch = round_trip(&old, &new);
+        assert!(
+            patch.len() < (10 << 10) + 100,
+            "patch of {} bytes",
+            patch.len()
+        );
+    }
+
+    #[test]
+    fn edges_round_trip() {
+        let text: Vec<u8> = b"the quick brown fox ".repeat(5000);
+        let cases: [(&[u8], &[u8]); 7] = [
+            (b"", b""),
+            (b"", b"only new"),
+            (b"only old", b""),
+            (&text, &text),
+            (&[0; 100_000], &[0; 150_000]),
+            (&text, &text[7..90_001]),
+            (&[7; 63], &[7; 64]),
+        ];
+        for (old, new) in cases {
+            round_trip(old, new);
+        }
+        // Equal versions: one copy and no literal frame.
+        assert!(round_trip(&text, &text).len() < 20);
+    }
+
+    proptest! {
+        #[test]
+        fn any_edit_round_trips(
+            old in proptest::collection::vec(0u8..4, 0..5000),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0usize..300, proptest::collection::vec(any::<u8>(), 0..300)), 0..8),
+        ) {
+            let mut new = old.clone();
+            for (at, remove, insert) in edits {
+                let at = at.index(new.len() + 1);
+                let end = (at + remove).min(new.len());
+                new.splice(at..end, insert);
+            }
+            round_trip(&old, &new);
+        }
     }
 
     #[test]
@@ -186,21 +640,72 @@ mod tests {
         assert!(matches!(long, Err(PatchError::WrongSize { .. })));
     }
 
+    /// A patch written field by field.
+    fn patch_of(fields: &[u64], frame: &[u8]) -> Vec<u8> {
+        let mut patch = MAGIC.to_vec();
+        for &f in fields {
+            put_varint(&mut patch, f);
+        }
+        patch.extend_from_slice(frame);
+        patch
+    }
+
+    #[test]
+    fn malformed_headers_are_typed_errors() {
+        let old = b"0123456789";
+        let frame = zstd::bulk::compress(b"ab", 1).unwrap();
+        let try_ = |patch: &[u8], size| decode(old, patch, Vec::new(), size);
+        // A good one: two literals then the whole old content.
+        try_(&patch_of(&[12, 1, 2, 2, zigzag(-2), 10], &frame), 12).unwrap();
+        assert!(matches!(
+            try_(&patch_of(&[12, 1, 2, 2, zigzag(-1), 10], &frame), 12),
+            Err(PatchError::CopyOutside { index: 0, .. })
+        ));
+        let malformed = [
+            (b"ISP2".to_vec(), 0),
+            (patch_of(&[12, 1000, 2], &frame), 12),
+            (patch_of(&[12, 1, 2, 3, zigzag(-3), 9], &frame), 12),
+            (patch_of(&[13, 1, 3, 2, zigzag(-2), 10], &frame), 13),
+            (patch_of(&[13, 1, 2, 3, zigzag(-3), 10], &frame), 13),
+            (patch_of(&[12, 1, 2, 2, zigzag(-12), 10], &frame), 12),
+            (patch_of(&[10, 1, 0, 0, 0, 10], b"x"), 10),
+            (
+                [
+                    patch_of(&[12, 1, 2, 2, zigzag(-2), 10], &frame),
+                    b"x".to_vec(),
+                ]
+                .concat(),
+                12,
+            ),
+            ([MAGIC.as_slice(), &[0xff; 11]].concat(), 12),
+        ];
+        for (i, (patch, size)) in malformed.iter().enumerate() {
+            match try_(patch, *size) {
+                Err(PatchError::Malformed(_)) | Err(PatchError::Corrupt(_)) => {}
+                other => panic!("case {i}: {other:?}"),
+            }
+        }
+        assert_eq!(result_len(b"ISP1"), None);
+        assert_eq!(result_len(b"junk and more junk"), None);
+    }
+
     #[test]
     fn damage_is_an_error_or_wrong_bytes_never_a_panic() {
-        let (old, new) = edited(1 << 16);
+        let (old, mut new) = edited(1 << 16);
+        new[30_000..31_000].copy_from_slice(&random(1000, 5));
         let patch = encode(&old, &new, Vec::new()).unwrap();
-        for at in [0, 3, 5, patch.len() / 2, patch.len() - 1] {
+        for at in 0..patch.len() {
             let mut bad = patch.clone();
             bad[at] ^= 0xff;
             let mut out = Vec::new();
             if decode(&old, &bad, &mut out, new.len() as u64).is_ok() {
-                // zstd has no checksum here: the caller's version check is
-                // what catches a flipped literal.
+                // No checksum here: the caller's version check is what
+                // catches a flipped literal or copy start.
+                assert_eq!(out.len(), new.len());
                 assert_ne!(out, new, "flip at {at} went unnoticed");
             }
         }
-        for cut in [0, 4, patch.len() / 2, patch.len() - 1] {
+        for cut in 0..patch.len() {
             assert!(decode(&old, &patch[..cut], Vec::new(), new.len() as u64).is_err());
         }
         // Another base gives other bytes, or an error.
@@ -208,6 +713,18 @@ mod tests {
         let mut out = Vec::new();
         if decode(&other, &patch, &mut out, new.len() as u64).is_ok() {
             assert_ne!(out, new);
+        }
+    }
+
+    #[test]
+    fn varints_and_zigzag_round_trip() {
+        for n in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut bytes = Vec::new();
+            put_varint(&mut bytes, n);
+            assert_eq!(Header { rest: &bytes }.varint("n").unwrap(), n);
+        }
+        for n in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(n)), n);
         }
     }
 

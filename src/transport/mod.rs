@@ -69,7 +69,7 @@ pub struct RemoteDelta {
 pub enum DeltaFormat {
     /// A librsync delta against the server's signature of the base.
     Librsync,
-    /// A zstd patch from the base's content (`delta::zpatch`).
+    /// A patch from the base's content (`delta::zpatch`).
     Patch,
 }
 
