@@ -327,9 +327,10 @@ fn a_body_cut_short_is_never_installed() {
         .map(|e| e.metadata().unwrap().len())
         .sum();
     assert!(partials > 0, "what arrived was not kept");
-    // No signature, so the sound sync takes the whole-file path and resumes.
+    // No signature (nor its levels), so the sound sync takes the
+    // whole-file path and resumes.
     let version = blake3::hash(&fs::read(s.site.path("big.bin")).unwrap()).to_hex();
-    fs::remove_file(s.site.path(&format!(".intersync/sig/{version}"))).unwrap();
+    remove_signatures(&s.site, &version);
     let sound = Proxy::start(&s._nginx.url, Fault::IgnoreIfRange);
     retarget(&s.wc, &s.proxy.url, &sound.url);
     let out = run(intersync()
@@ -342,6 +343,13 @@ fn a_body_cut_short_is_never_installed() {
         .iter()
         .any(|l| l.starts_with("GET /big.bin ") && l.ends_with(" 206"));
     assert!(resumed, "{:?}", sound.requests());
+}
+
+/// Removes the export's signature of `version` and its two levels.
+fn remove_signatures(site: &Dir, version: &str) {
+    for ext in ["", ".coarse", ".fine"] {
+        fs::remove_file(site.path(&format!(".intersync/sig/{version}{ext}"))).unwrap();
+    }
 }
 
 #[test]
@@ -362,8 +370,8 @@ fn a_stale_partial_is_caught_by_the_version() {
         random_bytes(42, 1 << 20),
     )
     .unwrap();
-    // Refuse ranges for the block path, so the whole fetch resumes the partial.
-    fs::remove_file(s.site.path(&format!(".intersync/sig/{version}"))).unwrap();
+    // No block path, so the whole fetch resumes the partial.
+    remove_signatures(&s.site, &version);
     let out = s.sync();
     s.assert_right(&out);
     assert!(way(&out).contains("1 whole"), "{}", way(&out));

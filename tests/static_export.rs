@@ -1,11 +1,16 @@
 //! `intersync export` makes a folder a complete InterSync source for a
 //! plain web server; a real nginx serves it and `intersync sync` follows it
-//! by the static path: the new version's signature, the rolling checksum
-//! over the local copy, and only the missing blocks by ranged GETs.
+//! by the static path: the new version's signature (for large files, a
+//! coarse one, then the fine one's records for what the coarse blocks
+//! missed), the rolling checksum over the local copy, and only the missing
+//! blocks by ranged GETs.
 
 use std::fs;
 use std::path::Path;
 
+use std::process::Command;
+
+use crate::client::scatter_edits;
 use crate::util::{Dir, Nginx, intersync, ok, random_bytes, run};
 
 fn export(dir: &Path) {
@@ -72,6 +77,70 @@ fn nginx_serves_an_exported_tree_and_scattered_edits_cost_blocks() {
         .count();
     assert_eq!(ranged, 1, "{:?}", &nginx.requests()[before..]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 by blocks and ranges"));
+}
+
+#[test]
+fn large_files_are_synced_in_signature_levels() {
+    let site = Dir::new();
+    fs::write(site.path("big.bin"), random_bytes(24, 8 << 20)).unwrap();
+    export(&site.path(""));
+    let sigs = site.path(".intersync/sig");
+    let levels = |ext: &str| {
+        fs::read_dir(&sigs)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some(ext.as_ref()))
+            .count()
+    };
+    assert_eq!((levels("coarse"), levels("fine")), (1, 1));
+    let nginx = Nginx::start(&site.path(""), "");
+    let clients = Dir::new();
+    let (wc, old_export) = (clients.path("wc"), clients.path("old"));
+    ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
+    ok(Command::new("cp").arg("-a").arg(&wc).arg(&old_export));
+
+    // 20 edits of 100 bytes. One signature would cost 90 KB (8,192 blocks
+    // of 11 bytes) and a 1 KiB block or two an edit; the coarse level is
+    // an eighth of that, and the fine one is read for the gaps only.
+    scatter_edits(&site.path("big.bin"), 20, 100, 5);
+    export(&site.path(""));
+    assert_eq!(
+        (levels("coarse"), levels("fine")),
+        (1, 1),
+        "the old levels are gone"
+    );
+    let before = nginx.requests().len();
+    let out = ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    let want = fs::read(site.path("big.bin")).unwrap();
+    assert_eq!(fs::read(wc.join("big.bin")).unwrap(), want);
+    let by_levels = received(&out);
+    assert!(by_levels < 40_000, "received {by_levels} bytes");
+    let asked: Vec<_> = nginx.requests()[before..].to_vec();
+    let count = |what: &str| asked.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count(".coarse "), 1, "{asked:?}");
+    assert_eq!(count(".fine "), 1, "{asked:?}");
+    assert_eq!(count("GET /big.bin "), 1, "{asked:?}");
+
+    // An export written before there were levels: one signature, as before.
+    for e in fs::read_dir(&sigs).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some() {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    let out = ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&old_export));
+    assert_eq!(fs::read(old_export.join("big.bin")).unwrap(), want);
+    let by_one = received(&out);
+    // (Measured: 115,227 against 31,593.)
+    assert!(
+        by_one > 90_000 && by_one > 3 * by_levels,
+        "{by_one} against {by_levels}"
+    );
 }
 
 #[test]

@@ -618,11 +618,21 @@ async fn fetch_by_cheapest(
         local.get(want.path).map(|e| &e.kind),
         Some(EntryKind::File { .. })
     ) {
-        let delta = if by_blocks {
+        let large = want.size >= delta::refine::MIN_LEN
+            && fs::metadata(&dest).is_ok_and(|m| m.len() >= delta::refine::MIN_LEN);
+        let delta = if by_blocks && large {
+            match fetch_levels(remote, &dest, want).await {
+                Ok(Some(done)) => Ok(done),
+                Ok(None) => fetch_blocks(remote, &dest, want).await,
+                Err(SyncError::Transport(e)) if e.is_unreachable() => Err(e.into()),
+                Err(e) => {
+                    tracing::info!(path = %want.path, error = %e, "signature levels failed; one signature then");
+                    fetch_blocks(remote, &dest, want).await
+                }
+            }
+        } else if by_blocks {
             fetch_blocks(remote, &dest, want).await
-        } else if want.size >= REFINE_MIN_LEN
-            && fs::metadata(&dest).is_ok_and(|m| m.len() >= REFINE_MIN_LEN)
-        {
+        } else if large {
             match fetch_refined(remote, &dest, want).await {
                 // A server without refinement: one round, then.
                 Err(SyncError::Transport(TransportError::Refused { status: 404, .. })) => {
@@ -935,10 +945,6 @@ async fn fetch_delta(
     install_delta(base, &spool, answer, dest, want)
 }
 
-/// Files at least this long are updated by a multi-round delta when the
-/// server cannot patch them: below it one signature is small anyway.
-const REFINE_MIN_LEN: u64 = 1 << 20;
-
 /// A multi-round delta (`delta::refine`): a coarse signature up, copies,
 /// gaps and a fine signature of the gaps down, the fine blocks found here,
 /// the rest of the gaps by ranges.
@@ -981,6 +987,82 @@ async fn fetch_refined(
     drop(base);
     install_checked(out, got, answer.version, answer.size, dest, want)?;
     Ok((got, stats))
+}
+
+/// The static path in rounds, for large files: the version's coarse
+/// signature whole, then the records of its fine signature that cover the
+/// coarse blocks `dest` lacks, then the bytes still missing
+/// (`delta::refine::static_levels`). `None` when the export has no levels
+/// for the version.
+async fn fetch_levels(
+    remote: &impl Remote,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+) -> Result<Option<(Version, delta::DeltaStats)>, SyncError> {
+    use intersync_protocol::refine::RefineAnswer;
+    use intersync_protocol::signature::SIGNATURE_HEADER_LEN;
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let unfit = |what: &str| SyncError::local(want.path, format!("{what} does not fit the file"));
+    let Some(coarse) = remote.coarse_signature(want.version).await? else {
+        return Ok(None);
+    };
+    let coarse =
+        Signature::from_bytes(coarse.to_vec()).map_err(|e| SyncError::local(want.path, e))?;
+    let coarse_len = u64::from(coarse.header().block_len);
+    if coarse.header() != delta::refine::coarse_options(want.size).header()
+        || coarse.view().block_count() as u64 != want.size.div_ceil(coarse_len)
+    {
+        return Err(unfit("the coarse signature"));
+    }
+    let file = File::open(dest).map_err(local)?;
+    let base = MappedFile::map(&file).map_err(local)?;
+    let segments = delta::refine::static_segments(coarse.view(), want.size, &base);
+    let options = delta::refine::static_fine_options(want.size);
+    let header = options.header();
+    let records = delta::refine::static_records(&segments, want.size, u64::from(options.block_len))
+        .ok_or_else(|| unfit("the fine signature"))?;
+    // The header, to check, and the records in runs.
+    let (head_len, record_len) = (SIGNATURE_HEADER_LEN as u64, header.record_len() as u64);
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    ranges.push(0..head_len);
+    for &i in &records {
+        let r = head_len + i * record_len..head_len + (i + 1) * record_len;
+        match ranges.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => ranges.push(r),
+        }
+    }
+    let mut fine = Vec::with_capacity((head_len + records.len() as u64 * record_len) as usize);
+    for chunk in ranges.chunks(RANGES_A_REQUEST) {
+        for part in remote.fine_signature_ranges(want.version, chunk).await? {
+            fine.extend_from_slice(&part);
+        }
+    }
+    if fine.get(..SIGNATURE_HEADER_LEN) != Some(&header.to_bytes()[..]) {
+        return Err(unfit("the fine signature's header"));
+    }
+    let fine = Signature::from_bytes(fine).map_err(|e| SyncError::local(want.path, e))?;
+    let answer = RefineAnswer {
+        version: want.version,
+        size: want.size,
+        segments,
+        fine: fine.view(),
+    };
+    let found = delta::refine::find(&answer, &base);
+    let missing = found.missing(&answer);
+    let fetched = fetch_ranges(remote, want.path, want.version, &missing, RANGES_A_REQUEST).await?;
+    let mut out = PendingFile::create(dest).map_err(local)?;
+    let mut hashing = HashingWriter {
+        inner: &mut out,
+        hasher: blake3::Hasher::new(),
+    };
+    let stats = found
+        .assemble(&answer, &base, &missing, &fetched, &mut hashing)
+        .map_err(local)?;
+    let got = Version(*hashing.hasher.finalize().as_bytes());
+    drop(base);
+    install_checked(out, got, want.version, want.size, dest, want)?;
+    Ok(Some((got, stats)))
 }
 
 /// The local copy at `dest` mapped, its signature with the options

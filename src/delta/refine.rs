@@ -8,8 +8,9 @@
 //! 2. the server tiles the new version into copies of what the coarse
 //!    blocks matched and gaps, and answers with a fine signature of the gaps
 //!    only (blocks a 32nd of the coarse), see `intersync_protocol::refine`;
-//! 3. the client finds the fine blocks in its copy and fetches the rest of
-//!    the gaps by ranges.
+//! 3. the client finds the fine blocks in its copy, looking around where
+//!    each gap's neighbours are, and fetches the rest of the gaps by
+//!    ranges.
 //!
 //! When refining cannot pay (the gaps are mostly new data, or so small that
 //! a round trip and a fine signature cost more than sending them) the
@@ -50,6 +51,109 @@ pub fn coarse_options(len: u64) -> SignatureOptions {
         len / u64::from(block_len) + 1,
         SignatureFormat::Md4Rollsum,
     )
+}
+
+/// Files shorter than this take one round (on either path): below it one
+/// signature is small anyway, and a coarse one would save too little to
+/// pay for another round.
+pub const MIN_LEN: u64 = 1 << 20;
+
+/// The fine blocks that go with coarse blocks of `coarse_block_len`.
+fn fine_block_len(coarse_block_len: u32) -> u32 {
+    (coarse_block_len / FINE_DIVISOR).max(MIN_FINE_BLOCK_LEN)
+}
+
+/// The static path's two levels of a version (what `intersync export`
+/// writes beside its signature, for files of [`MIN_LEN`] and more): a
+/// coarse signature of its blocks, fetched whole, and a fine one of the
+/// windows [`fine_windows`] gives for the whole file as one gap, fetched by
+/// ranges for the gaps only. Coarse blocks are a whole number of fine
+/// ones, so every gap a client finds starts on a fine window; the last
+/// window ends the file, overlapping the one before, as a refine answer's
+/// last window of a gap does.
+/// Returns the coarse signature, the fine one and the data's version.
+pub fn static_levels(data: &[u8]) -> (Signature, Signature, Version) {
+    let size = data.len() as u64;
+    let (coarse, version) = Signature::calculate(data, coarse_options(size));
+    let options = static_fine_options(size);
+    let windows = fine_windows(&[Segment::Gap { len: size }], u64::from(options.block_len));
+    (
+        coarse,
+        Signature::of_windows(data, &windows, options),
+        version,
+    )
+}
+
+/// The options of the static fine signature of `size` bytes.
+pub fn static_fine_options(size: u64) -> SignatureOptions {
+    let block_len = fine_block_len(coarse_options(size).block_len);
+    let windows = fine_windows(&[Segment::Gap { len: size }], u64::from(block_len)).len();
+    SignatureOptions::for_blocks(size, block_len, windows as u64, SignatureFormat::Md4Rollsum)
+}
+
+/// How a version of `size` bytes, whose coarse signature is `coarse`,
+/// tiles against `base`: copies of the coarse blocks `base` has (adjacent
+/// ones merged), gaps for the rest. The client's side of [`plan`] on the
+/// static path, where the coarse signature is of the new version.
+pub fn static_segments(coarse: SignatureRef<'_>, size: u64, base: &[u8]) -> Vec<Segment> {
+    let block_len = u64::from(coarse.header.block_len);
+    let blocks = coarse.block_count();
+    let len_of = |b: usize| size.min((b as u64 + 1) * block_len) - b as u64 * block_len;
+    let mut source: Vec<Option<u64>> = vec![None; blocks];
+    let mut by_sum = std::collections::HashMap::new();
+    BlockIndex::new(coarse).scan(base, |m| {
+        let b = m.block as usize;
+        if u64::from(m.len) == len_of(b) && source[b].is_none() {
+            source[b] = Some(m.data_offset);
+            if len_of(b) == block_len {
+                by_sum.insert(coarse.block(b), m.data_offset);
+            }
+        }
+    });
+    let mut segments: Vec<Segment> = Vec::new();
+    for (b, found) in source.iter().enumerate() {
+        let len = len_of(b);
+        // Whole blocks with the same sums (runs of zeros) share one source.
+        let found = found.or_else(|| {
+            (len == block_len)
+                .then(|| by_sum.get(&coarse.block(b)).copied())
+                .flatten()
+        });
+        match (found, segments.last_mut()) {
+            (
+                Some(at),
+                Some(Segment::Copy {
+                    base_offset,
+                    len: l,
+                }),
+            ) if *base_offset + *l == at => *l += len,
+            (Some(at), _) => segments.push(Segment::Copy {
+                base_offset: at,
+                len,
+            }),
+            (None, Some(Segment::Gap { len: l })) => *l += len,
+            (None, _) => segments.push(Segment::Gap { len }),
+        }
+    }
+    segments
+}
+
+/// Which records of the static fine signature of `size` bytes (with
+/// `block_len` blocks) the windows of `segments` are, in order; `None` if
+/// one is not among them (a signature that does not fit the size).
+pub fn static_records(segments: &[Segment], size: u64, block_len: u64) -> Option<Vec<u64>> {
+    let all = fine_windows(&[Segment::Gap { len: size }], block_len);
+    fine_windows(segments, block_len)
+        .into_iter()
+        .map(|w| {
+            let i = if w % block_len == 0 {
+                w / block_len
+            } else {
+                all.len() as u64 - 1
+            };
+            (all.get(i as usize) == Some(&w)).then_some(i)
+        })
+        .collect()
 }
 
 /// How the new version tiles against a coarse signature.
@@ -99,7 +203,7 @@ pub fn plan(coarse: SignatureRef<'_>, new: &[u8]) -> Plan {
 
 impl Plan {
     fn fine_block_len(&self) -> u32 {
-        (self.coarse_block_len / FINE_DIVISOR).max(MIN_FINE_BLOCK_LEN)
+        fine_block_len(self.coarse_block_len)
     }
 
     /// The refine answer for `new` (whose version is `version`), or `None`
@@ -134,21 +238,26 @@ pub struct Found {
     block_len: u64,
 }
 
-/// Looks for the answer's fine blocks in `base`: one rolling scan, then
-/// each block still missing is tried where its neighbour's match says it
-/// would be (the scan never reports overlapping matches, and the last
-/// block of a gap overlaps the one before).
+/// Looks for the answer's fine blocks in `base`: a rolling scan of the
+/// stretches of `base` around each gap (see [`near_gaps`]), then each
+/// block still missing is tried where its neighbour's match says it would
+/// be (the scan never reports overlapping matches, and the last block of a
+/// gap overlaps the one before).
 pub fn find(answer: &RefineAnswer<'_>, base: &[u8]) -> Found {
     let fine = answer.fine;
     let block_len = u64::from(fine.header.block_len);
     let windows = fine_windows(&answer.segments, block_len);
     let mut base_offsets: Vec<Option<u64>> = vec![None; windows.len()];
-    BlockIndex::new(fine).scan(base, |m| {
-        let slot = &mut base_offsets[m.block as usize];
-        if u64::from(m.len) == block_len && slot.is_none() {
-            *slot = Some(m.data_offset);
-        }
-    });
+    let index = BlockIndex::new(fine);
+    for stretch in near_gaps(&answer.segments, base.len() as u64, block_len) {
+        let start = stretch.start;
+        index.scan(&base[stretch.start as usize..stretch.end as usize], |m| {
+            let slot = &mut base_offsets[m.block as usize];
+            if u64::from(m.len) == block_len && slot.is_none() {
+                *slot = Some(start + m.data_offset);
+            }
+        });
+    }
     let options = SignatureOptions {
         format: fine.header.format,
         block_len: fine.header.block_len,
@@ -192,6 +301,52 @@ pub fn find(answer: &RefineAnswer<'_>, base: &[u8]) -> Found {
         base_offsets,
         block_len,
     }
+}
+
+/// The stretches of a base of `base_len` bytes worth scanning for the
+/// fine blocks, in order and apart: for each gap, the base from the end of
+/// the copy before it to the start of the copy after it, widened by
+/// `margin` each way. That is where an edit's surroundings are, whether
+/// it replaced, inserted or deleted bytes; content moved there from far
+/// away, in pieces smaller than a coarse block, is fetched instead. When
+/// the stretches cover half the base or more, the whole base is one: on
+/// 100 MiB with 50 scattered edits they are about 4 MiB, and the scan of
+/// the whole base was most of what a second round cost.
+pub fn near_gaps(segments: &[Segment], base_len: u64, margin: u64) -> Vec<Range<u64>> {
+    // The start of the next copy after each segment, from the end.
+    let mut next_start = vec![base_len; segments.len()];
+    for i in (0..segments.len().saturating_sub(1)).rev() {
+        next_start[i] = match segments[i + 1] {
+            Segment::Copy { base_offset, .. } => base_offset,
+            Segment::Gap { .. } => next_start[i + 1],
+        };
+    }
+    let mut stretches: Vec<Range<u64>> = Vec::new();
+    let mut before = 0;
+    for (s, &after) in segments.iter().zip(&next_start) {
+        match *s {
+            Segment::Copy { base_offset, len } => before = base_offset.saturating_add(len),
+            Segment::Gap { .. } => {
+                let start = before.min(after).saturating_sub(margin);
+                let end = before.max(after).saturating_add(margin).min(base_len);
+                stretches.push(start..end.max(start));
+            }
+        }
+    }
+    stretches.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::new();
+    for r in stretches {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    let covered: u64 = merged.iter().map(|r| r.end - r.start).sum();
+    if covered >= base_len / 2 {
+        merged.clear();
+        merged.push(0..base_len);
+    }
+    merged
 }
 
 impl Found {
@@ -372,6 +527,116 @@ mod tests {
                 assert!(out == new, "seed {seed}: wrong result");
             }
         }
+    }
+
+    #[test]
+    fn insertions_and_deletions_are_found_near_their_gaps() {
+        let (old, _) = scattered(16 << 20, 0, 7);
+        let mut new = old.clone();
+        // 20 insertions and 20 deletions of 2,000 bytes, a coarse block
+        // and more apart: every fine block beside them is found in the
+        // stretches scanned, so what is fetched is the insertions and at
+        // most a fine block beside each edit.
+        for k in 0..20 {
+            let at = (k * 2 + 1) * (380 << 10);
+            new.splice(at..at, std::iter::repeat_n(k as u8, 2000));
+            new.drain(at + (190 << 10)..at + (190 << 10) + 2000);
+        }
+        let (moved, out) = exchange(&old, &new);
+        assert!(out == new, "the result is not the new version");
+        let moved = moved.expect("worth refining");
+        assert!(moved < 120_000, "{moved} bytes");
+    }
+
+    /// The static path in memory: the levels of `new`, the records of the
+    /// fine one the client needs, and what it fetches; bytes moved.
+    fn static_exchange(old: &[u8], new: &[u8]) -> (u64, Vec<u8>) {
+        let size = new.len() as u64;
+        let (coarse, fine_all, version) = static_levels(new);
+        let segments = static_segments(coarse.view(), size, old);
+        let block_len = u64::from(fine_all.header().block_len);
+        let records = static_records(&segments, size, block_len).unwrap();
+        let mut fine = fine_all.header().to_bytes().to_vec();
+        for &i in &records {
+            let (weak, strong) = fine_all.view().block(i as usize);
+            fine.extend_from_slice(&weak.to_be_bytes());
+            fine.extend_from_slice(strong);
+        }
+        let fine = Signature::from_bytes(fine).unwrap();
+        let answer = RefineAnswer {
+            version,
+            size,
+            segments,
+            fine: fine.view(),
+        };
+        let found = find(&answer, old);
+        let missing = found.missing(&answer);
+        let fetched: Vec<&[u8]> = missing
+            .iter()
+            .map(|r| &new[r.start as usize..r.end as usize])
+            .collect();
+        let mut out = Vec::new();
+        let stats = found
+            .assemble(&answer, old, &missing, &fetched, &mut out)
+            .unwrap();
+        let moved = coarse.as_bytes().len() + fine.as_bytes().len();
+        (moved as u64 + stats.literal_bytes, out)
+    }
+
+    #[test]
+    fn static_levels_cost_a_fraction_of_one_signature() {
+        let (old, new) = scattered(16 << 20, 30, 3);
+        let (moved, out) = static_exchange(&old, &new);
+        assert!(out == new, "the result is not the new version");
+        // One signature at the policy's blocks is 180 KB (16,384 blocks of
+        // 11 bytes) before any data.
+        assert!(moved < 130_000, "{moved} bytes");
+        // Ends, a short tail, insertions and a file of one coarse block
+        // and a bit.
+        for seed in 0..4 {
+            let (old, mut new) = scattered(3 << 20, 5, seed);
+            new.splice(1000..1000, [7u8; 3333]);
+            new.truncate(new.len() - 12_345);
+            new.extend_from_slice(&[9; 100]);
+            assert!(static_exchange(&old, &new).1 == new, "seed {seed}");
+        }
+        let (old, _) = scattered(1 << 20, 0, 9);
+        let mut new = old.clone();
+        new.extend_from_slice(&old[..77_777]);
+        assert!(static_exchange(&old, &new).1 == new);
+        assert!(static_exchange(&new, &old).1 == old);
+    }
+
+    #[test]
+    fn near_gaps_spans_each_gap_and_merges() {
+        let copy = |base_offset, len| Segment::Copy { base_offset, len };
+        let gap = |len| Segment::Gap { len };
+        // A replacement at 1,000, an insertion at 5,000, a deletion at
+        // 9,000 and a new tail, in a 100,000-byte base.
+        let segments = [
+            copy(0, 1000),
+            gap(50),
+            copy(1050, 3950),
+            gap(70),
+            copy(5000, 4000),
+            gap(10),
+            copy(9500, 80_000),
+            gap(300),
+        ];
+        assert_eq!(
+            near_gaps(&segments, 100_000, 16),
+            [984..1066, 4984..5016, 8984..9516, 89_484..100_000]
+        );
+        // Stretches that overlap are one.
+        assert_eq!(
+            near_gaps(&segments, 100_000, 2000),
+            [0..11_500, 87_500..100_000]
+        );
+        // Half the base or more: all of it.
+        let mostly_new = [copy(0, 4000), gap(9000), copy(13_000, 3000)];
+        let whole: Range<u64> = 0..16_000;
+        assert_eq!(near_gaps(&mostly_new, 16_000, 16), vec![whole]);
+        assert_eq!(near_gaps(&[gap(10)], 0, 16).len(), 1);
     }
 
     #[test]

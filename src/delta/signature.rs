@@ -103,7 +103,8 @@ impl SignatureOptions {
         })
     }
 
-    fn header(&self) -> SignatureHeader {
+    /// The header a signature with these options has.
+    pub fn header(&self) -> SignatureHeader {
         SignatureHeader {
             format: self.format,
             block_len: self.block_len,

@@ -473,8 +473,45 @@ impl Export {
         Ok(Some(bytes))
     }
 
+    /// Writes the static path's two signature levels of `version`
+    /// (`sig/<hex>.coarse` and `sig/<hex>.fine`, see
+    /// `delta::refine::static_levels`) unless they are there, the file is
+    /// under `delta::refine::MIN_LEN`, or no file has the version now.
+    fn write_levels(&self, version: Version) -> Result<(), ExportError> {
+        let sig = self.sig_cache(&version);
+        let (coarse, fine) = (sig.with_extension("coarse"), sig.with_extension("fine"));
+        if coarse.exists() && fine.exists() {
+            return Ok(());
+        }
+        let Some(path) = self.lock().path_of(version).cloned() else {
+            return Ok(());
+        };
+        let Ok(file) = super::files::open_beneath(&self.root, &path) else {
+            return Ok(());
+        };
+        let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
+        if (data.len() as u64) < crate::delta::refine::MIN_LEN {
+            return Ok(());
+        }
+        let (coarse_sig, fine_sig, actual) = crate::delta::refine::static_levels(&data);
+        if actual != version {
+            // Changed on disk since it was journaled: the next scan says so.
+            return Ok(());
+        }
+        for (dest, bytes) in [
+            (&fine, fine_sig.as_bytes()),
+            (&coarse, coarse_sig.as_bytes()),
+        ] {
+            let mut pending = PendingFile::create(dest).map_err(io_err(dest))?;
+            pending.write_all(bytes).map_err(io_err(dest))?;
+            pending.install().map_err(io_err(dest))?;
+        }
+        Ok(())
+    }
+
     /// Makes the export complete for a plain web server: a signature for
-    /// every current version, none for versions gone, and the head document
+    /// every current version (and its two levels, for large files), none
+    /// for versions gone, and the head document
     /// at `.intersync/head`. Returns (files, signatures written).
     pub fn write_static(&self) -> Result<(u64, u64), ExportError> {
         let state = self.state();
@@ -489,12 +526,15 @@ impl Export {
                     self.signature(version)?;
                     written += 1;
                 }
+                self.write_levels(version)?;
             }
         }
         let sig_dir = self.state_dir.join("sig");
         if let Ok(entries) = fs::read_dir(&sig_dir) {
             for e in entries.flatten() {
-                if !current.contains(e.file_name().to_string_lossy().as_ref()) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let version = name.split_once('.').map_or(name.as_str(), |(v, _)| v);
+                if !current.contains(version) {
                     let _ = fs::remove_file(e.path());
                 }
             }

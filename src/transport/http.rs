@@ -444,6 +444,96 @@ impl HttpRemote {
     }
 
     /// A whole resource below the base, read into memory.
+    /// One range of what `url` names; anything but exactly that range is
+    /// refused (the caller falls back).
+    async fn range_of(
+        &self,
+        url: &str,
+        range: std::ops::Range<u64>,
+        what: String,
+    ) -> Result<Bytes, TransportError> {
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let answer = self
+            .send(Method::GET, url, &[("range", header)], Bytes::new(), &what)
+            .await?;
+        let want = format!("bytes {}-{}/", range.start, range.end - 1);
+        let content_range = answer
+            .headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let ok = answer.status == StatusCode::PARTIAL_CONTENT && content_range.starts_with(&want);
+        let status = answer.status;
+        if !ok {
+            // Not what was asked (perhaps the whole file): not read.
+            drop(answer.body);
+            return Err(TransportError::BadAnswer {
+                what,
+                reason: format!("asked for a range, got {status} {content_range:?}"),
+            });
+        }
+        let bytes = self.collect(answer.body, &what).await?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(TransportError::BadAnswer {
+                what,
+                reason: format!(
+                    "{} bytes for a range of {}",
+                    bytes.len(),
+                    range.end - range.start
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Several ranges of what `url` names in one request
+    /// (multipart/byteranges), in the order asked; anything but exactly
+    /// those ranges is an error.
+    async fn ranges_of(
+        &self,
+        url: &str,
+        ranges: &[std::ops::Range<u64>],
+        what: String,
+    ) -> Result<Vec<Bytes>, TransportError> {
+        let spec: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end - 1))
+            .collect();
+        let header = format!("bytes={}", spec.join(","));
+        let answer = self
+            .send(Method::GET, url, &[("range", header)], Bytes::new(), &what)
+            .await?;
+        let status = answer.status;
+        let content_type = answer
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bad = |reason: String| TransportError::BadAnswer {
+            what: what.clone(),
+            reason,
+        };
+        if status != StatusCode::PARTIAL_CONTENT {
+            // Most likely the whole file (ranges unsupported): not read, the
+            // connection is dropped instead.
+            drop(answer.body);
+            return Err(bad(format!(
+                "asked for {} ranges, got {status}",
+                ranges.len()
+            )));
+        }
+        let body = self.collect(answer.body, &what).await?;
+        let boundary = intersync_protocol::byteranges::boundary(&content_type)
+            .map_err(|e| bad(e.to_string()))?;
+        let parts = intersync_protocol::byteranges::parse(&body, &boundary)
+            .map_err(|e| bad(e.to_string()))?;
+        if parts.len() != ranges.len() || parts.iter().zip(ranges).any(|(p, r)| p.range != *r) {
+            return Err(bad("the parts are not the ranges asked for".into()));
+        }
+        Ok(parts.into_iter().map(|p| body.slice_ref(p.bytes)).collect())
+    }
+
     async fn get_all(&self, path: &str, what: &str) -> Result<Bytes, TransportError> {
         let answer = self
             .send(Method::GET, path, &[], Bytes::new(), what)
@@ -749,44 +839,8 @@ impl Remote for HttpRemote {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, TransportError> {
         let what = format!("{path} bytes {}-{}", range.start, range.end);
-        let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let answer = self
-            .send(
-                Method::GET,
-                &self.file_url(path, version),
-                &[("range", header)],
-                Bytes::new(),
-                &what,
-            )
-            .await?;
-        let want = format!("bytes {}-{}/", range.start, range.end - 1);
-        let content_range = answer
-            .headers
-            .get(header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let ok = answer.status == StatusCode::PARTIAL_CONTENT && content_range.starts_with(&want);
-        let status = answer.status;
-        if !ok {
-            // Not what was asked (perhaps the whole file): not read.
-            drop(answer.body);
-            return Err(TransportError::BadAnswer {
-                what,
-                reason: format!("asked for a range, got {status} {content_range:?}"),
-            });
-        }
-        let bytes = self.collect(answer.body, &what).await?;
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(TransportError::BadAnswer {
-                what,
-                reason: format!(
-                    "{} bytes for a range of {}",
-                    bytes.len(),
-                    range.end - range.start
-                ),
-            });
-        }
-        Ok(bytes)
+        self.range_of(&self.file_url(path, version), range, what)
+            .await
     }
 
     async fn ranges(
@@ -796,49 +850,34 @@ impl Remote for HttpRemote {
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>, TransportError> {
         let what = format!("{path}, {} ranges", ranges.len());
-        let spec: Vec<String> = ranges
-            .iter()
-            .map(|r| format!("{}-{}", r.start, r.end - 1))
-            .collect();
-        let header = format!("bytes={}", spec.join(","));
-        let answer = self
-            .send(
-                Method::GET,
-                &self.file_url(path, version),
-                &[("range", header)],
-                Bytes::new(),
-                &what,
-            )
-            .await?;
-        let status = answer.status;
-        let content_type = answer
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bad = |reason: String| TransportError::BadAnswer {
-            what: what.clone(),
-            reason,
-        };
-        if status != StatusCode::PARTIAL_CONTENT {
-            // Most likely the whole file (ranges unsupported): not read, the
-            // connection is dropped instead.
-            drop(answer.body);
-            return Err(bad(format!(
-                "asked for {} ranges, got {status}",
-                ranges.len()
-            )));
+        self.ranges_of(&self.file_url(path, version), ranges, what)
+            .await
+    }
+
+    async fn coarse_signature(&self, version: Version) -> Result<Option<Bytes>, TransportError> {
+        let what = format!("coarse signature of {version:?}");
+        match self
+            .get_all(&format!(".intersync/sig/{version}.coarse"), &what)
+            .await
+        {
+            Ok(bytes) => Ok(Some(bytes)),
+            // An export written before there were levels, or a smart server.
+            Err(TransportError::Refused { status, .. }) if (400..500).contains(&status) => Ok(None),
+            Err(e) => Err(e),
         }
-        let body = self.collect(answer.body, &what).await?;
-        let boundary = intersync_protocol::byteranges::boundary(&content_type)
-            .map_err(|e| bad(e.to_string()))?;
-        let parts = intersync_protocol::byteranges::parse(&body, &boundary)
-            .map_err(|e| bad(e.to_string()))?;
-        if parts.len() != ranges.len() || parts.iter().zip(ranges).any(|(p, r)| p.range != *r) {
-            return Err(bad("the parts are not the ranges asked for".into()));
+    }
+
+    async fn fine_signature_ranges(
+        &self,
+        version: Version,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>, TransportError> {
+        let what = format!("fine signature of {version:?}, {} ranges", ranges.len());
+        let url = format!(".intersync/sig/{version}.fine");
+        match ranges {
+            [one] => Ok(vec![self.range_of(&url, one.clone(), what).await?]),
+            _ => self.ranges_of(&url, ranges, what).await,
         }
-        Ok(parts.into_iter().map(|p| body.slice_ref(p.bytes)).collect())
     }
 
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError> {

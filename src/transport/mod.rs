@@ -183,6 +183,18 @@ pub trait Remote {
     ) -> Result<Vec<Bytes>, TransportError>;
     /// The server's signature of a version.
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
+    /// The static path's coarse signature of a version
+    /// (`delta::refine::static_levels`); `None` when the export has none
+    /// (a small file, an export written before there were levels, or a
+    /// smart server).
+    async fn coarse_signature(&self, version: Version) -> Result<Option<Bytes>, TransportError>;
+    /// Byte ranges of the static path's fine signature of a version, in the
+    /// order asked. Anything but exactly those ranges is an error.
+    async fn fine_signature_ranges(
+        &self,
+        version: Version,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>, TransportError>;
     async fn put_whole(
         &self,
         path: &TreePath,
