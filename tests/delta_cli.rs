@@ -216,7 +216,7 @@ fn output_larger_than_announced() {
     // A version patch (`/.intersync/patch/`) that says its result is 10,000
     // bytes, or copies from past the base's end, is refused the same way.
     let mut big = b"ISP1".to_vec();
-    big.extend_from_slice(&[0x90, 0x4e, 1, 0, 0, 0, 0x90, 0x4e]);
+    big.extend_from_slice(&[0x90, 0x4e, 1, 0, 0, 0, 0, 0x90, 0x4e]);
     let p = dir.write("patch", &big);
     refused(
         &[

@@ -7,7 +7,8 @@
 //! and the bytes between them, the literals, as one zstd frame compressed
 //! with the old content as its reference prefix (what `zstd
 //! --patch-from=OLD NEW` does), so that short matches the copies miss
-//! still cost little. A patch that is one zstd frame over the whole new
+//! still cost little; a few literal bytes that a frame would not make
+//! smaller go as they are. A patch that is one zstd frame over the whole new
 //! content would pay a few bytes for each of zstd's 128 KiB blocks even
 //! where nothing changed: 11 KB between two equal 100 MiB versions, 6% on
 //! top of the benchmark's scattered edits (S1: 202,168 bytes against
@@ -16,9 +17,9 @@
 //! Layout (integers are LEB128; `delta` is zigzag-coded):
 //!
 //! ```text
-//! "ISP1" result_len copies literal_len
+//! "ISP1" result_len copies literal_len coding(1 byte)
 //! copies x (literal_run copy_from_delta copy_len)
-//! zstd frame of the literal_len literal bytes (absent when there are none)
+//! the literal_len literal bytes: as they are (coding 0), or a zstd frame (1)
 //! ```
 //!
 //! The result is, for each copy, the next `literal_run` literal bytes and
@@ -105,6 +106,8 @@ pub fn encode<W: Write>(old: &[u8], new: &[u8], mut out: W) -> Result<W, PatchEr
     for n in [new_len, copies.len() as u64, literal_len] {
         put_varint(&mut head, n);
     }
+    // The literal coding goes here, once it is chosen.
+    let coding_at = head.len();
     let mut old_end = 0u64;
     for c in &copies {
         let expected = old_end + c.literal_run;
@@ -113,24 +116,76 @@ pub fn encode<W: Write>(old: &[u8], new: &[u8], mut out: W) -> Result<W, PatchEr
         put_varint(&mut head, c.len);
         old_end = c.from + c.len;
     }
-    out.write_all(&head)?;
-    if literal_len == 0 {
+    let literals = || {
+        let mut at = 0usize;
+        copies
+            .iter()
+            .map(move |c| {
+                let run = &new[at..at + c.literal_run as usize];
+                at += (c.literal_run + c.len) as usize;
+                run
+            })
+            .chain(std::iter::once(
+                &new[new.len() - tail_len(&copies, new_len)..],
+            ))
+    };
+    // A few literal bytes are sent as they are when a frame would not be
+    // smaller (random bytes, and a frame's own header is 10 bytes or so).
+    if literal_len <= RAW_UP_TO {
+        let frame = match literal_len {
+            0 => Vec::new(),
+            _ => literal_frame(old, literal_len, literals(), Vec::new())?,
+        };
+        let raw = frame.len() as u64 >= literal_len;
+        head.insert(coding_at, if raw { CODING_RAW } else { CODING_ZSTD });
+        out.write_all(&head)?;
+        if raw {
+            for run in literals() {
+                out.write_all(run)?;
+            }
+        } else {
+            out.write_all(&frame)?;
+        }
         return Ok(out);
     }
-    let log = window_log(old_len, literal_len).expect("literals are part of the new content");
+    head.insert(coding_at, CODING_ZSTD);
+    out.write_all(&head)?;
+    literal_frame(old, literal_len, literals(), out)
+}
+
+/// The literals go as they are.
+const CODING_RAW: u8 = 0;
+/// The literals go as one zstd frame with the old content as prefix.
+const CODING_ZSTD: u8 = 1;
+
+/// Up to this many literal bytes may go raw.
+const RAW_UP_TO: u64 = 4096;
+
+/// How many bytes of a result of `new_len` follow the last copy.
+fn tail_len(copies: &[Copy], new_len: u64) -> usize {
+    let covered: u64 = copies.iter().map(|c| c.literal_run + c.len).sum();
+    (new_len - covered) as usize
+}
+
+/// Writes `runs` (`len` bytes in all) to `out` as one zstd frame with
+/// `old` as its reference prefix.
+fn literal_frame<'a, W: Write>(
+    old: &[u8],
+    len: u64,
+    runs: impl Iterator<Item = &'a [u8]>,
+    out: W,
+) -> Result<W, PatchError> {
+    let log = window_log(old.len() as u64, len).expect("literals are part of the new content");
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, old)?;
     enc.window_log(log)?;
     enc.long_distance_matching(true)?;
-    enc.set_pledged_src_size(Some(literal_len))?;
+    enc.set_pledged_src_size(Some(len))?;
     enc.include_contentsize(true)?;
     // The caller checks the result's BLAKE3 version instead.
     enc.include_checksum(false)?;
-    let mut at = 0usize;
-    for c in &copies {
-        enc.write_all(&new[at..at + c.literal_run as usize])?;
-        at += (c.literal_run + c.len) as usize;
+    for run in runs {
+        enc.write_all(run)?;
     }
-    enc.write_all(&new[at..])?;
     Ok(enc.finish()?)
 }
 
@@ -380,6 +435,11 @@ pub fn decode(old: &[u8], patch: &[u8], mut out: impl Write, size: u64) -> Resul
     }
     let count = head.varint("copy count")?;
     let literal_len = head.varint("literal length")?;
+    let (&coding, rest) = head
+        .rest
+        .split_first()
+        .ok_or(PatchError::Malformed("no literal coding"))?;
+    head.rest = rest;
     // Each copy takes three bytes at least.
     if count > head.rest.len() as u64 / 3 {
         return Err(PatchError::Malformed("more copies than the header holds"));
@@ -431,8 +491,7 @@ pub fn decode(old: &[u8], patch: &[u8], mut out: impl Write, size: u64) -> Resul
             want: size,
         });
     }
-    let frame = head.rest;
-    let mut lit = Literals::new(old, frame, literal_len)?;
+    let mut lit = Literals::new(old, coding, head.rest, literal_len)?;
     for c in &copies {
         lit.copy_to(&mut out, c.literal_run)?;
         out.write_all(&old[c.from as usize..(c.from + c.len) as usize])?;
@@ -442,43 +501,56 @@ pub fn decode(old: &[u8], patch: &[u8], mut out: impl Write, size: u64) -> Resul
     Ok(literal_len)
 }
 
-/// The literal frame, read as the copies need it.
-struct Literals<'a> {
-    frame: Option<zstd::stream::read::Decoder<'a, &'a [u8]>>,
+/// The literals, read as the copies need them.
+enum Literals<'a> {
+    Raw(&'a [u8]),
+    Frame(Box<zstd::stream::read::Decoder<'a, &'a [u8]>>),
 }
 
 impl<'a> Literals<'a> {
-    fn new(old: &'a [u8], frame: &'a [u8], len: u64) -> Result<Literals<'a>, PatchError> {
-        if len == 0 {
-            if !frame.is_empty() {
-                return Err(PatchError::Malformed("bytes after the copies"));
+    fn new(
+        old: &'a [u8],
+        coding: u8,
+        rest: &'a [u8],
+        len: u64,
+    ) -> Result<Literals<'a>, PatchError> {
+        match coding {
+            CODING_RAW if rest.len() as u64 == len => Ok(Literals::Raw(rest)),
+            CODING_RAW => Err(PatchError::Malformed(
+                "the raw literals are not the header's length",
+            )),
+            CODING_ZSTD => {
+                if zstd::zstd_safe::get_frame_content_size(rest).ok().flatten() != Some(len) {
+                    return Err(PatchError::Malformed(
+                        "the literal frame's size is not the header's",
+                    ));
+                }
+                let mut dec = zstd::stream::read::Decoder::with_ref_prefix(rest, old)
+                    .map_err(PatchError::Corrupt)?
+                    .single_frame();
+                dec.window_log_max(31).map_err(PatchError::Corrupt)?;
+                Ok(Literals::Frame(Box::new(dec)))
             }
-            return Ok(Literals { frame: None });
+            _ => Err(PatchError::Malformed("unknown literal coding")),
         }
-        if zstd::zstd_safe::get_frame_content_size(frame)
-            .ok()
-            .flatten()
-            != Some(len)
-        {
-            return Err(PatchError::Malformed(
-                "the literal frame's size is not the header's",
-            ));
-        }
-        let mut dec = zstd::stream::read::Decoder::with_ref_prefix(frame, old)
-            .map_err(PatchError::Corrupt)?
-            .single_frame();
-        dec.window_log_max(31).map_err(PatchError::Corrupt)?;
-        Ok(Literals { frame: Some(dec) })
     }
 
     /// Passes the next `n` literal bytes on to `out`.
     fn copy_to(&mut self, out: &mut impl Write, mut n: u64) -> Result<(), PatchError> {
+        let dec = match self {
+            Literals::Raw(rest) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                let run = rest
+                    .get(..n)
+                    .ok_or(PatchError::Malformed("literal runs pass the literals"))?;
+                out.write_all(run)?;
+                *rest = &rest[n..];
+                return Ok(());
+            }
+            Literals::Frame(dec) => dec,
+        };
         let mut buf = [0u8; 16 << 10];
         while n > 0 {
-            let dec = self
-                .frame
-                .as_mut()
-                .ok_or(PatchError::Malformed("literal runs pass the literals"))?;
             let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
             let got = dec.read(&mut buf[..want]).map_err(PatchError::Corrupt)?;
             if got == 0 {
@@ -490,10 +562,12 @@ impl<'a> Literals<'a> {
         Ok(())
     }
 
-    /// Checks that the frame has nothing left, and nothing follows it.
+    /// Checks that the literals are all used, and nothing follows them.
     fn finish(self) -> Result<(), PatchError> {
-        let Some(mut dec) = self.frame else {
-            return Ok(());
+        let mut dec = match self {
+            Literals::Raw([]) => return Ok(()),
+            Literals::Raw(_) => return Err(PatchError::Malformed("bytes after the literals")),
+            Literals::Frame(dec) => dec,
         };
         let mut probe = [0u8; 1];
         if dec.read(&mut probe).map_err(PatchError::Corrupt)? != 0 {
@@ -547,9 +621,9 @@ mod tests {
         let (old, new) = edited(4 << 20);
         let patch = round_trip(&old, &new);
         // Eight one-byte edits and a tail in 4 MiB: a few bytes each for
-        // nine copies and a literal frame of 18 bytes, where one rsync
-        // block an edit would be 16 KiB and one zstd frame would pay for
-        // each of its 32 blocks.
+        // nine copies and the 18 literal bytes as they are, where one
+        // rsync block an edit would be 16 KiB and one zstd frame would pay
+        // for each of its 32 blocks.
         assert!(patch.len() < 120, "patch of {} bytes", patch.len());
     }
 
@@ -640,7 +714,8 @@ mod tests {
         assert!(matches!(long, Err(PatchError::WrongSize { .. })));
     }
 
-    /// A patch written field by field.
+    /// A patch written field by field (the literal coding is a field: as a
+    /// varint, 0 and 1 are the bytes themselves).
     fn patch_of(fields: &[u64], frame: &[u8]) -> Vec<u8> {
         let mut patch = MAGIC.to_vec();
         for &f in fields {
@@ -655,28 +730,35 @@ mod tests {
         let old = b"0123456789";
         let frame = zstd::bulk::compress(b"ab", 1).unwrap();
         let try_ = |patch: &[u8], size| decode(old, patch, Vec::new(), size);
-        // A good one: two literals then the whole old content.
-        try_(&patch_of(&[12, 1, 2, 2, zigzag(-2), 10], &frame), 12).unwrap();
+        // Good ones: two literals (in a frame, or raw) then all of old.
+        let good = [12, 1, 2, 1, 2, zigzag(-2), 10];
+        try_(&patch_of(&good, &frame), 12).unwrap();
+        let mut out = Vec::new();
+        decode(
+            old,
+            &patch_of(&[12, 1, 2, 0, 2, zigzag(-2), 10], b"ab"),
+            &mut out,
+            12,
+        )
+        .unwrap();
+        assert_eq!(out, b"ab0123456789");
         assert!(matches!(
-            try_(&patch_of(&[12, 1, 2, 2, zigzag(-1), 10], &frame), 12),
+            try_(&patch_of(&[12, 1, 2, 1, 2, zigzag(-1), 10], &frame), 12),
             Err(PatchError::CopyOutside { index: 0, .. })
         ));
         let malformed = [
             (b"ISP2".to_vec(), 0),
-            (patch_of(&[12, 1000, 2], &frame), 12),
-            (patch_of(&[12, 1, 2, 3, zigzag(-3), 9], &frame), 12),
-            (patch_of(&[13, 1, 3, 2, zigzag(-2), 10], &frame), 13),
-            (patch_of(&[13, 1, 2, 3, zigzag(-3), 10], &frame), 13),
-            (patch_of(&[12, 1, 2, 2, zigzag(-12), 10], &frame), 12),
-            (patch_of(&[10, 1, 0, 0, 0, 10], b"x"), 10),
-            (
-                [
-                    patch_of(&[12, 1, 2, 2, zigzag(-2), 10], &frame),
-                    b"x".to_vec(),
-                ]
-                .concat(),
-                12,
-            ),
+            (patch_of(&[12, 1000, 2, 1], &frame), 12),
+            (patch_of(&[12, 1, 2, 1, 3, zigzag(-3), 9], &frame), 12),
+            (patch_of(&[13, 1, 3, 1, 2, zigzag(-2), 10], &frame), 13),
+            (patch_of(&[13, 1, 2, 1, 3, zigzag(-3), 10], &frame), 13),
+            (patch_of(&[12, 1, 2, 1, 2, zigzag(-12), 10], &frame), 12),
+            (patch_of(&[10, 1, 0, 0, 0, 0, 10], b"x"), 10),
+            (patch_of(&[12, 1, 2, 0, 2, zigzag(-2), 10], b"abc"), 12),
+            (patch_of(&[12, 1, 2, 0, 2, zigzag(-2), 10], b"a"), 12),
+            (patch_of(&[12, 1, 2, 7, 2, zigzag(-2), 10], &frame), 12),
+            (patch_of(&[12, 1, 2], b""), 12),
+            ([patch_of(&good, &frame), b"x".to_vec()].concat(), 12),
             ([MAGIC.as_slice(), &[0xff; 11]].concat(), 12),
         ];
         for (i, (patch, size)) in malformed.iter().enumerate() {
