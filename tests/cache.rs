@@ -1,8 +1,8 @@
 //! Fan-out: a real nginx with `proxy_cache` in front of `intersync serve`,
 //! ten working copies syncing through it with `--via-cache`, and the
 //! origin's own access log showing that every immutable object (versions,
-//! their signatures, patches between two versions, checkpoints) crossed
-//! from the origin to the cache once.
+//! their signatures and signature levels, patches between two versions,
+//! checkpoints) crossed from the origin to the cache once.
 
 use std::collections::HashMap;
 use std::fs;
@@ -211,4 +211,35 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
         hits >= 2 * (CLIENTS - 1),
         "the cache answered only {hits} requests"
     );
+
+    // The origin forgets the versions it kept (a new machine, an evicted
+    // store) and big.bin changes again: no patch, so the copies take the
+    // signature levels, coarse whole and fine by ranges, and the missing
+    // bytes by ranges, all cacheable; each object still crosses once.
+    drop(_server);
+    fs::remove_dir_all(root.join(".intersync/versions")).unwrap();
+    for k in 0..8 {
+        let at = 100_000 + k * 370_000;
+        data[at..at + 100].copy_from_slice(&[k as u8 + 50; 100]);
+    }
+    fs::write(root.join("big.bin"), &data).unwrap();
+    let before = origin_requests(&log).len();
+    let _server = serve(&root, port, &log);
+    for out in sync_all(&nginx.url, &clients) {
+        assert!(out.contains("1 by blocks and ranges"), "{out}");
+    }
+    for i in 0..CLIENTS {
+        assert_same_tree(&root, &clients.path(&format!("wc{i}")));
+    }
+    let requests = origin_requests(&log);
+    let after: Vec<&str> = requests[before..]
+        .iter()
+        .filter(|(_, p, s)| immutable(p) && *s < 300)
+        .map(|(_, p, _)| p.as_str())
+        .collect();
+    let count = |kind: &str| after.iter().filter(|p| p.contains(kind)).count();
+    assert_eq!(count(".coarse"), 1, "{after:?}");
+    assert_eq!(count(".fine"), 1, "{after:?}");
+    assert_eq!(count("/version/"), 1, "{after:?}");
+    assert_eq!(after.len(), 3, "{after:?}");
 }

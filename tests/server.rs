@@ -220,6 +220,46 @@ fn head_segments_and_long_poll() {
 }
 
 #[test]
+fn signature_levels_of_large_versions_are_served_with_ranges() {
+    let dir = Dir::new();
+    let big = random_bytes(77, 3 << 20);
+    fs::write(dir.path("big.bin"), &big).unwrap();
+    fs::write(dir.path("small.txt"), b"small").unwrap();
+    let server = Server::start(&dir.path(""), &[]);
+    let (coarse, fine, v) = intersync::delta::refine::static_levels(&big);
+    let url = |name: &str| server.url(&format!(".intersync/sig/{name}"));
+    let got = get(&url(&format!("{v}.coarse")), &[]);
+    assert_eq!(got.status, 200);
+    assert!(got.header("cache-control").contains("immutable"));
+    assert_eq!(got.body, coarse.as_bytes());
+    // The fine level is read by ranges: a header and some records.
+    let part = get(
+        &url(&format!("{v}.fine")),
+        &[("range", "bytes=0-11,1200-1299")],
+    );
+    assert_eq!(part.status, 206);
+    assert!(
+        part.header("content-type")
+            .starts_with("multipart/byteranges")
+    );
+    let whole = get(&url(&format!("{v}.fine")), &[]);
+    assert_eq!(whole.body, fine.as_bytes());
+    // What the server made is what `intersync export` writes.
+    assert_eq!(
+        fs::read(dir.path(&format!(".intersync/sig/{v}.fine"))).unwrap(),
+        fine.as_bytes()
+    );
+    let small = version_of(b"small");
+    assert_eq!(get(&url(&format!("{small}.coarse")), &[]).status, 404);
+    assert_eq!(
+        get(&url(&format!("{}.fine", "0".repeat(64))), &[]).status,
+        404
+    );
+    assert_eq!(get(&url(&format!("{v}.medium")), &[]).status, 400);
+    assert_eq!(get(&url("zz.coarse"), &[]).status, 400);
+}
+
+#[test]
 fn signatures_and_deltas() {
     let (dir, big) = export_with_files();
     let server = Server::start(&dir.path(""), &[]);

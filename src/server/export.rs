@@ -83,6 +83,13 @@ impl Inner {
     }
 }
 
+/// The static path's two signature levels of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureLevel {
+    Coarse,
+    Fine,
+}
+
 /// A patch ready to serve: `len` bytes of `file` from its start.
 pub struct Patch {
     pub file: File,
@@ -473,31 +480,44 @@ impl Export {
         Ok(Some(bytes))
     }
 
-    /// Writes the static path's two signature levels of `version`
-    /// (`sig/<hex>.coarse` and `sig/<hex>.fine`, see
-    /// `delta::refine::static_levels`) unless they are there, the file is
-    /// under `delta::refine::MIN_LEN`, or no file has the version now.
-    fn write_levels(&self, version: Version) -> Result<(), ExportError> {
-        let sig = self.sig_cache(&version);
-        let (coarse, fine) = (sig.with_extension("coarse"), sig.with_extension("fine"));
+    /// Where a signature level of a version is kept: `sig/<hex>.coarse`
+    /// or `sig/<hex>.fine`.
+    pub fn level_path(&self, version: &Version, level: SignatureLevel) -> PathBuf {
+        self.sig_cache(version).with_extension(match level {
+            SignatureLevel::Coarse => "coarse",
+            SignatureLevel::Fine => "fine",
+        })
+    }
+
+    /// Writes the static path's two signature levels of `version` (see
+    /// `delta::refine::static_levels`) unless they are there. Returns
+    /// whether they are there now: not when the file is under
+    /// `delta::refine::MIN_LEN` or no file has the version.
+    pub fn write_levels(&self, version: Version) -> Result<bool, ExportError> {
+        let coarse = self.level_path(&version, SignatureLevel::Coarse);
+        let fine = self.level_path(&version, SignatureLevel::Fine);
         if coarse.exists() && fine.exists() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(path) = self.lock().path_of(version).cloned() else {
-            return Ok(());
+            return Ok(false);
         };
         let Ok(file) = super::files::open_beneath(&self.root, &path) else {
-            return Ok(());
+            return Ok(false);
         };
         let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
         if (data.len() as u64) < crate::delta::refine::MIN_LEN {
-            return Ok(());
+            return Ok(false);
         }
         let (coarse_sig, fine_sig, actual) = crate::delta::refine::static_levels(&data);
         if actual != version {
             // Changed on disk since it was journaled: the next scan says so.
-            return Ok(());
+            return Ok(false);
         }
+        if let Some(dir) = fine.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        // The coarse level last: a client that finds it finds both.
         for (dest, bytes) in [
             (&fine, fine_sig.as_bytes()),
             (&coarse, coarse_sig.as_bytes()),
@@ -506,7 +526,7 @@ impl Export {
             pending.write_all(bytes).map_err(io_err(dest))?;
             pending.install().map_err(io_err(dest))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Makes the export complete for a plain web server: a signature for

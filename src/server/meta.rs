@@ -100,6 +100,61 @@ pub async fn signature(export: &Arc<Export>, version: &str) -> Result<Response<B
         .expect("valid response"))
 }
 
+/// `GET /.intersync/sig/<version>.coarse` and `.fine`: the static path's
+/// two signature levels of a version of 1 MiB or more, as `intersync
+/// export` writes them, made once and kept, so that clients reading
+/// through a cache (`sync --via-cache`) take that path too. Immutable, with
+/// ranges (the fine level is read by ranges). 404 for a smaller file, or
+/// when no file has the version now.
+pub async fn signature_level(
+    export: &Arc<Export>,
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, Refusal> {
+    use super::export::SignatureLevel;
+    let (version, level) = match name.rsplit_once('.') {
+        Some((v, "coarse")) => (v, SignatureLevel::Coarse),
+        Some((v, "fine")) => (v, SignatureLevel::Fine),
+        _ => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "no such signature level",
+            ));
+        }
+    };
+    let version: Version = version
+        .parse()
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad version: {e}")))?;
+    let export = export.clone();
+    let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, Refusal> {
+        if !export.write_levels(version)? {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "no file of 1 MiB or more has that version now",
+            ));
+        }
+        std::fs::File::open(export.level_path(&version, level))
+            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let len = file
+        .metadata()
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .len();
+    super::files::respond(
+        req,
+        super::files::Served {
+            file,
+            len,
+            etag: format!("\"sig-{name}\""),
+            modified: None,
+            cache_control: super::IMMUTABLE,
+        },
+    )
+    .await
+}
+
 /// `GET /.intersync/patch/FROM/TO`: the patch from version FROM (which a
 /// client holds) to version TO (which a file has now): deterministic, so
 /// immutable and cacheable by anyone in between. 404 when the server no

@@ -501,6 +501,9 @@ impl Service {
                     let path = self.export.checkpoint_path(check_name(name)?);
                     files::serve_state_file(&req, &path, None).await
                 }
+                (&Method::GET | &Method::HEAD, ("sig", name)) if name.contains('.') => {
+                    meta::signature_level(&self.export, &req, name).await
+                }
                 (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
                 (&Method::GET, ("patch", pair)) => meta::patch(&self.export, pair).await,
                 (&Method::GET | &Method::HEAD, ("version", version)) => {

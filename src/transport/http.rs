@@ -874,10 +874,24 @@ impl Remote for HttpRemote {
     ) -> Result<Vec<Bytes>, TransportError> {
         let what = format!("fine signature of {version:?}, {} ranges", ranges.len());
         let url = format!(".intersync/sig/{version}.fine");
-        match ranges {
-            [one] => Ok(vec![self.range_of(&url, one.clone(), what).await?]),
-            _ => self.ranges_of(&url, ranges, what).await,
+        if ranges.len() > 1 {
+            match self.ranges_of(&url, ranges, what.clone()).await {
+                Err(e) if !e.is_unreachable() => {
+                    // A cache answers its first request whole while it
+                    // fills (nginx does): one range a request, then.
+                    tracing::info!(error = %e, "multi-range refused; asking one range at a time");
+                }
+                done => return done,
+            }
         }
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ranges)
+            .map(|r| self.range_of(&url, r.clone(), what.clone()))
+            .buffered(4)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError> {
