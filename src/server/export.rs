@@ -561,6 +561,9 @@ impl Export {
         }
         let mut head = self.head();
         head.static_export = true;
+        // A static export answers no patches whatever the field says;
+        // left out, as when true, it costs every sync nothing.
+        head.patches = true;
         let path = self.state_dir.join("head");
         let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
         serde_json::to_writer(&mut file, &head).map_err(|e| io_err(&path)(io::Error::other(e)))?;
