@@ -965,23 +965,32 @@ async fn fetch_refined(
     };
     let answer = RefineAnswer::parse(&answer, base.len() as u64)
         .map_err(|e| SyncError::local(dest.display(), e))?;
-    let found = delta::refine::find(&answer, &base);
-    let missing = found.missing(&answer);
-    let fetched = fetch_ranges(
-        remote,
-        want.path,
-        answer.version,
-        &missing,
-        RANGES_A_REQUEST_SMART,
-    )
-    .await?;
+    last_round(remote, &answer, base, dest, want, RANGES_A_REQUEST_SMART).await
+}
+
+/// The last round of a multi-round delta, on either path: finds the
+/// answer's fine blocks in `base` (the copy at `dest`), fetches the rest of
+/// the gaps, `per_request` ranges a request, and installs the result if it
+/// has the version announced.
+async fn last_round(
+    remote: &impl Remote,
+    answer: &intersync_protocol::refine::RefineAnswer<'_>,
+    base: MappedFile,
+    dest: &std::path::Path,
+    want: &Wanted<'_>,
+    per_request: usize,
+) -> Result<(Version, delta::DeltaStats), SyncError> {
+    let local = |e: std::io::Error| SyncError::local(dest.display(), e);
+    let found = delta::refine::find(answer, &base);
+    let missing = found.missing(answer);
+    let fetched = fetch_ranges(remote, want.path, answer.version, &missing, per_request).await?;
     let mut out = PendingFile::create(dest).map_err(local)?;
     let mut hashing = HashingWriter {
         inner: &mut out,
         hasher: blake3::Hasher::new(),
     };
     let stats = found
-        .assemble(&answer, &base, &missing, &fetched, &mut hashing)
+        .assemble(answer, &base, &missing, &fetched, &mut hashing)
         .map_err(local)?;
     let got = Version(*hashing.hasher.finalize().as_bytes());
     drop(base);
@@ -1019,9 +1028,10 @@ async fn fetch_levels(
     let segments = delta::refine::static_segments(coarse.view(), want.size, &base);
     let options = delta::refine::static_fine_options(want.size);
     let header = options.header();
-    let records = delta::refine::static_records(&segments, want.size, u64::from(options.block_len))
+    let records = delta::refine::static_records(&segments, want.size, options)
         .ok_or_else(|| unfit("the fine signature"))?;
-    // The header, to check, and the records in runs.
+    // The header, to check, and the records in runs; nothing when no
+    // record is worth a round.
     let (head_len, record_len) = (SIGNATURE_HEADER_LEN as u64, header.record_len() as u64);
     let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
     ranges.push(0..head_len);
@@ -1032,14 +1042,17 @@ async fn fetch_levels(
             _ => ranges.push(r),
         }
     }
-    let mut fine = Vec::with_capacity((head_len + records.len() as u64 * record_len) as usize);
-    for chunk in ranges.chunks(RANGES_A_REQUEST) {
-        for part in remote.fine_signature_ranges(want.version, chunk).await? {
-            fine.extend_from_slice(&part);
+    let mut fine = header.to_bytes().to_vec();
+    if !records.is_empty() {
+        fine.clear();
+        for chunk in ranges.chunks(RANGES_A_REQUEST) {
+            for part in remote.fine_signature_ranges(want.version, chunk).await? {
+                fine.extend_from_slice(&part);
+            }
         }
-    }
-    if fine.get(..SIGNATURE_HEADER_LEN) != Some(&header.to_bytes()[..]) {
-        return Err(unfit("the fine signature's header"));
+        if fine.get(..SIGNATURE_HEADER_LEN) != Some(&header.to_bytes()[..]) {
+            return Err(unfit("the fine signature's header"));
+        }
     }
     let fine = Signature::from_bytes(fine).map_err(|e| SyncError::local(want.path, e))?;
     let answer = RefineAnswer {
@@ -1048,21 +1061,9 @@ async fn fetch_levels(
         segments,
         fine: fine.view(),
     };
-    let found = delta::refine::find(&answer, &base);
-    let missing = found.missing(&answer);
-    let fetched = fetch_ranges(remote, want.path, want.version, &missing, RANGES_A_REQUEST).await?;
-    let mut out = PendingFile::create(dest).map_err(local)?;
-    let mut hashing = HashingWriter {
-        inner: &mut out,
-        hasher: blake3::Hasher::new(),
-    };
-    let stats = found
-        .assemble(&answer, &base, &missing, &fetched, &mut hashing)
-        .map_err(local)?;
-    let got = Version(*hashing.hasher.finalize().as_bytes());
-    drop(base);
-    install_checked(out, got, want.version, want.size, dest, want)?;
-    Ok(Some((got, stats)))
+    last_round(remote, &answer, base, dest, want, RANGES_A_REQUEST)
+        .await
+        .map(Some)
 }
 
 /// The local copy at `dest` mapped, its signature with the options

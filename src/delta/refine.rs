@@ -138,12 +138,19 @@ pub fn static_segments(coarse: SignatureRef<'_>, size: u64, base: &[u8]) -> Vec<
     segments
 }
 
-/// Which records of the static fine signature of `size` bytes (with
-/// `block_len` blocks) the windows of `segments` are, in order; `None` if
-/// one is not among them (a signature that does not fit the size).
-pub fn static_records(segments: &[Segment], size: u64, block_len: u64) -> Option<Vec<u64>> {
+/// Which records of the static fine signature of `size` bytes (`options`
+/// its options) are worth fetching for the gaps of `segments`: those whose
+/// windows tile the gaps, in order, or none when another round would not
+/// pay ([`worth_refining`]). `None` if a window is not among the
+/// signature's (one that does not fit the size).
+pub fn static_records(
+    segments: &[Segment],
+    size: u64,
+    options: SignatureOptions,
+) -> Option<Vec<u64>> {
+    let block_len = u64::from(options.block_len);
     let all = fine_windows(&[Segment::Gap { len: size }], block_len);
-    fine_windows(segments, block_len)
+    let records: Vec<u64> = fine_windows(segments, block_len)
         .into_iter()
         .map(|w| {
             let i = if w % block_len == 0 {
@@ -153,7 +160,27 @@ pub fn static_records(segments: &[Segment], size: u64, block_len: u64) -> Option
             };
             (all.get(i as usize) == Some(&w)).then_some(i)
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    let gap_bytes = segments
+        .iter()
+        .filter(|s| matches!(s, Segment::Gap { .. }))
+        .map(Segment::len)
+        .sum();
+    let sig_bytes = records.len() as u64 * options.header().record_len() as u64;
+    Some(if worth_refining(gap_bytes, size, sig_bytes) {
+        records
+    } else {
+        Vec::new()
+    })
+}
+
+/// Whether another round pays for gaps of `gap_bytes` in a version of
+/// `size` bytes whose fine signature would be `sig_bytes`: not when the
+/// gaps are more than half the file (mostly new data, where a fine
+/// signature finds little), nor when sending them costs less than the
+/// fine signature and a round trip.
+pub fn worth_refining(gap_bytes: u64, size: u64, sig_bytes: u64) -> bool {
+    gap_bytes <= size / 2 && gap_bytes > sig_bytes + ROUND_COST_BYTES
 }
 
 /// How the new version tiles against a coarse signature.
@@ -221,7 +248,7 @@ impl Plan {
             SignatureFormat::Md4Rollsum,
         );
         let sig_bytes = windows.len() as u64 * u64::from(4 + options.strong_len);
-        if self.gap_bytes > size / 2 || self.gap_bytes <= sig_bytes + ROUND_COST_BYTES {
+        if !worth_refining(self.gap_bytes, size, sig_bytes) {
             return None;
         }
         let mut out = Vec::new();
@@ -485,18 +512,25 @@ mod tests {
             return (None, Vec::new());
         };
         let answer = RefineAnswer::parse(&bytes, old.len() as u64).unwrap();
-        let found = find(&answer, old);
-        let missing = found.missing(&answer);
+        let (out, fetched) = last_round(&answer, old, new);
+        let moved = coarse.as_bytes().len() as u64 + bytes.len() as u64 + fetched;
+        (Some(moved), out)
+    }
+
+    /// The client's last round in memory: the result, and the bytes of
+    /// `new` it fetched.
+    fn last_round(answer: &RefineAnswer<'_>, old: &[u8], new: &[u8]) -> (Vec<u8>, u64) {
+        let found = find(answer, old);
+        let missing = found.missing(answer);
         let fetched: Vec<&[u8]> = missing
             .iter()
             .map(|r| &new[r.start as usize..r.end as usize])
             .collect();
         let mut out = Vec::new();
         let stats = found
-            .assemble(&answer, old, &missing, &fetched, &mut out)
+            .assemble(answer, old, &missing, &fetched, &mut out)
             .unwrap();
-        let moved = coarse.as_bytes().len() as u64 + bytes.len() as u64 + stats.literal_bytes;
-        (Some(moved), out)
+        (out, stats.literal_bytes)
     }
 
     #[test]
@@ -554,8 +588,7 @@ mod tests {
         let size = new.len() as u64;
         let (coarse, fine_all, version) = static_levels(new);
         let segments = static_segments(coarse.view(), size, old);
-        let block_len = u64::from(fine_all.header().block_len);
-        let records = static_records(&segments, size, block_len).unwrap();
+        let records = static_records(&segments, size, static_fine_options(size)).unwrap();
         let mut fine = fine_all.header().to_bytes().to_vec();
         for &i in &records {
             let (weak, strong) = fine_all.view().block(i as usize);
@@ -569,18 +602,9 @@ mod tests {
             segments,
             fine: fine.view(),
         };
-        let found = find(&answer, old);
-        let missing = found.missing(&answer);
-        let fetched: Vec<&[u8]> = missing
-            .iter()
-            .map(|r| &new[r.start as usize..r.end as usize])
-            .collect();
-        let mut out = Vec::new();
-        let stats = found
-            .assemble(&answer, old, &missing, &fetched, &mut out)
-            .unwrap();
+        let (out, fetched) = last_round(&answer, old, new);
         let moved = coarse.as_bytes().len() + fine.as_bytes().len();
-        (moved as u64 + stats.literal_bytes, out)
+        (moved as u64 + fetched, out)
     }
 
     #[test]
@@ -605,6 +629,13 @@ mod tests {
         new.extend_from_slice(&old[..77_777]);
         assert!(static_exchange(&old, &new).1 == new);
         assert!(static_exchange(&new, &old).1 == old);
+        // All new data: no fine records, only the coarse level and the data.
+        let (other, _) = scattered(4 << 20, 0, 10);
+        let (moved, out) = static_exchange(&other, &new);
+        assert!(out == new);
+        let coarse = Signature::calculate(&new, coarse_options(new.len() as u64)).0;
+        let floor = (new.len() + coarse.as_bytes().len() + 12) as u64;
+        assert_eq!(moved, floor);
     }
 
     #[test]
