@@ -223,10 +223,11 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
     // bytes by ranges, all cacheable; each object still crosses once.
     drop(_server);
     fs::remove_dir_all(root.join(".intersync/versions")).unwrap();
-    // Sixteen edits: the coarse blocks they spoil (128 KiB) cost more than
-    // the fine records and a round trip, so the fine level is read.
-    for k in 0..16 {
-        let at = 100_000 + k * 180_000;
+    // 48 edits: the coarse blocks they spoil (48 or more of 4 KiB) cost
+    // more than the fine records and a round trip (100 KB), so the fine
+    // level is read.
+    for k in 0..48 {
+        let at = 100_000 + k * 60_000;
         data[at..at + 100].copy_from_slice(&[k as u8 + 50; 100]);
     }
     fs::write(root.join("big.bin"), &data).unwrap();
