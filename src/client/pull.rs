@@ -1030,30 +1030,16 @@ async fn fetch_levels(
     let header = options.header();
     let records = delta::refine::static_records(&segments, want.size, options)
         .ok_or_else(|| unfit("the fine signature"))?;
-    // The header, to check, and the records in runs; nothing when no
-    // record is worth a round.
-    let (head_len, record_len) = (SIGNATURE_HEADER_LEN as u64, header.record_len() as u64);
-    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
-    ranges.push(0..head_len);
-    for &i in &records {
-        let r = head_len + i * record_len..head_len + (i + 1) * record_len;
-        match ranges.last_mut() {
-            Some(last) if last.end == r.start => last.end = r.end,
-            _ => ranges.push(r),
-        }
-    }
-    let mut fine = header.to_bytes().to_vec();
-    if !records.is_empty() {
-        fine.clear();
-        for chunk in ranges.chunks(RANGES_A_REQUEST) {
-            for part in remote.fine_signature_ranges(want.version, chunk).await? {
-                fine.extend_from_slice(&part);
-            }
-        }
+    let fine = if records.is_empty() {
+        // No record is worth a round: the gaps are fetched as they are.
+        header.to_bytes().to_vec()
+    } else {
+        let fine = fetch_fine_records(remote, want.version, &records, header.record_len()).await?;
         if fine.get(..SIGNATURE_HEADER_LEN) != Some(&header.to_bytes()[..]) {
             return Err(unfit("the fine signature's header"));
         }
-    }
+        fine
+    };
     let fine = Signature::from_bytes(fine).map_err(|e| SyncError::local(want.path, e))?;
     let answer = RefineAnswer {
         version: want.version,
@@ -1064,6 +1050,35 @@ async fn fetch_levels(
     last_round(remote, &answer, base, dest, want, RANGES_A_REQUEST)
         .await
         .map(Some)
+}
+
+/// The header of a static fine signature and its records numbered
+/// `records` (in order, `record_len` bytes each), fetched by ranges, runs of
+/// records in one range: a signature of those records alone.
+async fn fetch_fine_records(
+    remote: &impl Remote,
+    version: Version,
+    records: &[u64],
+    record_len: usize,
+) -> Result<Vec<u8>, SyncError> {
+    use intersync_protocol::signature::SIGNATURE_HEADER_LEN;
+    let (head_len, record_len) = (SIGNATURE_HEADER_LEN as u64, record_len as u64);
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    ranges.push(0..head_len);
+    for &i in records {
+        let r = head_len + i * record_len..head_len + (i + 1) * record_len;
+        match ranges.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => ranges.push(r),
+        }
+    }
+    let mut fine = Vec::with_capacity((head_len + records.len() as u64 * record_len) as usize);
+    for chunk in ranges.chunks(RANGES_A_REQUEST) {
+        for part in remote.fine_signature_ranges(version, chunk).await? {
+            fine.extend_from_slice(&part);
+        }
+    }
+    Ok(fine)
 }
 
 /// The local copy at `dest` mapped, its signature with the options

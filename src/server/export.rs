@@ -21,7 +21,7 @@ use crate::delta::{MappedFile, Signature, SignatureOptions, zpatch};
 use crate::install::PendingFile;
 use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
-use crate::tree::{Entry, TreeState};
+use crate::tree::{Entry, EntryKind, TreeState};
 use crate::versions::{Budget, VersionStore};
 use intersync_protocol::signature::SignatureFormat;
 
@@ -546,7 +546,11 @@ impl Export {
                     self.signature(version)?;
                     written += 1;
                 }
-                self.write_levels(version)?;
+                // Only large files have levels: no need to open the rest.
+                let min = crate::delta::refine::MIN_LEN;
+                if matches!(entry.kind, EntryKind::File { size, .. } if size >= min) {
+                    self.write_levels(version)?;
+                }
             }
         }
         let sig_dir = self.state_dir.join("sig");

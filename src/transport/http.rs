@@ -443,7 +443,6 @@ impl HttpRemote {
         Ok(())
     }
 
-    /// A whole resource below the base, read into memory.
     /// One range of what `url` names; anything but exactly that range is
     /// refused (the caller falls back).
     async fn range_of(
@@ -534,6 +533,7 @@ impl HttpRemote {
         Ok(parts.into_iter().map(|p| body.slice_ref(p.bytes)).collect())
     }
 
+    /// A whole resource below the base, read into memory.
     async fn get_all(&self, path: &str, what: &str) -> Result<Bytes, TransportError> {
         let answer = self
             .send(Method::GET, path, &[], Bytes::new(), what)
