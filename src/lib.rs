@@ -27,10 +27,14 @@
 #[cfg(feature = "net")]
 pub mod bench;
 #[cfg(feature = "net")]
+pub mod beneath;
+#[cfg(feature = "net")]
 pub mod client;
 pub mod delta;
 #[cfg(feature = "net")]
 pub mod demo;
+#[cfg(feature = "net")]
+pub mod export;
 #[cfg(feature = "net")]
 pub mod fuse;
 #[cfg(feature = "net")]

@@ -355,7 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Export { dir } => {
-            let export = server::Export::open(&dir, Default::default())?;
+            let export = intersync::export::Export::open(&dir, Default::default())?;
             let (files, written) = export.write_static()?;
             println!(
                 "intersync: exported {files} files of {} (journal at sequence {}, {written} new signatures)",
@@ -494,25 +494,59 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 max_age: std::time::Duration::from_secs(args.version_max_age),
             }),
         },
-        watch: !args.no_watch,
-        mount: args.mount.clone(),
+        // A mount journals what changes through it: no watcher needed.
+        watch: !args.no_watch && args.mount.is_none(),
         journal: intersync::kml::JournalOptions {
             seal_bytes: args.segment_bytes,
             checkpoint_every: args.checkpoint_every.max(1),
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(server::run(
-        config,
-        |_, url| {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "intersync: serving {what} at {url}");
-            let _ = out.flush();
-        },
-        shutdown_signal(),
-    ))?;
+    let ready = |_, url| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "intersync: serving {what} at {url}");
+        let _ = out.flush();
+    };
+    match &args.mount {
+        None => runtime.block_on(server::run(config, ready, shutdown_signal()))?,
+        Some(mountpoint) => runtime.block_on(serve_mounted(config, mountpoint, ready))?,
+    }
     Ok(())
+}
+
+/// `serve DIR --mount MNT`: the export opened, mounted through presto (so
+/// that what programs change through MNT is journaled as it happens), then
+/// served; unmounted when the server stops.
+async fn serve_mounted(
+    config: server::ServeConfig,
+    mountpoint: &std::path::Path,
+    ready: impl FnOnce(std::net::SocketAddr, String),
+) -> Result<(), server::StartError> {
+    let export = std::sync::Arc::new(server::open(&config).await?);
+    if mountpoint
+        .canonicalize()
+        .is_ok_and(|m| m.starts_with(export.root()))
+    {
+        // A scan of the folder would walk into its own mount.
+        return Err(server::StartError::Config(format!(
+            "the mount point {} is inside the exported folder",
+            mountpoint.display()
+        )));
+    }
+    let failed = |source| server::StartError::Mount {
+        path: mountpoint.to_owned(),
+        source,
+    };
+    let session = intersync::fuse::Presto::new(export.clone())
+        .map_err(failed)?
+        .mount(mountpoint)
+        .map_err(failed)?;
+    let served = server::run_export(export, config, ready, shutdown_signal()).await;
+    tokio::task::spawn_blocking(move || intersync::fuse::unmount_quietly(session))
+        .await
+        .map_err(|e| server::StartError::Stopped(e.to_string()))?;
+    served
 }
 
 fn read_token(path: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
@@ -648,7 +682,7 @@ fn mount(args: MountArgs) -> anyhow::Result<()> {
     // The cache's own journal, reconciled with the cache (a crash repaired)
     // before the first round pushes anything.
     let local = Arc::new(
-        intersync::server::Export::open(wc.root(), Default::default())
+        intersync::export::Export::open(wc.root(), Default::default())
             .context("opening the cache's journal")?,
     );
     match runtime.block_on(wc.sync(&*remote, options)) {

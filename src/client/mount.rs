@@ -17,7 +17,7 @@ use intersync_protocol::kml::{Attrs, Op};
 
 use super::pull::{fetch_one, set_attrs};
 use super::working_copy::Placeholders;
-use crate::server::Export;
+use crate::export::Export;
 use crate::transport::Remote;
 use crate::tree::scan::{self, CachedStat, StatKey};
 use crate::tree::{Entry, EntryKind};

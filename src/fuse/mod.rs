@@ -43,8 +43,8 @@ use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use crate::server::Export;
-use crate::server::export::Inner;
+use crate::export::Export;
+use crate::export::Inner;
 use crate::tree::Entry;
 use nodes::{Nodes, Target};
 

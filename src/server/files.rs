@@ -2,9 +2,8 @@
 //! with ETag, Last-Modified, If-None-Match, If-Range and 416. Tree files are
 //! opened without following symbolic links, and only below the export's root.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -19,8 +18,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use intersync_protocol::{TreePath, Version};
 use tokio_util::io::ReaderStream;
 
-use super::export::Export;
 use super::{Body, Refusal, full};
+use crate::export::Export;
 use crate::tree::EntryKind;
 use crate::tree::scan::StatKey;
 
@@ -63,7 +62,7 @@ pub async fn serve_tree_file(
                 ));
             }
         };
-        let file = open_beneath(export.root(), &path)?;
+        let file = crate::beneath::open_file(export.root(), &path)?;
         let meta = file
             .metadata()
             .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
@@ -106,7 +105,7 @@ pub async fn serve_version(
             let seen = inner.index.stats.get(&path).copied();
             (path, seen)
         };
-        let mut file = open_beneath(export.root(), &path)?;
+        let mut file = crate::beneath::open_file(export.root(), &path)?;
         let meta = file
             .metadata()
             .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
@@ -168,48 +167,6 @@ pub async fn serve_state_file(
         },
     )
     .await
-}
-
-/// Opens `path` below `root` for reading, refusing symbolic links anywhere
-/// on the way, so that no link can lead out of the tree.
-pub fn open_beneath(root: &Path, path: &TreePath) -> Result<File, Refusal> {
-    check_folders(root, path)?;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(path.under(root))
-        .map_err(|e| match e.raw_os_error() {
-            Some(40) => Refusal::new(StatusCode::FORBIDDEN, "a symbolic link, not a file"),
-            _ => Refusal::new(StatusCode::NOT_FOUND, "no such file"),
-        })?;
-    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        return Err(Refusal::new(StatusCode::NOT_FOUND, "not a regular file"));
-    }
-    Ok(file)
-}
-
-/// Every folder on the way to `path` is a real folder, not a symbolic link.
-pub fn check_folders(root: &Path, path: &TreePath) -> Result<(), Refusal> {
-    let mut dir = root.to_path_buf();
-    if let Some(parent) = path.parent() {
-        for name in parent.as_str().split('/') {
-            dir.push(name);
-            let meta = fs::symlink_metadata(&dir)
-                .map_err(|_| Refusal::new(StatusCode::NOT_FOUND, "no such folder"))?;
-            if !meta.is_dir() {
-                return Err(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    "path goes through a symbolic link",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// O_NOFOLLOW on Linux.
-fn libc_o_nofollow() -> i32 {
-    0o400000
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {

@@ -15,10 +15,10 @@ use intersync_protocol::api::{
 };
 use intersync_protocol::{TreePath, Version};
 
-use super::export::Export;
-use super::files::{open_beneath, stream};
+use super::files::stream;
 use super::{Body, Refusal, full};
 use crate::delta::{MappedFile, Signature, write_delta};
+use crate::export::Export;
 
 /// Literal bytes below which compressing a delta is not worth a round of zstd.
 const MIN_COMPRESSIBLE: u64 = 4096;
@@ -111,7 +111,7 @@ pub async fn signature_level(
     req: &Request<Incoming>,
     name: &str,
 ) -> Result<Response<Body>, Refusal> {
-    use super::export::SignatureLevel;
+    use crate::export::SignatureLevel;
     let (version, level) = match name.rsplit_once('.') {
         Some((v, "coarse")) => (v, SignatureLevel::Coarse),
         Some((v, "fine")) => (v, SignatureLevel::Fine),
@@ -269,7 +269,7 @@ fn current_content(export: &Export, path: &TreePath) -> Result<(MappedFile, Vers
         .filter(|e| e.version().is_some())
         .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such file"))?;
     drop(inner);
-    let file = open_beneath(export.root(), path)?;
+    let file = crate::beneath::open_file(export.root(), path)?;
     let data =
         MappedFile::map(&file).map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let version = Version(*blake3::hash(&data).as_bytes());

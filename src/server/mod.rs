@@ -6,11 +6,9 @@
 //! Every request path is checked as a [`TreePath`] before it touches the
 //! disk; every refusal is a 4xx with a one-line reason.
 
-pub mod export;
 mod files;
 mod meta;
 pub mod modules;
-mod watch;
 mod writes;
 
 use std::convert::Infallible;
@@ -32,7 +30,8 @@ use intersync_protocol::api::HEADER_SERVER_ID;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use export::{Export, ExportError};
+use crate::beneath::BeneathError;
+use crate::export::{Export, ExportError, watch};
 
 /// Everything `intersync serve` needs.
 #[derive(Clone, Debug)]
@@ -48,9 +47,6 @@ pub struct ServeConfig {
     pub rsyncd: Option<intersync_compat::rsyncd::Config>,
     /// Accept HTTP Basic logins over plain HTTP.
     pub insecure_auth: bool,
-    /// Mount the folder through presto here: what programs change through
-    /// the mount is journaled as it happens, so the folder is not watched.
-    pub mount: Option<std::path::PathBuf>,
 }
 
 /// Why a server could not start.
@@ -88,10 +84,17 @@ pub async fn run(
     if let Some(conf) = config.rsyncd.clone() {
         return run_modules(config, conf, ready, shutdown).await;
     }
+    let export = open(&config).await?;
+    run_export(Arc::new(export), config, ready, shutdown).await
+}
+
+/// Opens the export `config` names (recovering its journal and journaling
+/// what changed in the folder meanwhile), with its version store.
+pub async fn open(config: &ServeConfig) -> Result<Export, StartError> {
     let root = config.root.clone();
     let journal = config.journal;
     let budget = config.options.versions;
-    let export = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let export = Export::open(&root, journal)?;
         match budget {
             Some(budget) => export.with_versions(budget),
@@ -99,49 +102,34 @@ pub async fn run(
         }
     })
     .await
-    .map_err(|e| StartError::Stopped(e.to_string()))??;
-    let export = Arc::new(export);
+    .map_err(|e| StartError::Stopped(e.to_string()))?
+    .map_err(StartError::from)
+}
+
+/// [`run`] for an export already open (one that a presto mount journals
+/// into, say): listens, calls `ready`, and serves until `shutdown`.
+pub async fn run_export(
+    export: Arc<Export>,
+    config: ServeConfig,
+    ready: impl FnOnce(SocketAddr, String),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     let (listener, addr) = bind(config.listen).await?;
     let tls = config
         .tls
         .as_ref()
         .map(|(cert, key)| tls_acceptor(cert, key))
         .transpose()?;
-    let mount = match &config.mount {
-        Some(path) => {
-            let failed = |source| StartError::Mount {
-                path: path.clone(),
-                source,
-            };
-            if path
-                .canonicalize()
-                .is_ok_and(|m| m.starts_with(export.root()))
-            {
-                // A scan of the folder would walk into its own mount.
-                return Err(StartError::Config(format!(
-                    "the mount point {} is inside the exported folder",
-                    path.display()
-                )));
-            }
-            let presto = crate::fuse::Presto::new(export.clone()).map_err(failed)?;
-            Some(presto.mount(path).map_err(failed)?)
-        }
-        None => None,
-    };
-    let _watcher = if config.watch && mount.is_none() {
+    let _watcher = if config.watch {
         Some(watch::watch(export.clone())?)
     } else {
         None
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     ready(addr, format!("{scheme}://{addr}/"));
-    let served = serve(listener, tls, export, config.options, shutdown).await;
-    if let Some(session) = mount {
-        tokio::task::spawn_blocking(move || crate::fuse::unmount_quietly(session))
-            .await
-            .map_err(|e| StartError::Stopped(e.to_string()))?;
-    }
-    served.map_err(|source| StartError::Listen { addr, source })
+    serve(listener, tls, export, config.options, shutdown)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
 }
 
 /// Listens on `addr` (port 0: any free one); the address bound.
@@ -217,7 +205,6 @@ impl LocalServer {
             journal: Default::default(),
             rsyncd: None,
             insecure_auth: false,
-            mount: None,
         };
         let task = tokio::spawn(run(
             config,
@@ -651,6 +638,23 @@ impl Refusal {
             r.headers_mut().insert(k, v);
         }
         r
+    }
+}
+
+impl From<BeneathError> for Refusal {
+    fn from(e: BeneathError) -> Refusal {
+        let (status, reason) = match e {
+            BeneathError::Symlink { .. } => (StatusCode::FORBIDDEN, "a symbolic link, not a file"),
+            BeneathError::ThroughLink { .. } => {
+                (StatusCode::FORBIDDEN, "path goes through a symbolic link")
+            }
+            BeneathError::NoFolder { .. } => (StatusCode::NOT_FOUND, "no such folder"),
+            BeneathError::NotAFile { .. } => (StatusCode::NOT_FOUND, "not a regular file"),
+            BeneathError::NoFile { .. } | BeneathError::Io { .. } => {
+                (StatusCode::NOT_FOUND, "no such file")
+            }
+        };
+        Refusal::new(status, reason)
     }
 }
 

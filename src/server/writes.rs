@@ -23,9 +23,9 @@ use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
 use serde::{Deserialize, Serialize};
 
-use super::export::{Export, Inner};
 use super::{Body, Refusal, full};
 use crate::delta::{self, MappedFile};
+use crate::export::{Export, Inner};
 use crate::install::PendingFile;
 use crate::tree::{Entry, EntryKind};
 
@@ -246,7 +246,7 @@ pub async fn put(
         export.remember_stat(&mut inner, &path);
         drop(inner);
         // The writer holds this version now: keep it for patches.
-        if let Ok(file) = super::files::open_beneath(export.root(), &path) {
+        if let Ok(file) = crate::beneath::open_file(export.root(), &path) {
             export.keep(version, &file, size);
         }
         Ok(created)
@@ -270,7 +270,7 @@ fn need_folder(inner: &Inner, root: &std::path::Path, path: &TreePath) -> Result
     match path.parent() {
         None => Ok(()),
         Some(p) if inner.index.state.get(&p).is_some_and(Entry::is_dir) => {
-            super::files::check_folders(root, path)
+            Ok(crate::beneath::check_folders(root, path)?)
         }
         Some(p) => Err(Refusal::new(StatusCode::CONFLICT, format!("no folder {p}"))),
     }
@@ -334,7 +334,7 @@ fn apply_delta(
     mut pending: PendingFile,
     limit: u64,
 ) -> Result<(PendingFile, Version, u64), Refusal> {
-    let file = super::files::open_beneath(export.root(), path)?;
+    let file = crate::beneath::open_file(export.root(), path)?;
     let base = MappedFile::map(&file).map_err(internal)?;
     let mut hashing = HashWriter {
         inner: &mut pending,

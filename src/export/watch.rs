@@ -10,7 +10,7 @@ use intersync_protocol::path::STATE_DIR;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
-use super::export::Export;
+use super::Export;
 
 /// Quiet time after the last event before scanning.
 const DEBOUNCE: Duration = Duration::from_millis(150);

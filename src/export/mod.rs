@@ -1,7 +1,15 @@
-//! An exported tree: its folder, its journal, and the index that says what
-//! the journal last recorded. Every change, whether it came through the API
-//! or was made in the folder by another program, goes through here to be
-//! journaled before anyone is told it happened.
+//! The journaled tree: a folder, its journal (the KML) and the index that
+//! says what the journal last recorded. Every change, whether it came
+//! through the server's API, through a presto mount or was made in the
+//! folder by another program (found by a scan, which [`watch`] wakes), goes
+//! through here to be journaled before anyone is told it happened.
+//!
+//! It belongs to no front end: the server serves it, presto journals into
+//! it, and a mounted working copy keeps its cache's journal in one. It
+//! trusts the folder only as far as a scan checks it; files are opened
+//! beneath the root ([`crate::beneath`]), never through a symbolic link.
+
+pub mod watch;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -15,7 +23,7 @@ use intersync_protocol::path::STATE_DIR;
 use intersync_protocol::{TreePath, Version};
 use rand::RngCore;
 use thiserror::Error;
-use tokio::sync::watch;
+use tokio::sync::watch as latest;
 
 use crate::delta::{MappedFile, Signature, SignatureOptions, zpatch};
 use crate::install::PendingFile;
@@ -47,7 +55,7 @@ pub struct Export {
     node: NodeId,
     inner: Mutex<Inner>,
     /// The latest sequence number, for long-polls of the head document.
-    seq: watch::Sender<u64>,
+    seq: latest::Sender<u64>,
     /// What is left out of the export (an rsync module's exclude rules).
     hide: Option<Arc<scan::Hide>>,
     /// An rsync module's `incoming chmod`, applied to modes clients write.
@@ -131,7 +139,7 @@ impl Export {
             tracing::warn!(path = %path.display(), offset, bytes, "KML recovered from a torn write");
         }
         let index = load_index(&state_dir.join("index.json"), state);
-        let seq = watch::Sender::new(journal.last_seq());
+        let seq = latest::Sender::new(journal.last_seq());
         let export = Export {
             root,
             state_dir,
@@ -238,7 +246,7 @@ impl Export {
     fn current_content(&self, version: Version) -> Result<Option<MappedFile>, ExportError> {
         let path = self.lock().path_of(version).cloned();
         if let Some(path) = path
-            && let Ok(file) = super::files::open_beneath(&self.root, &path)
+            && let Ok(file) = crate::beneath::open_file(&self.root, &path)
         {
             let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
             if Version(*blake3::hash(&data).as_bytes()) == version {
@@ -298,7 +306,7 @@ impl Export {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> latest::Receiver<u64> {
         self.seq.subscribe()
     }
 
@@ -460,7 +468,7 @@ impl Export {
         let Some(path) = self.lock().path_of(version).cloned() else {
             return Ok(None);
         };
-        let Ok(file) = super::files::open_beneath(&self.root, &path) else {
+        let Ok(file) = crate::beneath::open_file(&self.root, &path) else {
             return Ok(None);
         };
         let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
@@ -502,7 +510,7 @@ impl Export {
         let Some(path) = self.lock().path_of(version).cloned() else {
             return Ok(false);
         };
-        let Ok(file) = super::files::open_beneath(&self.root, &path) else {
+        let Ok(file) = crate::beneath::open_file(&self.root, &path) else {
             return Ok(false);
         };
         let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
