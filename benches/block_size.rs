@@ -7,7 +7,7 @@
 //! `INTERSYNC_BENCH_LEN=4194304` runs smaller ones.
 
 use intersync::delta::{Signature, SignatureOptions, write_delta};
-use intersync::scenario::{FULL_LEN, FileScenario};
+use intersync_bench::scenario::{FULL_LEN, FileScenario};
 use intersync_protocol::signature::SignatureFormat;
 
 fn transfer_bytes(old: &[u8], new: &[u8], options: SignatureOptions) -> (u64, u64) {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput};
 use intersync::delta::{Signature, SignatureOptions, apply, write_delta};
-use intersync::scenario::FileScenario;
+use intersync_bench::scenario::FileScenario;
 use intersync_protocol::signature::SignatureFormat;
 
 const BLOCK_LEN: u32 = 4096;

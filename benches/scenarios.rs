@@ -17,8 +17,8 @@
 
 use std::path::PathBuf;
 
-use intersync::bench::link::{Link, Namespace};
-use intersync::bench::{self, Figure, Options, Tool, report};
+use intersync_bench::link::{Link, Namespace};
+use intersync_bench::{self as bench, Figure, Options, Tool, report};
 
 struct Args {
     options: Options,

@@ -2,12 +2,13 @@
 //! blocks that changed.
 //!
 //! The main parts:
-//! - [`bench`](mod@bench): the scenario benchmark against full fetch, rsync and zsync.
+//! - [`beneath`]: opening a tree's paths so that no symbolic link leads out.
 //! - [`client`]: a working copy kept in sync both ways: pull, push, conflicts.
 //! - [`delta`]: signatures, deltas and patches in librsync's formats, and
 //!   BLAKE3 file versions; every transfer goes through it.
-//! - [`demo`]: `intersync demo`, the whole product on one machine.
-//! - [`harness`]: real programs (nginx) that benchmarks and tests measure through.
+//! - [`export`]: the journaled tree: a folder, its KML and its index, which
+//!   the server serves and presto journals into.
+//! - [`fuse`]: presto, the journaling passthrough filesystem.
 //! - [`install`]: putting files in place atomically, never half-written.
 //! - [`kml`]: the modification log on disk: durable appends, segments,
 //!   checkpoints, recovery from torn writes.
@@ -18,31 +19,23 @@
 //! - [`versions`]: recent versions kept by content, for exact patches from
 //!   them (the server's of what clients hold, a client's of what it synced).
 //! - [`monitor`]: progress counters the library advances and front ends read.
-//! - [`scenario`]: the deterministic benchmark scenarios of DESIGN.md.
 //!
 //! Wire and on-disk formats live in the `intersync-protocol` crate, and what
 //! exists only to match rsync in `intersync-compat`. The library never
 //! prints; the `intersync` binary renders what it returns.
 
 #[cfg(feature = "net")]
-pub mod bench;
-#[cfg(feature = "net")]
 pub mod beneath;
 #[cfg(feature = "net")]
 pub mod client;
 pub mod delta;
 #[cfg(feature = "net")]
-pub mod demo;
-#[cfg(feature = "net")]
 pub mod export;
 #[cfg(feature = "net")]
 pub mod fuse;
-#[cfg(feature = "net")]
-pub mod harness;
 pub mod install;
 pub mod kml;
 pub mod monitor;
-pub mod scenario;
 #[cfg(feature = "net")]
 pub mod server;
 #[cfg(feature = "net")]

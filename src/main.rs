@@ -12,6 +12,8 @@ use intersync_compat::ExitCode;
 use intersync_protocol::Version;
 use intersync_protocol::signature::{SignatureFormat, StrongSumKind, WeakSumKind};
 
+#[path = "cli/demo.rs"]
+mod demo;
 #[path = "cli/rsync.rs"]
 mod rsync;
 
@@ -834,8 +836,8 @@ fn demo() -> anyhow::Result<()> {
     );
     println!("a 16 MiB binary, a 4 MiB text); a laptop clones it; both sides edit; they sync.\n");
     let runtime = tokio::runtime::Runtime::new()?;
-    let steps = runtime.block_on(intersync::demo::run(dir.path()))?;
-    print!("{}", intersync::demo::table(&steps));
+    let steps = runtime.block_on(demo::run(dir.path()))?;
+    print!("{}", demo::table(&steps));
     println!(
         "\nServer edits: 20 scattered edits in the binary, 10 in the text, a file added, one deleted,"
     );
@@ -875,7 +877,7 @@ fn bench(
     rtt: u64,
     runs: usize,
 ) -> anyhow::Result<()> {
-    use intersync::bench::{self, Tool, link::Link, report::thousands};
+    use intersync_bench::{self as bench, Tool, link::Link, report::thousands};
     anyhow::ensure!(
         old.is_dir() == new.is_dir(),
         "OLD and NEW must both be files or both be folders"
@@ -883,7 +885,7 @@ fn bench(
     let work = tempfile::tempdir().context("making a temporary folder")?;
     let pair = bench::pair(old, new, work.path())?;
     let mut tools = vec![Tool::Smart, Tool::Get];
-    if intersync::harness::installed("rsync") {
+    if intersync_bench::harness::installed("rsync") {
         tools.push(Tool::Rsync);
     }
     let options = bench::Options {

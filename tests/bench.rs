@@ -3,7 +3,7 @@
 //! say what InterSync promises where it already promises it. Times are
 //! printed, never asserted.
 
-use intersync::bench::{self, Figure, Options, Tool, report};
+use intersync_bench::{self as bench, Figure, Options, Tool, report};
 
 use crate::util::Dir;
 

@@ -1232,7 +1232,7 @@ fn unreadable_source_folders_stop_deletions() {
                 .arg(program);
             c
         };
-        let rsync = intersync::harness::program("rsync").unwrap_or_else(|e| panic!("{e}"));
+        let rsync = intersync_bench::harness::program("rsync").unwrap_or_else(|e| panic!("{e}"));
         let rsync_path = PathBuf::from(rsync.get_program());
         let mut args = vec!["-ai", "--delete"];
         args.extend(extra);

@@ -767,7 +767,7 @@ fn checkpoints_let_new_clients_skip_history() {
 fn deltas_of_text_are_compressed_when_asked() {
     let dir = Dir::new();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-    let text = intersync::scenario::text(&mut rng, 400_000);
+    let text = intersync_bench::scenario::text(&mut rng, 400_000);
     fs::write(dir.path("book.txt"), &text).unwrap();
     let server = Server::start(&dir.path(""), &[]);
     // A client with nothing useful: all literal, very compressible.

@@ -14,7 +14,7 @@ pub fn intersync() -> Command {
 /// An external tool that a test depends on. A missing tool fails the test
 /// loudly: a test that cannot run is not a passing test.
 pub fn tool(name: &str) -> Command {
-    intersync::harness::program(name).unwrap_or_else(|e| panic!("{e}"))
+    intersync_bench::harness::program(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a command, returning its output whatever the exit status.
@@ -243,22 +243,22 @@ pub fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 
 /// A real nginx (the library's harness), failing the test if it cannot start.
 pub struct Nginx {
-    inner: intersync::harness::Nginx,
+    inner: intersync_bench::harness::Nginx,
     pub url: String,
 }
 
 impl Nginx {
     /// Starts nginx on `root`; `extra` goes into its `server` block (e.g. `max_ranges 0;`).
     pub fn start(root: &Path, extra: &str) -> Nginx {
-        Nginx::wrap(intersync::harness::Nginx::serve(root, extra))
+        Nginx::wrap(intersync_bench::harness::Nginx::serve(root, extra))
     }
 
     /// Starts nginx as a caching proxy in front of `origin`.
     pub fn cache_in_front_of(origin: &str) -> Nginx {
-        Nginx::wrap(intersync::harness::Nginx::cache_in_front_of(origin))
+        Nginx::wrap(intersync_bench::harness::Nginx::cache_in_front_of(origin))
     }
 
-    fn wrap(started: std::io::Result<intersync::harness::Nginx>) -> Nginx {
+    fn wrap(started: std::io::Result<intersync_bench::harness::Nginx>) -> Nginx {
         let inner = started.unwrap_or_else(|e| panic!("nginx: {e}"));
         Nginx {
             url: inner.url.clone(),

@@ -105,22 +105,39 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Every file's path and version, and every folder and symlink, below `root`.
-pub fn contents(root: &Path) -> std::io::Result<Vec<(String, String)>> {
-    let mut index = crate::tree::scan::Index::default();
-    crate::tree::scan::scan(root, &mut index)?;
-    Ok(index
-        .state
-        .iter()
-        .map(|(p, e)| {
-            let what = match &e.kind {
-                crate::tree::EntryKind::File { version, .. } => version.to_string(),
-                crate::tree::EntryKind::Dir => "folder".into(),
-                crate::tree::EntryKind::Symlink { target } => {
-                    String::from_utf8_lossy(target).into_owned()
-                }
-            };
-            (p.to_string(), what)
-        })
-        .collect())
+/// Every file's path and BLAKE3 hash (its InterSync version), and every
+/// folder and symlink, below `root` (InterSync's state folder left out),
+/// sorted: what must be equal for a tool's result to be right. Read here,
+/// not by the engine's scan, so the check does not rest on the code it
+/// checks; and unlike a scan it counts leftover temporary files as extra.
+pub fn contents(root: &Path) -> io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    listing(root, Path::new(""), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn listing(root: &Path, rel: &Path, out: &mut Vec<(String, String)>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if rel.as_os_str().is_empty() && name == STATE_DIR {
+            continue;
+        }
+        let path = rel.join(&name);
+        let shown = path.to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            out.push((shown, "folder".into()));
+            listing(root, &path, out)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(root.join(&path))?;
+            out.push((shown, target.to_string_lossy().into_owned()));
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(fs::File::open(root.join(&path))?)?;
+            out.push((shown, hasher.finalize().to_hex().to_string()));
+        }
+    }
+    Ok(())
 }

@@ -1,3 +1,10 @@
+//! InterSync's support code, kept out of the product (as ripgrep keeps its
+//! `benchsuite/`): the scenario benchmark, the deterministic scenarios it,
+//! the tests and the demo share ([`scenario`]), and the real programs they
+//! measure through ([`harness`]). It depends on no part of the engine: it
+//! runs the `intersync` binary as any user would, and checks the trees it
+//! leaves with its own reading of them.
+//!
 //! The scenario benchmark: S0 to S7 of DESIGN.md, generated from fixed
 //! seeds, each run side by side with the tools people would use instead
 //! (InterSync's smart server, its static export behind nginx, a full fetch
@@ -12,10 +19,12 @@
 //! fresh copies and must end with the new tree, byte for byte, or it says
 //! why not.
 
+pub mod harness;
 pub mod link;
 pub mod proc;
 pub mod relay;
 pub mod report;
+pub mod scenario;
 mod tools;
 pub mod tree;
 
@@ -24,7 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{self, FULL_LEN, FULL_TREE_FILES, FileScenario};
+use crate::scenario::{FULL_LEN, FULL_TREE_FILES, FileScenario};
 
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]

@@ -11,10 +11,10 @@ use std::path::Path;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::client::{SyncError, SyncOptions, SyncReport, WorkingCopy};
-use crate::scenario;
-use crate::server;
-use crate::transport::{HttpRemote, Remote, Traffic};
+use intersync::client::{SyncError, SyncOptions, SyncReport, WorkingCopy};
+use intersync::server;
+use intersync::transport::{HttpRemote, Remote, Traffic};
+use intersync_bench::scenario;
 
 /// One step of the demo and what it cost.
 #[derive(Debug, Clone)]
@@ -27,7 +27,6 @@ pub struct DemoStep {
     /// What actually crossed the wire, both ways, headers included.
     pub moved_bytes: u64,
     pub requests: u64,
-    pub conflicts: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +120,6 @@ fn step(name: &'static str, r: &SyncReport, before: Traffic) -> DemoStep {
             - before.sent_bytes
             - before.received_bytes,
         requests: r.traffic.requests - before.requests,
-        conflicts: r.conflicts.len(),
     }
 }
 
