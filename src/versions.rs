@@ -134,7 +134,7 @@ impl VersionStore {
                 return Ok(false);
             }
         }
-        if Version(*hasher.finalize().as_bytes()) != version {
+        if Version::from_hasher(&hasher) != version {
             // Changed while being read: not this version, so not kept.
             return Ok(false);
         }
@@ -161,7 +161,7 @@ impl VersionStore {
         // Stored copies are only ever replaced whole (renamed over), never
         // written in place, so the mapping stays what was hashed.
         let data = MappedFile::map(&file)?;
-        if Version(*blake3::hash(&data).as_bytes()) != *version {
+        if Version::of(&data) != *version {
             tracing::warn!(path = %path.display(), "a stored version does not match its hash; deleted");
             let _ = fs::remove_file(&path);
             return Ok(None);
@@ -329,7 +329,7 @@ mod tests {
     use super::*;
 
     fn version_of(data: &[u8]) -> Version {
-        Version(*blake3::hash(data).as_bytes())
+        Version::of(data)
     }
 
     fn store(dir: &Path, bytes: u64) -> VersionStore {

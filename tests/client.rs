@@ -618,3 +618,31 @@ fn a_pull_only_sync_keeps_both_versions() {
     );
     assert_eq!(fs::read(export.path(&ours[0].0)).unwrap(), b"from B\n");
 }
+
+/// A symbolic link whose target is not UTF-8 reaches the server, and
+/// another working copy, with the same bytes: the batch carries targets as
+/// bytes, never a lossy rendering of them.
+#[test]
+fn symlink_targets_that_are_not_utf8_are_pushed_unaltered() {
+    use std::os::unix::ffi::OsStrExt;
+    let export = Dir::new();
+    export.write("keep.txt", b"keep");
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let (laptop, desk) = (Dir::new(), Dir::new());
+    sync_ok(&server.url, &laptop.path(""));
+    let target = std::ffi::OsStr::from_bytes(b"caf\xe9/\xff-old");
+    std::os::unix::fs::symlink(target, laptop.path("latin1-link")).unwrap();
+    sync_ok(&server.url, &laptop.path(""));
+    for dir in [export.path(""), {
+        sync_ok(&server.url, &desk.path(""));
+        desk.path("")
+    }] {
+        let got = fs::read_link(dir.join("latin1-link")).unwrap();
+        assert_eq!(
+            got.as_os_str().as_bytes(),
+            target.as_bytes(),
+            "in {}",
+            dir.display()
+        );
+    }
+}

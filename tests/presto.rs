@@ -195,7 +195,7 @@ fn programs_writing_through_the_mount_are_journaled_live_and_reach_a_working_cop
 }
 
 fn version_of(bytes: &[u8]) -> intersync_protocol::Version {
-    intersync_protocol::Version(*blake3::hash(bytes).as_bytes())
+    intersync_protocol::Version::of(bytes)
 }
 
 /// The tree the journal describes.

@@ -16,7 +16,7 @@ use intersync_protocol::{TreePath, Version};
 use crate::util::{Dir, Server, get, http, random_bytes};
 
 fn version_of(bytes: &[u8]) -> Version {
-    Version(*blake3::hash(bytes).as_bytes())
+    Version::of(bytes)
 }
 
 fn export_with_files() -> (Dir, Vec<u8>) {

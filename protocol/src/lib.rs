@@ -10,12 +10,14 @@
 //! - [`refine`]: the second round of a multi-round delta (copies, gaps and a
 //!   fine signature of the gaps).
 //! - [`api`]: the HTTP API's documents, header names and media types.
+//! - [`batch`]: `POST /.intersync/ops`, batches of writes without content.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
 //! typed errors that name what was wrong and where; none panics, and none
 //! allocates more than a small multiple of its input.
 
 pub mod api;
+pub mod batch;
 pub mod byteranges;
 pub mod delta;
 pub mod kml;
@@ -24,6 +26,7 @@ pub mod refine;
 pub mod signature;
 pub mod version;
 
+pub use batch::{Batch, BatchOp, BatchResult, OpResult};
 pub use delta::{DELTA_MAGIC, DeltaCommand, DeltaError, DeltaReader, DeltaWriter};
 pub use kml::{KmlError, KmlRecord, NodeId, Op};
 pub use path::{PathError, TreePath};

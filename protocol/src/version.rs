@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
-/// The BLAKE3 hash of a file's content. The engine computes it; this crate
-/// only carries and spells it.
+/// The BLAKE3 hash of a file's content: [`Version::of`] bytes in memory,
+/// or a `blake3::Hasher` over a stream finalized into one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Version(pub [u8; 32]);
 
@@ -23,6 +23,16 @@ pub enum VersionParseError {
 }
 
 impl Version {
+    /// The version of `content`.
+    pub fn of(content: &[u8]) -> Version {
+        Version(*blake3::hash(content).as_bytes())
+    }
+
+    /// The version a hasher fed a file's whole content has found.
+    pub fn from_hasher(hasher: &blake3::Hasher) -> Version {
+        Version(*hasher.finalize().as_bytes())
+    }
+
     pub fn to_hex(&self) -> String {
         self.to_string()
     }

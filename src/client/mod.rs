@@ -30,6 +30,7 @@ pub mod mount;
 mod pull;
 pub use pull::{export_tree, fetch_one};
 mod push;
+pub mod upload;
 pub mod watch;
 pub mod working_copy;
 

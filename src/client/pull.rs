@@ -679,7 +679,7 @@ fn copy_verified(
     want: &Wanted<'_>,
 ) -> Result<Version, SyncError> {
     let data = MappedFile::open(src).map_err(|e| SyncError::local(src.display(), e))?;
-    let version = Version(*blake3::hash(&data).as_bytes());
+    let version = Version::of(&data);
     if version != want.version {
         return Err(SyncError::local(
             src.display(),
@@ -783,7 +783,7 @@ async fn fetch_blocks(
             .map_err(|e| SyncError::local(dest.display(), e))?;
         b = (start + bytes.len() as u64).div_ceil(block_len) as usize;
     }
-    let got = Version(*hashing.hasher.finalize().as_bytes());
+    let got = Version::from_hasher(&hashing.hasher);
     if got != want.version {
         return Err(SyncError::local(
             dest.display(),
@@ -879,7 +879,7 @@ pub async fn fetch_one(
             tempfile::tempfile_in(dir).map_err(|e| SyncError::local(dir.display(), e))?;
         let received = remote.fetch_into(path, version, &mut spool).await?;
         let data = MappedFile::map(&spool).map_err(|e| SyncError::local(dest.display(), e))?;
-        if Version(*blake3::hash(&data).as_bytes()) == version {
+        if Version::of(&data) == version {
             out.write_all(&data)
                 .map_err(|e| SyncError::local(dest.display(), e))?;
             out.install()
@@ -917,7 +917,7 @@ async fn fetch_patch(
     };
     delta::zpatch::decode(&base, &patch, &mut hashing, size)
         .map_err(|e| SyncError::local(dest.display(), e))?;
-    let got = Version(*hashing.hasher.finalize().as_bytes());
+    let got = Version::from_hasher(&hashing.hasher);
     if got != want.version || size != want.size {
         return Err(SyncError::local(
             dest.display(),
@@ -992,7 +992,7 @@ async fn last_round(
     let stats = found
         .assemble(answer, &base, &missing, &fetched, &mut hashing)
         .map_err(local)?;
-    let got = Version(*hashing.hasher.finalize().as_bytes());
+    let got = Version::from_hasher(&hashing.hasher);
     drop(base);
     install_checked(out, got, answer.version, answer.size, dest, want)?;
     Ok((got, stats))
@@ -1115,7 +1115,7 @@ fn install_delta(
     };
     let stats = delta::apply(&base, &delta, &mut hashing, answer.size)
         .map_err(|e| SyncError::local(dest.display(), e))?;
-    let got = Version(*hashing.hasher.finalize().as_bytes());
+    let got = Version::from_hasher(&hashing.hasher);
     drop(base);
     install_checked(out, got, answer.version, answer.size, dest, want)?;
     Ok((got, stats))

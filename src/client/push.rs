@@ -5,14 +5,14 @@
 //! moved on waits for the next round, after a pull.
 
 use bytes::Bytes;
+use intersync_protocol::batch::BatchOp;
 use intersync_protocol::kml::Op;
 use intersync_protocol::{TreePath, Version};
-use serde_json::json;
 
+use super::upload::{self, Upload};
 use super::{Change, SyncError, SyncReport, WorkingCopy};
-use crate::delta::zpatch;
-use crate::delta::{MappedFile, Signature, write_delta};
-use crate::transport::{DeltaFormat, Expect, FileMeta, Remote, TransportError};
+use crate::delta::MappedFile;
+use crate::transport::{FileMeta, Remote, TransportError};
 use crate::tree::{EntryKind, TreeState};
 
 /// Pushes local changes; returns whether anything reached the server.
@@ -27,7 +27,7 @@ pub async fn push(
     let mut scratch = wc.saved.base.clone();
     let ops = wc.scan(&mut scratch)?.ops;
     let local = scratch.state;
-    let mut batch: Vec<(serde_json::Value, Change)> = Vec::new();
+    let mut batch: Vec<(BatchOp, Change)> = Vec::new();
     let mut pushed = false;
     let mut i = 0;
     while i < ops.len() {
@@ -73,23 +73,28 @@ pub async fn push(
                 .await?;
             }
             Op::Mkdir { path, mode } => batch.push((
-                json!({"op": "mkdir", "path": path, "mode": mode}),
+                BatchOp::Mkdir {
+                    path: path.clone(),
+                    mode: Some(*mode),
+                },
                 Change {
                     path: path.clone(),
                     what: "folder created".into(),
                 },
             )),
             Op::Rmdir { path } => batch.push((
-                json!({"op": "rmdir", "path": path}),
+                BatchOp::Rmdir { path: path.clone() },
                 Change {
                     path: path.clone(),
                     what: "folder deleted".into(),
                 },
             )),
             Op::Unlink { path } => {
-                let if_match = base.get(path).and_then(|e| e.version()).map(|v| v.etag());
                 batch.push((
-                    json!({"op": "unlink", "path": path, "if_match": if_match}),
+                    BatchOp::Unlink {
+                        path: path.clone(),
+                        if_match: base.get(path).and_then(|e| e.version()),
+                    },
                     Change {
                         path: path.clone(),
                         what: "deleted".into(),
@@ -97,11 +102,14 @@ pub async fn push(
                 ));
             }
             Op::Rename { from, to } => {
-                let if_match = base.get(from).and_then(|e| e.version()).map(|v| v.etag());
                 batch.push((
-                    // Never replace something at `to` the base did not know of.
-                    json!({"op": "rename", "from": from, "to": to, "if_match": if_match,
-                           "if_absent": base.get(to).is_none()}),
+                    BatchOp::Rename {
+                        from: from.clone(),
+                        to: to.clone(),
+                        if_match: base.get(from).and_then(|e| e.version()),
+                        // Never replace something at `to` the base did not know of.
+                        if_absent: base.get(to).is_none(),
+                    },
                     Change {
                         path: to.clone(),
                         what: format!("renamed from {from}"),
@@ -118,12 +126,22 @@ pub async fn push(
                     continue; // folder mtimes are not synced
                 }
                 batch.push((
-                    json!({"op": "setattr", "path": path, "mode": attrs.mode, "mtime_ns": attrs.mtime_ns}),
-                    Change { path: path.clone(), what: "attributes".into() },
+                    BatchOp::Setattr {
+                        path: path.clone(),
+                        mode: attrs.mode,
+                        mtime_ns: attrs.mtime_ns,
+                    },
+                    Change {
+                        path: path.clone(),
+                        what: "attributes".into(),
+                    },
                 ));
             }
             Op::Symlink { path, target } => batch.push((
-                json!({"op": "symlink", "path": path, "target": String::from_utf8_lossy(target)}),
+                BatchOp::Symlink {
+                    path: path.clone(),
+                    target: target.clone(),
+                },
                 Change {
                     path: path.clone(),
                     what: "symlink".into(),
@@ -141,7 +159,7 @@ pub async fn push(
 
 async fn flush(
     remote: &impl Remote,
-    batch: &mut Vec<(serde_json::Value, Change)>,
+    batch: &mut Vec<(BatchOp, Change)>,
     report: &mut SyncReport,
     pushed: &mut bool,
 ) -> Result<(), SyncError> {
@@ -149,16 +167,16 @@ async fn flush(
         return Ok(());
     }
     let (ops, changes): (Vec<_>, Vec<_>) = std::mem::take(batch).into_iter().unzip();
-    let results = remote.ops(json!({ "ops": ops })).await?;
-    for ((status, reason), change) in results.into_iter().zip(changes) {
+    let results = remote.ops(ops).await?;
+    for (result, change) in results.into_iter().zip(changes) {
         // A folder that is already there is a folder made on both sides.
-        let merged_folder = status == 412 && change.what == "folder created";
-        if status == 200 || merged_folder {
-            *pushed |= status == 200;
+        let merged_folder = result.status == 412 && change.what == "folder created";
+        if result.is_ok() || merged_folder {
+            *pushed |= result.is_ok();
             report.pushed.push(change);
         } else {
             report.deferred.push(Change {
-                what: format!("{}: {status} {reason}", change.what),
+                what: format!("{}: {} {}", change.what, result.status, result.reason()),
                 ..change
             });
         }
@@ -191,7 +209,7 @@ async fn put_file(
     let full = path.under(root);
     // Mapped, and handed to the transport without a copy.
     let data = Bytes::from_owner(MappedFile::open(&full).map_err(|e| SyncError::local(path, e))?);
-    if Version(*blake3::hash(&data).as_bytes()) != version {
+    if Version::of(&data) != version {
         // Changed again since the scan: the next round sends the newest.
         report.deferred.push(Change {
             path: path.clone(),
@@ -205,75 +223,22 @@ async fn put_file(
     } else {
         base.get(path).and_then(|e| e.version())
     };
-    let patched = match base_version {
-        Some(base) => put_patch(remote, wc, path, &data, base, (version, size), meta).await,
-        None => None,
+    let kept = base_version.and_then(|b| wc.versions()?.get(&b).ok()?);
+    let file = Upload {
+        path,
+        data,
+        version,
+        meta,
     };
-    let result = match base_version {
-        _ if patched.is_some() => patched.expect("checked"),
-        Some(base_version) => {
-            let delta = match remote.signature(base_version).await {
-                Ok(sig) => Signature::from_bytes(sig.to_vec()).ok().map(|sig| {
-                    let mut delta = Vec::new();
-                    let stats =
-                        write_delta(sig.view(), &data, &mut delta).expect("writing to memory");
-                    (delta, stats)
-                }),
-                Err(TransportError::Refused { status: 404, .. }) => None,
-                Err(e) => return Err(e.into()),
-            };
-            match delta {
-                Some((delta, stats)) if (delta.len() as u64) < size => {
-                    let r = remote
-                        .put_delta(
-                            path,
-                            delta,
-                            DeltaFormat::Librsync,
-                            base_version,
-                            (version, size),
-                            meta,
-                        )
-                        .await;
-                    if r.is_ok() {
-                        report.literal_bytes += stats.literal_bytes;
-                        report.matched_bytes += stats.matched_bytes;
-                    }
-                    r.map(|_| "updated by delta")
-                }
-                _ => {
-                    let r = remote
-                        .put_whole(
-                            path,
-                            data.clone(),
-                            Expect::Version(base_version),
-                            version,
-                            meta,
-                        )
-                        .await;
-                    if r.is_ok() {
-                        report.literal_bytes += size;
-                    }
-                    r.map(|_| "sent whole")
-                }
-            }
-        }
-        None => {
-            let r = remote
-                .put_whole(path, data.clone(), Expect::Absent, version, meta)
-                .await;
-            if r.is_ok() {
-                report.literal_bytes += size;
-            }
-            r.map(|_| "created")
-        }
-    };
-    match result {
-        Ok(what) => {
+    match upload::send(remote, &file, base_version, kept.as_deref()).await {
+        Ok(sent) => {
             *pushed = true;
-            wc.keep(version, &data);
+            report.literal_bytes += sent.literal_bytes;
+            report.matched_bytes += sent.matched_bytes;
+            wc.keep(version, &file.data);
             report.pushed.push(Change {
                 path: path.clone(),
-                what: what.into(),
+                what: sent.way.describe().into(),
             });
             Ok(())
         }
@@ -287,36 +252,5 @@ async fn put_file(
             Ok(())
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Writes the file as an exact patch from `base`, if this copy kept that
-/// version and the patch is smaller than the file; `None` leaves it to the
-/// signature path (also when the server does not take patches).
-async fn put_patch(
-    remote: &impl Remote,
-    wc: &WorkingCopy,
-    path: &TreePath,
-    data: &[u8],
-    base: Version,
-    (version, size): (Version, u64),
-    meta: FileMeta,
-) -> Option<Result<&'static str, TransportError>> {
-    let old = wc.versions()?.get(&base).ok()??;
-    let patch = zpatch::encode(&old, data, Vec::new()).ok()?;
-    if patch.len() as u64 >= size {
-        return None;
-    }
-    let r = remote
-        .put_delta(path, patch, DeltaFormat::Patch, base, (version, size), meta)
-        .await;
-    match r {
-        Ok(_) => Some(Ok("updated by patch")),
-        // A server that does not know patches (415, or 400 from one that
-        // took it for something else): the signature path, then.
-        Err(TransportError::Refused {
-            status: 400 | 415, ..
-        }) => None,
-        Err(e) => Some(Err(e)),
     }
 }

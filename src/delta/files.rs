@@ -193,7 +193,7 @@ pub fn patch_file(
         }
         None => patch::apply(&base_bytes, &delta_bytes, &mut hashing, limit)?,
     };
-    let version = Version(*hashing.hasher.finalize().as_bytes());
+    let version = Version::from_hasher(&hashing.hasher);
     if let Some(expected) = limits.expect
         && expected != version
     {
@@ -227,5 +227,5 @@ impl<W: Write> Write for HashingWriter<W> {
 /// The version of a file's content.
 pub fn version_of(path: &Path) -> Result<Version, Error> {
     let data = MappedFile::open(path)?;
-    Ok(Version(*blake3::hash(&data).as_bytes()))
+    Ok(Version::of(&data))
 }

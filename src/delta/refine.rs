@@ -511,7 +511,7 @@ mod tests {
     fn exchange(old: &[u8], new: &[u8]) -> (Option<u64>, Vec<u8>) {
         let (coarse, _) = Signature::calculate(old, coarse_options(old.len() as u64));
         let plan = plan(coarse.view(), new);
-        let version = Version(*blake3::hash(new).as_bytes());
+        let version = Version::of(new);
         let Some(bytes) = plan.answer(new, &version) else {
             return (None, Vec::new());
         };

@@ -164,7 +164,7 @@ impl Signature {
             append_records(chunk, options, &mut bytes);
             hasher.update(chunk);
         }
-        let version = Version(*hasher.finalize().as_bytes());
+        let version = Version::from_hasher(&hasher);
         (Signature { bytes }, version)
     }
 }

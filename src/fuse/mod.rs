@@ -291,7 +291,7 @@ impl Presto {
             let hashed = lock(&handle.in_order)
                 .as_ref()
                 .filter(|(_, n, stamp)| *n == size && *stamp == before)
-                .map(|(h, _, _)| Version(*h.finalize().as_bytes()));
+                .map(|(h, _, _)| Version::from_hasher(h));
             let version = match hashed {
                 Some(v) => v,
                 None => match rustix::fs::openat(
@@ -562,7 +562,7 @@ fn hash(file: &File) -> io::Result<Version> {
             break;
         }
     }
-    Ok(Version(*hasher.finalize().as_bytes()))
+    Ok(Version::from_hasher(&hasher))
 }
 
 fn mtime_of(t: TimeOrNow) -> rustix::fs::Timespec {

@@ -114,7 +114,7 @@ pub async fn serve_version(
             hasher
                 .update_reader(&mut file)
                 .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-            if Version(*hasher.finalize().as_bytes()) != version {
+            if Version::from_hasher(&hasher) != version {
                 // Changed since it was journaled: the next scan records it.
                 return Err(gone());
             }

@@ -272,7 +272,7 @@ fn current_content(export: &Export, path: &TreePath) -> Result<(MappedFile, Vers
     let file = crate::beneath::open_file(export.root(), path)?;
     let data =
         MappedFile::map(&file).map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-    let version = Version(*blake3::hash(&data).as_bytes());
+    let version = Version::of(&data);
     export.keep_bytes(version, &data);
     Ok((data, version))
 }

@@ -19,9 +19,9 @@ use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
     HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, MEDIA_DELTA, MEDIA_PATCH,
 };
+use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
-use serde::{Deserialize, Serialize};
 
 use super::{Body, Refusal, full};
 use crate::delta::{self, MappedFile};
@@ -316,7 +316,7 @@ async fn receive_whole(
             pending.write_all(&data).map_err(internal)?;
         }
     }
-    Ok((pending, Version(*hasher.finalize().as_bytes()), size))
+    Ok((pending, Version::from_hasher(&hasher), size))
 }
 
 /// How a delta write's body gives the result from the current file.
@@ -356,7 +356,7 @@ fn apply_delta(
             })?;
         }
     }
-    let (version, size) = (Version(*hashing.hasher.finalize().as_bytes()), hashing.size);
+    let (version, size) = (Version::from_hasher(&hashing.hasher), hashing.size);
     Ok((pending, version, size))
 }
 
@@ -379,58 +379,6 @@ impl Write for HashWriter<'_> {
     }
 }
 
-/// One operation of a batch.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum BatchOp {
-    Mkdir {
-        path: TreePath,
-        mode: Option<u32>,
-    },
-    Unlink {
-        path: TreePath,
-        if_match: Option<String>,
-    },
-    Rmdir {
-        path: TreePath,
-    },
-    Rename {
-        from: TreePath,
-        to: TreePath,
-        if_match: Option<String>,
-        #[serde(default)]
-        if_absent: bool,
-    },
-    Setattr {
-        path: TreePath,
-        mode: Option<u32>,
-        mtime_ns: Option<i64>,
-    },
-    Symlink {
-        path: TreePath,
-        target: String,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-struct Batch {
-    ops: Vec<BatchOp>,
-}
-
-/// The outcome of one operation of a batch.
-#[derive(Debug, Serialize)]
-pub struct OpResult {
-    pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct BatchResult {
-    results: Vec<OpResult>,
-    latest_seq: u64,
-}
-
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// `POST /.intersync/ops`: operations applied in order, each on its own
@@ -451,10 +399,7 @@ pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respons
             .ops
             .into_iter()
             .map(|op| match apply_op(&export, &mut inner, op) {
-                Ok(()) => OpResult {
-                    status: 200,
-                    reason: None,
-                },
+                Ok(()) => OpResult::ok(),
                 Err(r) => OpResult {
                     status: r.status.as_u16(),
                     reason: Some(r.reason),
@@ -480,29 +425,15 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
     let conflict = |why: String| Refusal::new(StatusCode::CONFLICT, why);
     let precondition_failed =
         |why: &str| Refusal::new(StatusCode::PRECONDITION_FAILED, why.to_owned());
-    let check_version = |entry: Option<&Entry>, tag: &Option<String>| -> Result<(), Refusal> {
-        match tag {
-            None => Ok(()),
-            Some(tag) => {
-                let v = Version::from_etag(tag)
-                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-                match entry {
-                    Some(e) if e.version() == Some(v) => Ok(()),
-                    _ => Err(precondition_failed("the file has changed")),
-                }
-            }
+    let check_version = |entry: Option<&Entry>, want: Option<Version>| -> Result<(), Refusal> {
+        match (want, entry) {
+            (None, _) => Ok(()),
+            (Some(v), Some(e)) if e.version() == Some(v) => Ok(()),
+            (Some(_), _) => Err(precondition_failed("the file has changed")),
         }
     };
     let io = |e: std::io::Error| conflict(e.to_string());
-    let paths: Vec<&TreePath> = match &op {
-        BatchOp::Mkdir { path, .. }
-        | BatchOp::Unlink { path, .. }
-        | BatchOp::Rmdir { path }
-        | BatchOp::Setattr { path, .. }
-        | BatchOp::Symlink { path, .. } => vec![path],
-        BatchOp::Rename { from, to, .. } => vec![from, to],
-    };
-    if paths.iter().any(|p| export.hidden(p, false)) {
+    if op.paths().iter().any(|p| export.hidden(p, false)) {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "excluded by the module's rules",
@@ -529,7 +460,7 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
                 Some(e) if e.is_dir() => return Err(conflict("a folder: use rmdir".into())),
                 _ => {}
             }
-            check_version(entry, &if_match)?;
+            check_version(entry, if_match)?;
             fs::remove_file(path.under(root)).map_err(io)?;
             Op::Unlink { path }
         }
@@ -550,7 +481,7 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
             if entry.is_none() {
                 return Err(Refusal::new(StatusCode::NOT_FOUND, "nothing to rename"));
             }
-            check_version(entry, &if_match)?;
+            check_version(entry, if_match)?;
             if if_absent && state.get(&to).is_some() {
                 return Err(precondition_failed("the destination exists"));
             }
@@ -607,11 +538,9 @@ fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refus
                 return Err(precondition_failed("the path exists"));
             }
             need_folder(inner, root, &path)?;
-            std::os::unix::fs::symlink(&target, path.under(root)).map_err(io)?;
-            Op::Symlink {
-                path,
-                target: target.into_bytes(),
-            }
+            let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
+            std::os::unix::fs::symlink(link, path.under(root)).map_err(io)?;
+            Op::Symlink { path, target }
         }
     };
     // The change itself must be durable before the journal says it happened.

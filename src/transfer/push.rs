@@ -15,13 +15,14 @@ use intersync_compat::ExitCode;
 use intersync_compat::filter::Side;
 use intersync_compat::options::{DeleteMode, Plan};
 use intersync_compat::output::Stats;
+use intersync_protocol::batch::BatchOp;
 use intersync_protocol::{TreePath, Version};
-use serde_json::json;
 
 use super::flist::{Entry, FileList, Kind, NoFiles};
 use super::{Event, Export, Outcome, count, same_mtime};
-use crate::delta::{MappedFile, Signature, write_delta};
-use crate::transport::{DeltaFormat, Expect, FileMeta, Remote, TransportError};
+use crate::client::upload::{self, Upload};
+use crate::delta::MappedFile;
+use crate::transport::{FileMeta, Remote, TransportError};
 use crate::tree::{EntryKind, TreeState};
 
 struct Pusher<'a> {
@@ -30,7 +31,7 @@ struct Pusher<'a> {
     export: &'a Export,
     tree: &'a TreeState,
     stats: Stats,
-    batch: Vec<(serde_json::Value, String)>,
+    batch: Vec<(BatchOp, String)>,
     errors: bool,
     refused: Option<String>,
     umask: u32,
@@ -128,13 +129,11 @@ impl Pusher<'_> {
             return;
         }
         let (ops, names): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch).into_iter().unzip();
-        let answer = self
-            .export
-            .runtime
-            .block_on(self.export.remote.ops(json!({ "ops": ops })));
+        let answer = self.export.runtime.block_on(self.export.remote.ops(ops));
         match answer {
             Ok(results) => {
-                for ((status, reason), name) in results.into_iter().zip(names) {
+                for (result, name) in results.into_iter().zip(names) {
+                    let (status, reason) = (result.status, result.reason());
                     if status != 200 {
                         if status == 401 || status == 403 {
                             self.refused = Some(format!("{name}: {status} {reason}"));
@@ -183,8 +182,11 @@ impl Pusher<'_> {
                 if e.kind == Kind::Dir && self.plan.times && !t.is_dir() && !self.plan.dry_run {
                     // rsync still sets the folder's time on what is there.
                     self.batch.push((
-                        json!({"op": "setattr", "path": path,
-                               "mtime_ns": e.mtime * 1_000_000_000 + i64::from(e.mtime_nsec)}),
+                        BatchOp::Setattr {
+                            path: path.clone(),
+                            mode: None,
+                            mtime_ns: Some(e.mtime * 1_000_000_000 + i64::from(e.mtime_nsec)),
+                        },
                         e.display(),
                     ));
                 }
@@ -231,7 +233,10 @@ impl Pusher<'_> {
                 self.item_event("cd+++++++++".into(), e, true, false);
                 let mode = self.new_mode(e) | 0o700;
                 self.batch.push((
-                    json!({"op": "mkdir", "path": path, "mode": mode}),
+                    BatchOp::Mkdir {
+                        path: path.clone(),
+                        mode: Some(mode),
+                    },
                     e.display(),
                 ));
             }
@@ -241,7 +246,11 @@ impl Pusher<'_> {
                 self.item_event(flags.into(), e, perms, false);
                 if perms {
                     self.batch.push((
-                        json!({"op": "setattr", "path": path, "mode": e.mode & 0o7777}),
+                        BatchOp::Setattr {
+                            path: path.clone(),
+                            mode: Some(e.mode & 0o7777),
+                            mtime_ns: None,
+                        },
                         e.display(),
                     ));
                 }
@@ -254,15 +263,22 @@ impl Pusher<'_> {
                 }
                 if there.is_some() {
                     self.item_event("cLc........".into(), e, true, false);
-                    self.batch
-                        .push((json!({"op": "unlink", "path": path}), e.display()));
+                    self.batch.push((
+                        BatchOp::Unlink {
+                            path: path.clone(),
+                            if_match: None,
+                        },
+                        e.display(),
+                    ));
                 } else {
                     count(&mut self.stats.created, &e.kind);
                     self.item_event("cL+++++++++".into(), e, true, false);
                 }
                 self.batch.push((
-                    json!({"op": "symlink", "path": path,
-                           "target": String::from_utf8_lossy(target)}),
+                    BatchOp::Symlink {
+                        path: path.clone(),
+                        target: target.clone(),
+                    },
                     e.display(),
                 ));
             }
@@ -326,14 +342,12 @@ impl Pusher<'_> {
                 };
                 self.item_event(shown, e, changed, false);
                 if changed && !plan.dry_run {
-                    let mut attrs = json!({"op": "setattr", "path": path});
-                    if perms {
-                        attrs["mode"] = json!(e.mode & 0o7777);
-                    }
-                    if plan.times && time_differs {
-                        attrs["mtime_ns"] =
-                            json!(e.mtime * 1_000_000_000 + i64::from(e.mtime_nsec));
-                    }
+                    let attrs = BatchOp::Setattr {
+                        path: path.clone(),
+                        mode: perms.then_some(e.mode & 0o7777),
+                        mtime_ns: (plan.times && time_differs)
+                            .then(|| e.mtime * 1_000_000_000 + i64::from(e.mtime_nsec)),
+                    };
                     self.batch.push((attrs, e.display()));
                 }
                 return;
@@ -377,7 +391,7 @@ impl Pusher<'_> {
                 return;
             }
         };
-        let version = Version(*blake3::hash(&data).as_bytes());
+        let version = Version::of(&data);
         let mode = match (plan.perms, base) {
             (true, _) => e.mode & 0o7777,
             (false, Some((_, m))) => m & 0o7777,
@@ -389,46 +403,22 @@ impl Pusher<'_> {
                 .times
                 .then(|| e.mtime * 1_000_000_000 + i64::from(e.mtime_nsec)),
         };
-        let remote = &self.export.remote;
-        let result = self.export.runtime.block_on(async {
-            let Some((base, _)) = base else {
-                return remote
-                    .put_whole(path, data.clone(), Expect::Absent, version, meta)
-                    .await
-                    .map(|_| (e.size, 0));
-            };
-            let delta = match remote.signature(base).await {
-                Ok(sig) => Signature::from_bytes(sig.to_vec()).ok().map(|sig| {
-                    let mut delta = Vec::new();
-                    let stats =
-                        write_delta(sig.view(), &data, &mut delta).expect("writing to memory");
-                    (delta, stats)
-                }),
-                Err(TransportError::Refused { status: 404, .. }) => None,
-                Err(e) => return Err(e),
-            };
-            match delta {
-                Some((delta, stats)) if (delta.len() as u64) < e.size => remote
-                    .put_delta(
-                        path,
-                        delta,
-                        DeltaFormat::Librsync,
-                        base,
-                        (version, e.size),
-                        meta,
-                    )
-                    .await
-                    .map(|_| (stats.literal_bytes, stats.matched_bytes)),
-                _ => remote
-                    .put_whole(path, data.clone(), Expect::Version(base), version, meta)
-                    .await
-                    .map(|_| (e.size, 0)),
-            }
-        });
+        let file = Upload {
+            path,
+            data,
+            version,
+            meta,
+        };
+        let result = self.export.runtime.block_on(upload::send(
+            &self.export.remote,
+            &file,
+            base.map(|(version, _)| version),
+            None,
+        ));
         match result {
-            Ok((literal, matched)) => {
-                self.stats.literal_bytes += literal;
-                self.stats.matched_bytes += matched;
+            Ok(sent) => {
+                self.stats.literal_bytes += sent.literal_bytes;
+                self.stats.matched_bytes += sent.matched_bytes;
             }
             Err(err) => self.failed(&e.display(), err),
         }
@@ -530,9 +520,12 @@ impl Pusher<'_> {
                 self.say(Event::Deleted(name));
             }
             let op = if is_dir {
-                json!({"op": "rmdir", "path": p})
+                BatchOp::Rmdir { path: p.clone() }
             } else {
-                json!({"op": "unlink", "path": p, "if_match": t.version().map(|v| v.etag())})
+                BatchOp::Unlink {
+                    path: p.clone(),
+                    if_match: t.version(),
+                }
             };
             self.batch.push((op, p.as_str().to_string()));
         }

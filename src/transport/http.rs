@@ -18,6 +18,7 @@ use intersync_protocol::api::{
     HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head, MEDIA_DELTA,
     MEDIA_PATCH, MEDIA_REFINE,
 };
+use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
 
 use super::{
@@ -960,8 +961,8 @@ impl Remote for HttpRemote {
         Ok(Written { version })
     }
 
-    async fn ops(&self, batch: serde_json::Value) -> Result<Vec<(u16, String)>, TransportError> {
-        let body = Bytes::from(serde_json::to_vec(&batch).expect("json"));
+    async fn ops(&self, ops: Vec<BatchOp>) -> Result<Vec<OpResult>, TransportError> {
+        let body = Bytes::from(serde_json::to_vec(&Batch { ops }).expect("a batch serializes"));
         let answer = self
             .send(
                 Method::POST,
@@ -972,26 +973,12 @@ impl Remote for HttpRemote {
             )
             .await?;
         let bytes = self.collect(answer.body, "operations").await?;
-        let value: serde_json::Value =
+        let answer: BatchResult =
             serde_json::from_slice(&bytes).map_err(|e| TransportError::BadAnswer {
                 what: "operations".into(),
                 reason: e.to_string(),
             })?;
-        let results = value["results"]
-            .as_array()
-            .ok_or_else(|| TransportError::BadAnswer {
-                what: "operations".into(),
-                reason: "no results".into(),
-            })?;
-        Ok(results
-            .iter()
-            .map(|r| {
-                (
-                    r["status"].as_u64().unwrap_or(0) as u16,
-                    r["reason"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect())
+        Ok(answer.results)
     }
 
     fn progress(&self) -> Option<&crate::monitor::Progress> {

@@ -8,6 +8,7 @@ pub mod http;
 
 use bytes::Bytes;
 use intersync_protocol::api::Head;
+use intersync_protocol::batch::{BatchOp, OpResult};
 use intersync_protocol::{TreePath, Version};
 use thiserror::Error;
 
@@ -214,8 +215,9 @@ pub trait Remote {
         result: (Version, u64),
         meta: FileMeta,
     ) -> Result<Written, TransportError>;
-    /// A batch of operations (JSON as in SPEC.md); the status of each.
-    async fn ops(&self, batch: serde_json::Value) -> Result<Vec<(u16, String)>, TransportError>;
+    /// A batch of operations without content, applied in order; the
+    /// result of each.
+    async fn ops(&self, ops: Vec<BatchOp>) -> Result<Vec<OpResult>, TransportError>;
     fn traffic(&self) -> Traffic;
     /// Where to count content progress, if anyone is watching.
     fn progress(&self) -> Option<&crate::monitor::Progress> {

@@ -438,7 +438,7 @@ pub fn hash_file(path: &Path) -> Result<Version, crate::delta::Error> {
     hasher
         .update_reader(file)
         .map_err(crate::delta::Error::io(path))?;
-    Ok(Version(*hasher.finalize().as_bytes()))
+    Ok(Version::from_hasher(&hasher))
 }
 
 fn walk(
