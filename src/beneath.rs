@@ -36,7 +36,7 @@ pub enum BeneathError {
     /// Something that is neither a regular file nor a link (a folder, a device).
     #[error("{path}: not a regular file")]
     NotAFile { path: TreePath },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: TreePath, source: io::Error },
 }
 

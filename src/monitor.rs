@@ -35,3 +35,21 @@ impl Progress {
         )
     }
 }
+
+/// An error and every cause below it, `: `-separated on one line: how the
+/// library says an error in its events, logs and refusals, as the binary
+/// says one with anyhow's `{:#}`. Errors here say only their own part
+/// (`bad delta`, `KML segment PATH`) and give the cause as `source()`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}

@@ -38,7 +38,7 @@ use crate::scenario::{FULL_LEN, FULL_TREE_FILES, FileScenario};
 /// Why the benchmark could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("{scenario} with {tool}: {reason}")]
     Run {

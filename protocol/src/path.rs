@@ -116,6 +116,14 @@ impl TreePath {
     }
 }
 
+/// The path relative to the tree's root, as a file-system path (for
+/// messages; [`TreePath::under`] gives the path on disk).
+impl AsRef<Path> for TreePath {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
 impl serde::Serialize for TreePath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

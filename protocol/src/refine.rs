@@ -71,7 +71,7 @@ pub enum RefineError {
         len: u64,
         base_len: u64,
     },
-    #[error("refine answer: fine signature: {0}")]
+    #[error("refine answer: fine signature")]
     Signature(#[from] SignatureError),
     #[error("refine answer: the fine signature has {actual} blocks, the gaps need {expected}")]
     BlockCount { expected: u64, actual: u64 },

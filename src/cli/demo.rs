@@ -32,11 +32,11 @@ pub struct DemoStep {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("demo: {0}")]
+    #[error("demo")]
     Io(#[from] std::io::Error),
-    #[error("demo server: {0}")]
+    #[error("demo server")]
     Start(#[from] server::StartError),
-    #[error("demo sync: {0}")]
+    #[error("demo sync")]
     Sync(#[from] SyncError),
     #[error("demo: {0}")]
     Other(String),
@@ -54,7 +54,7 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     let mut wc = WorkingCopy::open_or_create(&laptop, &url).map_err(SyncError::from)?;
 
     let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
-    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    let report = intersync::client::sync(&mut wc, &remote, SyncOptions::default()).await?;
     steps.push(step("first sync (clone)", &report, Traffic::default()));
 
     // Edits on the server, as another program would make them, and on the laptop.
@@ -67,7 +67,7 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     wait_for_journal(&remote, seq, 5).await?;
     edit_laptop(&laptop)?;
     let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
-    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    let report = intersync::client::sync(&mut wc, &remote, SyncOptions::default()).await?;
     steps.push(step(
         "sync after edits on both sides",
         &report,
@@ -75,7 +75,7 @@ pub async fn run(dir: &Path) -> Result<Vec<DemoStep>, DemoError> {
     ));
 
     let remote = HttpRemote::new(&url, None, None).map_err(|e| DemoError::Other(e.to_string()))?;
-    let report = wc.sync(&remote, SyncOptions::default()).await?;
+    let report = intersync::client::sync(&mut wc, &remote, SyncOptions::default()).await?;
     steps.push(step("sync with nothing to do", &report, Traffic::default()));
 
     server.stop().await;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use intersync::client::mount::{self, MountConfig, MountError, MountEvent};
+use intersync::monitor::Chain;
 
 use super::{Connect, print_report, read_token, shutdown_signal};
 
@@ -40,7 +41,10 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let say = move |event| match event {
         MountEvent::Synced(report) => print_report(&report, verbose),
         MountEvent::StartedOffline(e) => {
-            eprintln!("intersync: {e:#}; working offline, syncing when the server is back")
+            eprintln!(
+                "intersync: {}; working offline, syncing when the server is back",
+                Chain(&e)
+            )
         }
         MountEvent::Mounted => {
             let mut out = std::io::stdout().lock();
@@ -48,16 +52,24 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             let _ = out.flush();
         }
         MountEvent::Offline { error, retry_in } => {
-            eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+            eprintln!(
+                "intersync: {}; retrying in {}s",
+                Chain(&error),
+                retry_in.as_secs()
+            );
         }
         MountEvent::RoundFailed { error, retry_in } => {
             eprintln!(
-                "intersync: {error:#}; syncing again in {}s",
+                "intersync: {}; syncing again in {}s",
+                Chain(&error),
                 retry_in.as_secs()
             );
         }
         MountEvent::PrefetchFailed { path, error } => {
-            eprintln!("intersync: prefetching {path}: {error}; trying again after the next round");
+            eprintln!(
+                "intersync: prefetching {path}: {}; trying again after the next round",
+                Chain(&error)
+            );
         }
     };
     // The errors that carry an exit code of their own keep it.

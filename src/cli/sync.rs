@@ -81,7 +81,7 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
         .build()?;
     let started = std::time::Instant::now();
     let bar = args.progress.then(|| show_progress(progress));
-    let report = runtime.block_on(wc.sync(&remote, options));
+    let report = runtime.block_on(intersync::client::sync(&mut wc, &remote, options));
     if let Some((bar, stop)) = bar {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = bar.join();
@@ -110,7 +110,11 @@ pub fn watch(args: SyncArgs) -> anyhow::Result<()> {
         |event| match event {
             WatchEvent::Synced(report) => print_report(&report, args.verbose),
             WatchEvent::Offline { error, retry_in } => {
-                eprintln!("intersync: {error:#}; retrying in {}s", retry_in.as_secs());
+                eprintln!(
+                    "intersync: {}; retrying in {}s",
+                    intersync::monitor::Chain(&error),
+                    retry_in.as_secs()
+                );
             }
         },
         shutdown_signal(),

@@ -26,13 +26,20 @@
 //! it is never pushed as a deletion) and the mount fetches when it is first
 //! opened. A plain `sync` of such a working copy fetches its placeholders.
 
+mod fetch;
+mod follow;
 pub mod mount;
 mod pull;
-pub use pull::{export_tree, fetch_one};
 mod push;
+pub mod reconcile;
+mod round;
 pub mod upload;
 pub mod watch;
 pub mod working_copy;
+
+pub use fetch::fetch_one;
+pub use follow::export_tree;
+pub use round::sync;
 
 use intersync_protocol::TreePath;
 
@@ -176,17 +183,81 @@ pub enum SyncError {
     WorkingCopy(#[from] WorkingCopyError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("the server's journal does not fit the working copy: {0}")]
-    Journal(String),
-    #[error("{path}: {reason}")]
-    Local { path: String, reason: String },
+    #[error("the server's journal does not fit the working copy")]
+    Journal(#[from] BadJournal),
+    /// Something here, at `path` (a path of the tree, or of the disk).
+    #[error("{}", path.display())]
+    Local {
+        path: std::path::PathBuf,
+        source: LocalError,
+    },
+}
+
+/// What went wrong with a file here.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Delta(#[from] crate::delta::Error),
+    #[error(transparent)]
+    Patch(#[from] crate::delta::zpatch::PatchError),
+    #[error(transparent)]
+    Signature(#[from] intersync_protocol::SignatureError),
+    #[error(transparent)]
+    Refine(#[from] intersync_protocol::refine::RefineError),
+    #[error(transparent)]
+    Path(#[from] intersync_protocol::PathError),
+    #[error(transparent)]
+    Watch(#[from] notify::Error),
+    /// What was built here is not the version the server announced.
+    #[error("the update gave {got:?}, not {want:?}")]
+    NotTheVersion {
+        got: intersync_protocol::Version,
+        want: intersync_protocol::Version,
+    },
+    #[error("changed while being copied")]
+    ChangedWhileCopied,
+    #[error("the download never matched its version")]
+    NeverVerified,
+    /// A signature, or a level of one, that cannot describe the file.
+    #[error("{0} does not fit the file")]
+    Unfit(&'static str),
+    #[error("not a file")]
+    NotAFile,
+}
+
+/// How the server's journal fails to describe a tree this working copy can follow.
+#[derive(Debug, thiserror::Error)]
+pub enum BadJournal {
+    #[error("no head document")]
+    NoHead,
+    #[error("checkpoint {name}")]
+    Checkpoint {
+        name: String,
+        source: intersync_protocol::KmlError,
+    },
+    #[error("segment {name}")]
+    Segment {
+        name: String,
+        source: intersync_protocol::KmlError,
+    },
+    #[error(transparent)]
+    Replay(#[from] crate::tree::TreeError),
+    #[error("record {found} follows {last}")]
+    OutOfOrder { found: u64, last: u64 },
+    #[error(
+        "the server dropped the journal past sequence {seq} and has no checkpoint to start from"
+    )]
+    Dropped { seq: u64 },
 }
 
 impl SyncError {
-    pub fn local(path: impl std::fmt::Display, e: impl std::fmt::Display) -> SyncError {
+    /// A failure at `path` here.
+    pub fn local(path: impl AsRef<std::path::Path>, e: impl Into<LocalError>) -> SyncError {
         SyncError::Local {
-            path: path.to_string(),
-            reason: e.to_string(),
+            path: path.as_ref().to_owned(),
+            source: e.into(),
         }
     }
 

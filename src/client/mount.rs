@@ -21,7 +21,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use intersync_protocol::TreePath;
 use intersync_protocol::kml::{Attrs, Op};
 
-use super::pull::{fetch_one, set_attrs};
+use super::fetch::{fetch_one, set_attrs};
 use super::watch::{WatchEvent, follow};
 use super::working_copy::Placeholders;
 use super::{SyncError, SyncOptions, SyncReport, WorkingCopy, WorkingCopyError};
@@ -266,7 +266,7 @@ pub fn run(
     // The cache's own journal, reconciled with the cache (a crash repaired)
     // before the first round pushes anything.
     let local = Arc::new(Export::open(wc.root(), Default::default()).map_err(MountError::Journal)?);
-    match runtime.block_on(wc.sync(&*remote, options)) {
+    match runtime.block_on(super::sync(&mut wc, &*remote, options)) {
         Ok(report) => events(MountEvent::Synced(report)),
         Err(e) if e.is_unreachable() => events(MountEvent::StartedOffline(e)),
         Err(e) => return Err(e.into()),
@@ -301,7 +301,7 @@ pub fn run(
             events(MountEvent::Synced(report));
             // What the round changed in the cache, in the cache's journal.
             if let Err(e) = local.rescan() {
-                tracing::warn!(error = %e, "rescanning the cache");
+                tracing::warn!(error = %crate::monitor::Chain(&e), "rescanning the cache");
             }
             if let Some(again) = &prefetch {
                 let _ = again.send(());

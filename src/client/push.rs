@@ -247,7 +247,7 @@ async fn put_file(
         {
             report.deferred.push(Change {
                 path: path.clone(),
-                what: e.to_string(),
+                what: crate::monitor::Chain(&e).to_string(),
             });
             Ok(())
         }

@@ -50,10 +50,10 @@ pub async fn watch(
             let _ = tx.send(());
         }
     })
-    .map_err(|e| SyncError::local(wc.root().display(), e))?;
+    .map_err(|e| SyncError::local(wc.root(), e))?;
     watcher
         .watch(wc.root(), RecursiveMode::Recursive)
-        .map_err(|e| SyncError::local(wc.root().display(), e))?;
+        .map_err(|e| SyncError::local(wc.root(), e))?;
     let mut local_changes = local_changes;
     follow(wc, remote, options, &mut local_changes, on_event, shutdown).await
 }
@@ -73,7 +73,7 @@ pub async fn follow(
     let mut need_round = true;
     loop {
         if need_round {
-            match wc.sync(remote, options).await {
+            match super::sync(wc, remote, options).await {
                 Ok(report) => {
                     backoff = Duration::from_secs(1);
                     need_round = false;

@@ -15,16 +15,15 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{SyncError, SyncOptions, SyncReport, pull, push};
+use super::SyncError;
 use crate::install::PendingFile;
-use crate::transport::Remote;
 use crate::tree::Entry;
 use crate::tree::scan::{self, CachedStat, Index};
 use crate::versions::{Budget, VersionStore};
 
 #[derive(Debug, Error)]
 pub enum WorkingCopyError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{}: not a working copy state file: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
@@ -327,7 +326,7 @@ impl WorkingCopy {
         let placeholders = self.placeholders.clone();
         let keep = move |p: &TreePath| placeholders.contains(p);
         scan::scan_with(&self.root, index, None, Some(&keep))
-            .map_err(|e| SyncError::local(self.root.display(), e))
+            .map_err(|e| SyncError::local(&self.root, e))
     }
 
     /// Saves the state atomically.
@@ -345,53 +344,6 @@ impl WorkingCopy {
     pub fn pending(&self) -> Result<Vec<intersync_protocol::kml::Op>, SyncError> {
         let mut scratch = self.saved.base.clone();
         Ok(self.scan(&mut scratch)?.ops)
-    }
-
-    /// One sync round with `remote` (see the module documentation).
-    pub async fn sync(
-        &mut self,
-        remote: &impl Remote,
-        options: SyncOptions,
-    ) -> Result<SyncReport, SyncError> {
-        let mut report = SyncReport::default();
-        if self.versions.is_none() {
-            self.keep_versions(options.keep_versions);
-        }
-        if options.pull {
-            pull::pull(self, remote, options, &mut report).await?;
-            self.save()?;
-        }
-        if options.push && self.saved.static_export {
-            if !self.pending()?.is_empty() {
-                report.deferred.push(super::Change {
-                    path: intersync_protocol::TreePath::new("(local changes)")
-                        .expect("a valid path"),
-                    what: "the source is a static export, which is read only".into(),
-                });
-            }
-        } else if options.push {
-            let pushed_any = push::push(self, remote, &mut report).await?;
-            if pushed_any && options.pull {
-                // Our own writes come back as journal records: move past them.
-                pull::pull(self, remote, options, &mut report).await?;
-            }
-        }
-        self.saved
-            .conflicts
-            .extend(report.conflicts.iter().cloned());
-        self.saved.last_sync_ns = Some(scan::now_ns());
-        self.save()?;
-        for (_, e) in self.saved.base.state.iter() {
-            if let Some(size) = match e.kind {
-                crate::tree::EntryKind::File { size, .. } => Some(size),
-                _ => None,
-            } {
-                report.files += 1;
-                report.total_size += size;
-            }
-        }
-        report.traffic = remote.traffic();
-        Ok(report)
     }
 
     /// Forgets the conflicts reported so far (after a person looked at them).

@@ -39,11 +39,11 @@ pub use signature::{Signature, SignatureOptions};
 /// Errors of the delta engine.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("bad signature: {0}")]
+    #[error("bad signature")]
     Signature(#[from] SignatureError),
     #[error("bad signature options: {0}")]
     Options(SignatureError),
-    #[error("bad delta: {0}")]
+    #[error("bad delta")]
     Delta(#[from] intersync_protocol::DeltaError),
     #[error(
         "bad delta: the copy at offset {delta_offset} reads {len} bytes from {copy_offset}, \
@@ -63,7 +63,7 @@ pub enum Error {
     WrongVersion { expected: Version, actual: Version },
     #[error("writing output: {0}")]
     Write(io::Error),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 

@@ -126,10 +126,10 @@ fn patch_refuses_bad_deltas() {
     let garbage = [&intersync_protocol::DELTA_MAGIC.to_be_bytes()[..], &[0x60]].concat();
     let err = apply(base, &garbage, &mut Vec::new(), 100).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
+    let said = crate::monitor::Chain(&err).to_string();
     assert!(
-        err.to_string()
-            .contains("unknown delta command 0x60 at offset 4"),
-        "{err}"
+        said.contains("unknown delta command 0x60 at offset 4"),
+        "{said}"
     );
 }
 

@@ -68,7 +68,7 @@ pub enum PatchError {
     OutputTooLarge { limit: u64 },
     #[error("bad patch: it gives {got} bytes, not the {want} expected")]
     WrongSize { got: u64, want: u64 },
-    #[error("writing a patch: {0}")]
+    #[error("writing a patch")]
     Write(#[from] io::Error),
 }
 

@@ -37,7 +37,7 @@ use intersync_protocol::signature::SignatureFormat;
 pub enum ExportError {
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
@@ -364,7 +364,7 @@ impl Export {
             let Inner { journal, index, .. } = &mut *inner;
             if let Err(e) = journal.write_checkpoint(&index.state) {
                 // The journal itself is intact; a later commit tries again.
-                tracing::warn!(error = %e, "could not write a checkpoint");
+                tracing::warn!(error = %crate::monitor::Chain(&e), "could not write a checkpoint");
             }
         }
         self.seq.send_replace(inner.journal.last_seq());

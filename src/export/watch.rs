@@ -49,7 +49,7 @@ pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> 
                     );
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "rescan failed"),
+                Ok(Err(e)) => tracing::error!(error = %crate::monitor::Chain(&e), "rescan failed"),
                 Err(e) => tracing::error!(error = %e, "rescan panicked"),
             }
         }

@@ -228,7 +228,7 @@ impl Presto {
     fn fetch(&self, path: &TreePath) -> Result<(), Errno> {
         match &self.lazy {
             Some(lazy) if lazy.get(path).is_some() => lazy.fetch(path).map_err(|e| {
-                tracing::warn!(%path, error = %e, "could not fetch a placeholder");
+                tracing::warn!(%path, error = %crate::monitor::Chain(&e), "could not fetch a placeholder");
                 errno(e)
             }),
             _ => Ok(()),
@@ -252,9 +252,9 @@ impl Presto {
             if let Err(e) = self.export.journal_ops(&mut inner, ops) {
                 // The disk moved without the journal (someone changed the
                 // folder behind the mount): a scan brings them together.
-                tracing::warn!(error = %e, "journal append refused; rescanning");
+                tracing::warn!(error = %crate::monitor::Chain(&e), "journal append refused; rescanning");
                 if let Err(e) = self.export.rescan_locked(&mut inner) {
-                    tracing::error!(error = %e, "rescan failed");
+                    tracing::error!(error = %crate::monitor::Chain(&e), "rescan failed");
                 }
             }
             for p in &touched {

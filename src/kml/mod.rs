@@ -45,7 +45,7 @@ impl Default for JournalOptions {
 
 #[derive(Debug, Error)]
 pub enum JournalError {
-    #[error("KML segment {}: {source}", path.display())]
+    #[error("KML segment {}", path.display())]
     Corrupt { path: PathBuf, source: KmlError },
     #[error("KML segment {} starts at sequence {found}, expected {expected}: a segment is missing", path.display())]
     Gap {
@@ -59,9 +59,9 @@ pub enum JournalError {
         named: u64,
         found: u64,
     },
-    #[error("KML does not replay: {0}")]
+    #[error("KML does not replay")]
     Replay(#[from] TreeError),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
@@ -279,7 +279,7 @@ impl Journal {
             && let Err(e) = self.seal()
         {
             // The records are durable; sealing is tried again next append.
-            tracing::warn!(error = %e, "could not seal the KML segment");
+            tracing::warn!(error = %crate::monitor::Chain(&e), "could not seal the KML segment");
         }
         Ok(records)
     }

@@ -190,7 +190,7 @@ fn damage_matrix() {
                         Err(e) => e,
                         Ok(_) => panic!("{case}: opened a damaged journal"),
                     };
-                    let msg = err.to_string();
+                    let msg = crate::monitor::Chain(&err).to_string();
                     assert!(msg.contains(&target.name()), "{case}: {msg}");
                     if matches!(place, Place::Middle)
                         && matches!(how, Damage::Flip | Damage::Delete)

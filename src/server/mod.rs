@@ -54,20 +54,20 @@ pub struct ServeConfig {
 pub enum StartError {
     #[error(transparent)]
     Export(#[from] ExportError),
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("watching the folder: {0}")]
+    #[error("watching the folder")]
     Watch(#[from] notify::Error),
     #[error("the server stopped: {0}")]
     Stopped(String),
     #[error("{0}")]
     Config(String),
-    #[error("mounting at {}: {source}", path.display())]
+    #[error("mounting at {}", path.display())]
     Mount {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -401,14 +401,14 @@ pub async fn serve_root(
                 Some(tls) => match tls.accept(stream).await {
                     Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
                     Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "TLS handshake failed");
                         return;
                     }
                 },
                 None => builder.serve_connection(TokioIo::new(stream), svc).await,
             };
             if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended");
+                tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "connection ended");
             }
         });
     }
@@ -660,10 +660,11 @@ impl From<BeneathError> for Refusal {
 
 impl From<ExportError> for Refusal {
     fn from(e: ExportError) -> Refusal {
-        tracing::error!(error = %e, "export failed");
+        let said = crate::monitor::Chain(&e);
+        tracing::error!(error = %said, "export failed");
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("server error: {e}"),
+            format!("server error: {said}"),
         )
     }
 }

@@ -90,8 +90,11 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn internal(e: impl std::fmt::Display) -> Refusal {
-    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+fn internal(e: impl std::error::Error + 'static) -> Refusal {
+    Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        crate::monitor::Chain(&e).to_string(),
+    )
 }
 
 pub async fn put(
@@ -344,7 +347,10 @@ fn apply_delta(
     match format {
         DeltaFormat::Librsync => {
             delta::apply(&base, delta, &mut hashing, limit).map_err(|e| match e.kind() {
-                delta::ErrorKind::Corrupt => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+                delta::ErrorKind::Corrupt => Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    crate::monitor::Chain(&e).to_string(),
+                ),
                 _ => internal(e),
             })?;
         }
@@ -352,7 +358,10 @@ fn apply_delta(
         DeltaFormat::Patch => {
             delta::zpatch::decode(&base, delta, &mut hashing, limit).map_err(|e| match e {
                 delta::zpatch::PatchError::Write(e) => internal(e),
-                e => Refusal::new(StatusCode::BAD_REQUEST, e.to_string()),
+                e => Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    crate::monitor::Chain(&e).to_string(),
+                ),
             })?;
         }
     }

@@ -421,7 +421,7 @@ fn open_export(
             } else {
                 ExitCode::StreamIo
             };
-            (code, format!("{url}: {e}"))
+            (code, format!("{url}: {}", crate::monitor::Chain(&e)))
         })?;
     Ok((Export { runtime, remote }, tree))
 }
@@ -929,7 +929,8 @@ impl Receiver<'_> {
                 Err(err) => {
                     self.errors = true;
                     self.say(Event::Error(format!(
-                        "fetching \"{tree_path}\" failed: {err:#}"
+                        "fetching \"{tree_path}\" failed: {}",
+                        crate::monitor::Chain(&err)
                     )));
                 }
             }

@@ -116,10 +116,13 @@ impl Pusher<'_> {
     /// 5), anything else is this item's error (exit 23).
     fn failed(&mut self, what: &str, e: TransportError) {
         if e.is_auth() {
-            self.refused = Some(format!("{what}: {e}"));
+            self.refused = Some(format!("{what}: {}", crate::monitor::Chain(&e)));
         } else {
             self.errors = true;
-            self.say(Event::Error(format!("{what}: {e}")));
+            self.say(Event::Error(format!(
+                "{what}: {}",
+                crate::monitor::Chain(&e)
+            )));
         }
     }
 

@@ -47,9 +47,9 @@ fn side(file: &Path, suffix: &str) -> PathBuf {
 }
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_ {
-    move |e| TransportError::BadAnswer {
+    move |source| TransportError::Local {
         what: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     }
 }
 
@@ -163,7 +163,7 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
     while let Some(frame) = frames.next().await {
         let frame = frame.map_err(|e| TransportError::Interrupted {
             what: url.into(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         if let Ok(data) = frame.into_data() {
             partial.write_all(&data).map_err(local(&partial_path))?;

@@ -237,10 +237,10 @@ impl HttpRemote {
         }
     }
 
-    fn interrupted(what: &str, e: impl std::fmt::Display) -> TransportError {
+    fn interrupted(what: &str, e: hyper::Error) -> TransportError {
         TransportError::Interrupted {
             what: what.to_owned(),
-            reason: e.to_string(),
+            source: Box::new(e),
         }
     }
 
@@ -333,7 +333,7 @@ impl HttpRemote {
             .await
             .map_err(|e| TransportError::Unreachable {
                 url: url.clone(),
-                reason: format!("{e:#}"),
+                source: Box::new(e),
             })?;
         let (parts, body) = resp.into_parts();
         self.received
@@ -397,10 +397,7 @@ impl HttpRemote {
             answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
         // A delta never needs much more than its result: refuse one that does.
         let limit = size + size / 8 + 4096;
-        let bad = |e: std::io::Error| TransportError::BadAnswer {
-            what: what.to_owned(),
-            reason: e.to_string(),
-        };
+        let bad = |e: std::io::Error| sink_error(what, e);
         let file = LimitedWriter {
             inner: &mut *out,
             left: limit,
@@ -433,11 +430,7 @@ impl HttpRemote {
         while let Some(frame) = frames.next().await {
             let frame = frame.map_err(|e| Self::interrupted(what, e))?;
             if let Ok(data) = frame.into_data() {
-                sink.write_all(&data)
-                    .map_err(|e| TransportError::BadAnswer {
-                        what: what.to_owned(),
-                        reason: e.to_string(),
-                    })?;
+                sink.write_all(&data).map_err(|e| sink_error(what, e))?;
                 self.received(data.len() as u64).await;
             }
         }
@@ -524,10 +517,14 @@ impl HttpRemote {
             )));
         }
         let body = self.collect(answer.body, &what).await?;
-        let boundary = intersync_protocol::byteranges::boundary(&content_type)
-            .map_err(|e| bad(e.to_string()))?;
-        let parts = intersync_protocol::byteranges::parse(&body, &boundary)
-            .map_err(|e| bad(e.to_string()))?;
+        let malformed =
+            |e: intersync_protocol::byteranges::ByterangesError| TransportError::Malformed {
+                what: what.clone(),
+                source: Box::new(e),
+            };
+        let boundary =
+            intersync_protocol::byteranges::boundary(&content_type).map_err(malformed)?;
+        let parts = intersync_protocol::byteranges::parse(&body, &boundary).map_err(malformed)?;
         if parts.len() != ranges.len() || parts.iter().zip(ranges).any(|(p, r)| p.range != *r) {
             return Err(bad("the parts are not the ranges asked for".into()));
         }
@@ -557,6 +554,22 @@ impl HttpRemote {
     }
 }
 
+/// A write of an answer into its file failed: the answer's fault when it
+/// would not decode or passed its bound (`InvalidData`, or zstd's
+/// `Other`), else this side's (a full disk, say).
+fn sink_error(what: &str, e: std::io::Error) -> TransportError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other => TransportError::Malformed {
+            what: what.to_owned(),
+            source: Box::new(e),
+        },
+        _ => TransportError::Local {
+            what: what.to_owned(),
+            source: e,
+        },
+    }
+}
+
 /// Writes at most `left` bytes in all, then fails.
 struct LimitedWriter<W: Write> {
     inner: W,
@@ -567,7 +580,10 @@ struct LimitedWriter<W: Write> {
 impl<W: Write> Write for LimitedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if buf.len() as u64 > self.left {
-            return Err(std::io::Error::other("delta larger than its result allows"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "delta larger than its result allows",
+            ));
         }
         let n = self.inner.write(buf)?;
         self.left -= n as u64;
@@ -634,9 +650,9 @@ impl Remote for HttpRemote {
             return Ok(None);
         }
         let bytes = self.collect(answer.body, "head").await?;
-        let head: Head = serde_json::from_slice(&bytes).map_err(|e| TransportError::BadAnswer {
+        let head: Head = serde_json::from_slice(&bytes).map_err(|e| TransportError::Malformed {
             what: "head".into(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         self.by_version
             .store(!head.static_export, Ordering::Relaxed);
@@ -697,9 +713,9 @@ impl Remote for HttpRemote {
         out: &mut std::fs::File,
     ) -> Result<u64, TransportError> {
         let what = path.to_string();
-        let local = |e: std::io::Error| TransportError::BadAnswer {
+        let local = |source: std::io::Error| TransportError::Local {
             what: what.clone(),
-            reason: format!("local file: {e}"),
+            source,
         };
         let have = out.metadata().map_err(local)?.len();
         let mut headers = Vec::new();
@@ -880,7 +896,7 @@ impl Remote for HttpRemote {
                 Err(e) if !e.is_unreachable() => {
                     // A cache answers its first request whole while it
                     // fills (nginx does): one range a request, then.
-                    tracing::info!(error = %e, "multi-range refused; asking one range at a time");
+                    tracing::info!(error = %crate::monitor::Chain(&e), "multi-range refused; asking one range at a time");
                 }
                 done => return done,
             }
@@ -974,9 +990,9 @@ impl Remote for HttpRemote {
             .await?;
         let bytes = self.collect(answer.body, "operations").await?;
         let answer: BatchResult =
-            serde_json::from_slice(&bytes).map_err(|e| TransportError::BadAnswer {
+            serde_json::from_slice(&bytes).map_err(|e| TransportError::Malformed {
                 what: "operations".into(),
-                reason: e.to_string(),
+                source: Box::new(e),
             })?;
         Ok(answer.results)
     }

@@ -14,12 +14,16 @@ use thiserror::Error;
 
 pub use http::HttpRemote;
 
+/// The cause of a failed request as the HTTP stack gave it (hyper's errors
+/// carry their own causes: a refused connection, a TLS alert).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request failed.
 #[derive(Debug, Error)]
 pub enum TransportError {
     /// No answer at all: the server is down or unreachable. Worth retrying later.
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error("cannot reach {url}")]
+    Unreachable { url: String, source: Cause },
     /// A precondition failed (412): the server's copy changed meanwhile.
     #[error("{what}: the server's copy changed meanwhile")]
     Changed { what: String },
@@ -30,13 +34,23 @@ pub enum TransportError {
         status: u16,
         reason: String,
     },
+    /// The answer is not what was asked for, or not what the protocol says.
     #[error("{what}: {reason}")]
     BadAnswer { what: String, reason: String },
+    /// The answer could not be read as what it says it is.
+    #[error("{what}: the answer is malformed")]
+    Malformed { what: String, source: Cause },
     /// The answer broke off (a truncated body). Whatever arrived is kept
     /// where it can be resumed; unlike [`TransportError::Unreachable`], the
     /// server did answer, so other ways to the same bytes are worth a try.
-    #[error("{what}: the answer broke off: {reason}")]
-    Interrupted { what: String, reason: String },
+    #[error("{what}: the answer broke off")]
+    Interrupted { what: String, source: Cause },
+    /// Writing what arrived here failed.
+    #[error("{what}: writing it here")]
+    Local {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("bad URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
 }

@@ -432,12 +432,9 @@ fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &T
 
 /// The version of a file, read with ordinary reads: another program may
 /// truncate it meanwhile, which would kill a process reading it mapped.
-pub fn hash_file(path: &Path) -> Result<Version, crate::delta::Error> {
-    let file = fs::File::open(path).map_err(crate::delta::Error::io(path))?;
+pub fn hash_file(path: &Path) -> io::Result<Version> {
     let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(file)
-        .map_err(crate::delta::Error::io(path))?;
+    hasher.update_reader(fs::File::open(path)?)?;
     Ok(Version::from_hasher(&hasher))
 }
 

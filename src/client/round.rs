@@ -1,0 +1,73 @@
+//! One sync round (see the module documentation of `client`): pull, push
+//! what is still different, and pull again past our own writes; the base
+//! is saved each time the disk matches it.
+
+use intersync_protocol::TreePath;
+
+use super::pull::{self, Pulled};
+use super::{Change, SyncError, SyncOptions, SyncReport, WorkingCopy, push};
+use crate::transport::Remote;
+use crate::tree::EntryKind;
+use crate::tree::scan;
+
+/// One sync round of `wc` with `remote`.
+pub async fn sync(
+    wc: &mut WorkingCopy,
+    remote: &impl Remote,
+    options: SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    let mut report = SyncReport::default();
+    if wc.versions().is_none() {
+        wc.keep_versions(options.keep_versions);
+    }
+    if options.pull {
+        pull_into(wc, remote, options, &mut report).await?;
+        wc.save()?;
+    }
+    if options.push && wc.saved.static_export {
+        if !wc.pending()?.is_empty() {
+            report.deferred.push(Change {
+                path: TreePath::new("(local changes)").expect("a valid path"),
+                what: "the source is a static export, which is read only".into(),
+            });
+        }
+    } else if options.push {
+        let pushed_any = push::push(wc, remote, &mut report).await?;
+        if pushed_any && options.pull {
+            // Our own writes come back as journal records: move past them.
+            pull_into(wc, remote, options, &mut report).await?;
+        }
+    }
+    wc.saved.conflicts.extend(report.conflicts.iter().cloned());
+    wc.saved.last_sync_ns = Some(scan::now_ns());
+    wc.save()?;
+    for (_, e) in wc.saved.base.state.iter() {
+        if let EntryKind::File { size, .. } = e.kind {
+            report.files += 1;
+            report.total_size += size;
+        }
+    }
+    report.traffic = remote.traffic();
+    Ok(report)
+}
+
+/// A pull, and what it found made the working copy's memory of the server.
+async fn pull_into(
+    wc: &mut WorkingCopy,
+    remote: &impl Remote,
+    options: SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    wc.absorb_fetched();
+    let Pulled {
+        base,
+        cursor,
+        server_id,
+        static_export,
+    } = pull::pull(wc, remote, options, report).await?;
+    wc.saved.static_export = static_export;
+    wc.saved.base = base;
+    wc.saved.cursor = cursor;
+    wc.saved.server_id = Some(server_id);
+    Ok(())
+}
