@@ -511,150 +511,20 @@ impl Plan {
             }
             switch(m, &ons, &[off])
         };
-        let delete_modes = [
-            (a.delete_before, DeleteMode::Before),
-            (a.delete_during, DeleteMode::During),
-            (a.delete_after, DeleteMode::After),
-            (a.delete_delay, DeleteMode::Delay),
-        ];
-        let chosen: Vec<DeleteMode> = delete_modes
-            .iter()
-            .filter(|(n, _)| *n > 0)
-            .map(|&(_, d)| d)
-            .collect();
-        if chosen.len() > 1 {
-            return Err(PlanError::Syntax(
-                "You may not combine multiple --delete-WHEN options.".into(),
-            ));
-        }
-        let delete_excluded = a.delete_excluded > 0;
-        let delete = match chosen.first() {
-            Some(&d) => Some(d),
-            None if a.delete > 0 || delete_excluded => Some(DeleteMode::During),
-            None => None,
-        };
+        let (delete, delete_excluded) = a.delete_mode()?;
         let recursive = on("recursive", "no_recursive", true);
         if delete.is_some() && !recursive && a.dirs == 0 {
             return Err(PlanError::Syntax(
                 "--delete does not work without --recursive (-r) or --dirs (-d).".into(),
             ));
         }
-        let mut progress = if switch(m, &["progress", "partial_progress"], &["no_progress"]) {
-            ProgressMode::PerFile
-        } else {
-            ProgressMode::None
-        };
-        for info in &a.info {
-            for flag in info.split(',') {
-                match flag.to_ascii_lowercase().as_str() {
-                    "progress2" => progress = ProgressMode::Total,
-                    "progress" | "progress1" => progress = ProgressMode::PerFile,
-                    "progress0" | "none" => progress = ProgressMode::None,
-                    "" => {}
-                    other => {
-                        return Err(PlanError::Unsupported(format!(
-                            "--info={other} is not supported (only progress0, progress1, progress2)"
-                        )));
-                    }
-                }
-            }
-        }
         let size = |v: &Option<String>, name: &str| -> Result<Option<u64>, PlanError> {
             v.as_deref()
                 .map(|t| parse_size(t).map_err(|e| PlanError::Syntax(format!("--{name}: {e}"))))
                 .transpose()
         };
-        let max_delete = match &a.max_delete {
-            None => None,
-            Some(t) => {
-                let n: i64 = t
-                    .parse()
-                    .map_err(|_| PlanError::Syntax(format!("--max-delete={t}: not a number")))?;
-                // rsync: a negative number is "none at all".
-                Some(n.max(0) as u64)
-            }
-        };
-        let checksum = switch(m, &["checksum"], &["no_checksum"]);
-        let mut chmod = None;
-        for value in &a.chmod {
-            chmod
-                .get_or_insert_with(crate::chmod::Chmod::default)
-                .extend(value)
-                .map_err(|e| PlanError::Syntax(format!("--chmod: {e}")))?;
-        }
-
-        // Filters, in command-line order.
-        let mut filters = Filters::new(delete_excluded);
-        let mut ordered: Vec<(usize, &str, String)> = Vec::new();
-        for (id, values) in [
-            ("exclude", &a.exclude),
-            ("include", &a.include),
-            ("filter", &a.filter),
-        ] {
-            let idx = m.indices_of(id).map(|i| i.collect::<Vec<_>>());
-            for (k, v) in values.iter().enumerate() {
-                let at = idx.as_ref().and_then(|i| i.get(k).copied()).unwrap_or(0);
-                ordered.push((at, id, v.clone()));
-            }
-        }
-        for (id, values) in [
-            ("exclude_from", &a.exclude_from),
-            ("include_from", &a.include_from),
-        ] {
-            let idx = m.indices_of(id).map(|i| i.collect::<Vec<_>>());
-            for (k, v) in values.iter().enumerate() {
-                let at = idx.as_ref().and_then(|i| i.get(k).copied()).unwrap_or(0);
-                ordered.push((at, id, v.to_string_lossy().into_owned()));
-            }
-        }
-        // clap keeps where the last -F was: both rules go there.
-        if let Some(at) = last(m, &["rsync_filter"]) {
-            ordered.push((at, "filter", "dir-merge /.rsync-filter".into()));
-            if a.rsync_filter > 1 {
-                ordered.push((at, "filter", "- .rsync-filter".into()));
-            }
-        }
-        ordered.sort_by_key(|(at, _, _)| *at);
-        let files = LocalFiles;
-        let from0 = a.from0 > 0;
-        for (_, id, value) in ordered {
-            match id {
-                "exclude" => filters.add_pattern(&value, false, &files)?,
-                "include" => filters.add_pattern(&value, true, &files)?,
-                "filter" => filters.add_filter(&value, &files)?,
-                "exclude_from" => {
-                    filters.add_pattern_file(&PathBuf::from(&value), false, from0, &files)?
-                }
-                "include_from" => {
-                    filters.add_pattern_file(&PathBuf::from(&value), true, from0, &files)?
-                }
-                _ => unreachable!("every filter option is listed above"),
-            }
-        }
-        if a.cvs_exclude > 0 {
-            filters.add_cvs_exclude(&files)?;
-        }
-
-        let mut paths = a.paths.clone();
-        if paths.len() < 2 {
-            let one = paths.first().map(|p| p.to_string_lossy().into_owned());
-            return Err(match one {
-                // A mistyped subcommand is likelier than a listing.
-                Some(word) if !std::path::Path::new(&word).exists() && !word.contains("://") => {
-                    PlanError::Syntax(format!(
-                        "unknown command '{word}', and no such file to list (intersync --help lists the commands)"
-                    ))
-                }
-                _ => PlanError::Unsupported(
-                    "listing a source (a single path, or --list-only) is not supported; give SRC... DEST".into(),
-                ),
-            });
-        }
-        let dest = Location::parse(&paths.pop().expect("two or more"))?;
-        let sources = paths
-            .iter()
-            .map(Location::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let filters = a.filters(m, delete_excluded)?;
+        let (sources, dest) = a.locations()?;
         Ok(Plan {
             sources,
             dest,
@@ -681,19 +551,19 @@ impl Plan {
             itemize: if a.no_itemize > 0 { 0 } else { a.itemize },
             stats: a.stats > 0,
             human: if a.no_human > 0 { 0 } else { a.human },
-            progress,
+            progress: a.progress_mode(m)?,
             dry_run: a.dry_run > 0,
             compress: on("compress", "no_compress", false),
             delete,
             delete_excluded,
             ignore_errors: a.ignore_errors > 0,
-            max_delete,
+            max_delete: a.max_delete()?,
             filters,
             bwlimit: a.bwlimit.filter(|&b| b > 0),
             partial: switch(m, &["partial", "partial_progress"], &["no_partial"])
                 || a.partial_dir.is_some(),
             partial_dir: a.partial_dir.clone(),
-            checksum,
+            checksum: switch(m, &["checksum"], &["no_checksum"]),
             size_only: a.size_only > 0,
             ignore_times: a.ignore_times > 0,
             numeric_ids: a.numeric_ids > 0,
@@ -708,20 +578,178 @@ impl Plan {
             one_file_system: a.one_file_system > 0,
             inplace: a.inplace > 0,
             prune_empty_dirs: a.prune_empty_dirs > 0,
-            chmod,
-            option_names: RsyncArgs::command()
-                .get_arguments()
-                .filter(|arg| {
-                    m.value_source(arg.get_id().as_str())
-                        == Some(clap::parser::ValueSource::CommandLine)
-                })
-                .filter_map(|arg| {
-                    arg.get_long()
-                        .map(String::from)
-                        .or_else(|| arg.get_short().map(String::from))
-                })
-                .collect(),
+            chmod: a.chmod()?,
+            option_names: option_names(m),
         })
+    }
+}
+
+/// The long (or else short) names of the options the command line gave,
+/// for a module's `refuse options`.
+fn option_names(m: &ArgMatches) -> Vec<String> {
+    RsyncArgs::command()
+        .get_arguments()
+        .filter(|arg| {
+            m.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|arg| {
+            arg.get_long()
+                .map(String::from)
+                .or_else(|| arg.get_short().map(String::from))
+        })
+        .collect()
+}
+
+/// The parts of the plan that take more than a flag.
+impl RsyncArgs {
+    /// When to delete (at most one `--delete-WHEN`), and `--delete-excluded`.
+    fn delete_mode(&self) -> Result<(Option<DeleteMode>, bool), PlanError> {
+        let delete_modes = [
+            (self.delete_before, DeleteMode::Before),
+            (self.delete_during, DeleteMode::During),
+            (self.delete_after, DeleteMode::After),
+            (self.delete_delay, DeleteMode::Delay),
+        ];
+        let chosen: Vec<DeleteMode> = delete_modes
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|&(_, d)| d)
+            .collect();
+        if chosen.len() > 1 {
+            return Err(PlanError::Syntax(
+                "You may not combine multiple --delete-WHEN options.".into(),
+            ));
+        }
+        let delete_excluded = self.delete_excluded > 0;
+        let delete = match chosen.first() {
+            Some(&d) => Some(d),
+            None if self.delete > 0 || delete_excluded => Some(DeleteMode::During),
+            None => None,
+        };
+        Ok((delete, delete_excluded))
+    }
+
+    /// `--progress`, `-P` and `--info=progressN`, the last one winning.
+    fn progress_mode(&self, m: &ArgMatches) -> Result<ProgressMode, PlanError> {
+        let mut progress = if switch(m, &["progress", "partial_progress"], &["no_progress"]) {
+            ProgressMode::PerFile
+        } else {
+            ProgressMode::None
+        };
+        for info in &self.info {
+            for flag in info.split(',') {
+                match flag.to_ascii_lowercase().as_str() {
+                    "progress2" => progress = ProgressMode::Total,
+                    "progress" | "progress1" => progress = ProgressMode::PerFile,
+                    "progress0" | "none" => progress = ProgressMode::None,
+                    "" => {}
+                    other => {
+                        return Err(PlanError::Unsupported(format!(
+                            "--info={other} is not supported (only progress0, progress1, progress2)"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    fn max_delete(&self) -> Result<Option<u64>, PlanError> {
+        let Some(t) = &self.max_delete else {
+            return Ok(None);
+        };
+        let n: i64 = t
+            .parse()
+            .map_err(|_| PlanError::Syntax(format!("--max-delete={t}: not a number")))?;
+        // rsync: a negative number is "none at all".
+        Ok(Some(n.max(0) as u64))
+    }
+
+    /// Every `--chmod`, in order, as one set of changes.
+    fn chmod(&self) -> Result<Option<crate::chmod::Chmod>, PlanError> {
+        let mut chmod = None;
+        for value in &self.chmod {
+            chmod
+                .get_or_insert_with(crate::chmod::Chmod::default)
+                .extend(value)
+                .map_err(|e| PlanError::Syntax(format!("--chmod: {e}")))?;
+        }
+        Ok(chmod)
+    }
+
+    /// The filter rules, in command-line order: `--exclude`, `--include`,
+    /// `--filter`, their `-from` files, `-F` and `-C`.
+    fn filters(&self, m: &ArgMatches, delete_excluded: bool) -> Result<Filters, PlanError> {
+        let mut filters = Filters::new(delete_excluded);
+        let mut ordered: Vec<(usize, &str, String)> = Vec::new();
+        let mut place = |id: &'static str, values: Vec<String>| {
+            let idx = m.indices_of(id).map(|i| i.collect::<Vec<_>>());
+            for (k, v) in values.into_iter().enumerate() {
+                let at = idx.as_ref().and_then(|i| i.get(k).copied()).unwrap_or(0);
+                ordered.push((at, id, v));
+            }
+        };
+        place("exclude", self.exclude.clone());
+        place("include", self.include.clone());
+        place("filter", self.filter.clone());
+        let lossy = |v: &Vec<PathBuf>| -> Vec<String> {
+            v.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+        };
+        place("exclude_from", lossy(&self.exclude_from));
+        place("include_from", lossy(&self.include_from));
+        // clap keeps where the last -F was: both rules go there.
+        if let Some(at) = last(m, &["rsync_filter"]) {
+            ordered.push((at, "filter", "dir-merge /.rsync-filter".into()));
+            if self.rsync_filter > 1 {
+                ordered.push((at, "filter", "- .rsync-filter".into()));
+            }
+        }
+        ordered.sort_by_key(|(at, _, _)| *at);
+        let files = LocalFiles;
+        let from0 = self.from0 > 0;
+        for (_, id, value) in ordered {
+            match id {
+                "exclude" => filters.add_pattern(&value, false, &files)?,
+                "include" => filters.add_pattern(&value, true, &files)?,
+                "filter" => filters.add_filter(&value, &files)?,
+                "exclude_from" => {
+                    filters.add_pattern_file(&PathBuf::from(&value), false, from0, &files)?
+                }
+                "include_from" => {
+                    filters.add_pattern_file(&PathBuf::from(&value), true, from0, &files)?
+                }
+                _ => unreachable!("every filter option is listed above"),
+            }
+        }
+        if self.cvs_exclude > 0 {
+            filters.add_cvs_exclude(&files)?;
+        }
+        Ok(filters)
+    }
+
+    /// The sources and the destination: the last path.
+    fn locations(&self) -> Result<(Vec<Location>, Location), PlanError> {
+        let mut paths = self.paths.clone();
+        if paths.len() < 2 {
+            let one = paths.first().map(|p| p.to_string_lossy().into_owned());
+            return Err(match one {
+                // A mistyped subcommand is likelier than a listing.
+                Some(word) if !std::path::Path::new(&word).exists() && !word.contains("://") => {
+                    PlanError::Syntax(format!(
+                        "unknown command '{word}', and no such file to list (intersync --help lists the commands)"
+                    ))
+                }
+                _ => PlanError::Unsupported(
+                    "listing a source (a single path, or --list-only) is not supported; give SRC... DEST".into(),
+                ),
+            });
+        }
+        let dest = Location::parse(&paths.pop().expect("two or more"))?;
+        let sources = paths
+            .iter()
+            .map(Location::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((sources, dest))
     }
 }
 

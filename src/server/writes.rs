@@ -97,87 +97,102 @@ fn internal(e: impl std::error::Error + 'static) -> Refusal {
     )
 }
 
+/// What a PUT's headers ask for.
+struct PutHeaders {
+    precondition: Precondition,
+    /// The mode the file takes (a module's `incoming chmod` applied).
+    mode: Option<u32>,
+    mtime_ns: Option<i64>,
+    /// The body is a delta (or patch) in this format, giving this many bytes.
+    delta: Option<(DeltaFormat, u64)>,
+    /// The version the result must have.
+    expected: Option<Version>,
+}
+
+impl PutHeaders {
+    fn parse(req: &Request<Incoming>, export: &Export) -> Result<PutHeaders, Refusal> {
+        let precondition = Precondition::from_request(req)?;
+        let mtime_ns = parse_header(req, HEADER_MTIME, "nanoseconds", |v| v.parse::<i64>().ok())?;
+        let mode = parse_header(req, HEADER_MODE, "octal permission bits", |v| {
+            u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o7777)
+        })?;
+        let format = header_str(req, header::CONTENT_TYPE.as_str()).and_then(|t| {
+            if t.starts_with(MEDIA_DELTA) {
+                Some(DeltaFormat::Librsync)
+            } else if t.starts_with(MEDIA_PATCH) {
+                Some(DeltaFormat::Patch)
+            } else {
+                None
+            }
+        });
+        let expected = header_str(req, HEADER_RESULT_VERSION)
+            .map(|v| {
+                v.parse::<Version>().map_err(|e| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{HEADER_RESULT_VERSION}: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let expected_size = parse_header(req, HEADER_RESULT_SIZE, "a byte count", |v| {
+            v.parse::<u64>().ok()
+        })?;
+        let delta = match (format, expected_size) {
+            (None, _) => None,
+            (Some(format), Some(size))
+                if expected.is_some() && matches!(precondition, Precondition::Version(_)) =>
+            {
+                Some((format, size))
+            }
+            (Some(_), _) => {
+                return Err(Refusal::new(
+                    StatusCode::PRECONDITION_REQUIRED,
+                    format!(
+                        "a delta needs If-Match (its base), {HEADER_RESULT_VERSION} and {HEADER_RESULT_SIZE}"
+                    ),
+                ));
+            }
+        };
+        Ok(PutHeaders {
+            precondition,
+            // A module's `incoming chmod` applies to what clients write.
+            mode: export.incoming_mode(mode, false),
+            mtime_ns,
+            delta,
+            expected,
+        })
+    }
+}
+
+/// A header parsed by `parse`; 400 saying it is `what` when it does not parse.
+fn parse_header<T>(
+    req: &Request<Incoming>,
+    name: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, Refusal> {
+    header_str(req, name)
+        .map(|v| {
+            parse(v)
+                .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, format!("{name} is {what}")))
+        })
+        .transpose()
+}
+
 pub async fn put(
     export: &Arc<Export>,
     req: Request<Incoming>,
     path: TreePath,
 ) -> Result<Response<Body>, Refusal> {
-    let precondition = Precondition::from_request(&req)?;
-    let mtime_ns = header_str(&req, HEADER_MTIME)
-        .map(|v| {
-            v.parse::<i64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{HEADER_MTIME} is nanoseconds"),
-                )
-            })
-        })
-        .transpose()?;
-    let mode = header_str(&req, HEADER_MODE)
-        .map(|v| {
-            u32::from_str_radix(v, 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("{HEADER_MODE} is octal permission bits"),
-                    )
-                })
-        })
-        .transpose()?;
-    // A module's `incoming chmod` applies to what clients write.
-    let mode = export.incoming_mode(mode, false);
-    let format = header_str(&req, header::CONTENT_TYPE.as_str()).and_then(|t| {
-        if t.starts_with(MEDIA_DELTA) {
-            Some(DeltaFormat::Librsync)
-        } else if t.starts_with(MEDIA_PATCH) {
-            Some(DeltaFormat::Patch)
-        } else {
-            None
-        }
-    });
-    let is_delta = format.is_some();
-    let expected = header_str(&req, HEADER_RESULT_VERSION)
-        .map(|v| {
-            v.parse::<Version>().map_err(|e| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{HEADER_RESULT_VERSION}: {e}"),
-                )
-            })
-        })
-        .transpose()?;
-    let expected_size = header_str(&req, HEADER_RESULT_SIZE)
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{HEADER_RESULT_SIZE} is a byte count"),
-                )
-            })
-        })
-        .transpose()?;
-    if is_delta
-        && (expected.is_none()
-            || expected_size.is_none()
-            || !matches!(precondition, Precondition::Version(_)))
-    {
-        return Err(Refusal::new(
-            StatusCode::PRECONDITION_REQUIRED,
-            format!(
-                "a delta needs If-Match (its base), {HEADER_RESULT_VERSION} and {HEADER_RESULT_SIZE}"
-            ),
-        ));
-    }
+    let put = PutHeaders::parse(&req, export)?;
     // Fail fast, before reading a body that could not be used.
     {
-        let export = export.clone();
-        let path = path.clone();
+        let (export, path) = (export.clone(), path.clone());
         tokio::task::spawn_blocking(move || -> Result<(), Refusal> {
             let mut inner = export.lock();
             let current = export.current(&mut inner, &path)?;
-            precondition.check(current.as_ref())?;
+            put.precondition.check(current.as_ref())?;
             need_folder(&inner, export.root(), &path)
         })
         .await
@@ -186,23 +201,21 @@ pub async fn put(
     let dest = path.under(export.root());
     let pending = PendingFile::create(&dest)
         .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))?;
-    let (pending, version, size) = if is_delta {
-        // Spooled to an unnamed file, not held in memory, up to a bound.
-        let spool = spool_body(req.into_body(), MAX_DELTA_BYTES).await?;
-        let export = export.clone();
-        let base_path = path.clone();
-        let limit = expected_size.expect("checked above");
-        tokio::task::spawn_blocking(move || {
-            let delta = MappedFile::map(&spool).map_err(internal)?;
-            let format = format.expect("checked above");
-            apply_delta(&export, &base_path, &delta, format, pending, limit)
-        })
-        .await
-        .map_err(internal)??
-    } else {
-        receive_whole(req.into_body(), pending).await?
+    let (pending, version, size) = match put.delta {
+        Some((format, limit)) => {
+            // Spooled to an unnamed file, not held in memory, up to a bound.
+            let spool = spool_body(req.into_body(), MAX_DELTA_BYTES).await?;
+            let (export, base_path) = (export.clone(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                let delta = MappedFile::map(&spool).map_err(internal)?;
+                apply_delta(&export, &base_path, &delta, format, pending, limit)
+            })
+            .await
+            .map_err(internal)??
+        }
+        None => receive_whole(req.into_body(), pending).await?,
     };
-    if let Some(want) = expected
+    if let Some(want) = put.expected
         && want != version
     {
         return Err(Refusal::new(
@@ -213,46 +226,8 @@ pub async fn put(
         ));
     }
     let export = export.clone();
-    let created = tokio::task::spawn_blocking(move || -> Result<bool, Refusal> {
-        let mut inner = export.lock();
-        let current = export.current(&mut inner, &path)?;
-        precondition.check(current.as_ref())?;
-        need_folder(&inner, export.root(), &path)?;
-        pending.install().map_err(internal)?;
-        let full_path = path.under(export.root());
-        if let Some(mode) = mode {
-            fs::set_permissions(&full_path, fs::Permissions::from_mode(mode)).map_err(internal)?;
-        }
-        if let Some(ns) = mtime_ns {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-            fs::File::open(&full_path)
-                .and_then(|f| f.set_modified(t))
-                .map_err(internal)?;
-        }
-        let meta = fs::symlink_metadata(&full_path).map_err(internal)?;
-        let mtime_ns = crate::tree::scan::mtime_ns(&meta);
-        let mut ops = Vec::new();
-        let created = current.is_none();
-        if created {
-            ops.push(Op::Create {
-                path: path.clone(),
-                mode: meta.permissions().mode() & 0o7777,
-            });
-        }
-        ops.push(Op::Write {
-            path: path.clone(),
-            version,
-            size,
-            mtime_ns,
-        });
-        export.journal_ops(&mut inner, ops)?;
-        export.remember_stat(&mut inner, &path);
-        drop(inner);
-        // The writer holds this version now: keep it for patches.
-        if let Ok(file) = crate::beneath::open_file(export.root(), &path) {
-            export.keep(version, &file, size);
-        }
-        Ok(created)
+    let created = tokio::task::spawn_blocking(move || {
+        install_written(&export, &path, pending, &put, (version, size))
     })
     .await
     .map_err(internal)??;
@@ -265,6 +240,56 @@ pub async fn put(
         .header(header::ETAG, version.etag())
         .body(full(Bytes::new()))
         .expect("valid response"))
+}
+
+/// Installs a verified write at `path` if its precondition still holds,
+/// under the export's lock, with its attributes, and journals it; whether
+/// the file is new.
+fn install_written(
+    export: &Export,
+    path: &TreePath,
+    pending: PendingFile,
+    put: &PutHeaders,
+    (version, size): (Version, u64),
+) -> Result<bool, Refusal> {
+    let mut inner = export.lock();
+    let current = export.current(&mut inner, path)?;
+    put.precondition.check(current.as_ref())?;
+    need_folder(&inner, export.root(), path)?;
+    pending.install().map_err(internal)?;
+    let full_path = path.under(export.root());
+    if let Some(mode) = put.mode {
+        fs::set_permissions(&full_path, fs::Permissions::from_mode(mode)).map_err(internal)?;
+    }
+    if let Some(ns) = put.mtime_ns {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+        fs::File::open(&full_path)
+            .and_then(|f| f.set_modified(t))
+            .map_err(internal)?;
+    }
+    let meta = fs::symlink_metadata(&full_path).map_err(internal)?;
+    let mut ops = Vec::new();
+    let created = current.is_none();
+    if created {
+        ops.push(Op::Create {
+            path: path.clone(),
+            mode: meta.permissions().mode() & 0o7777,
+        });
+    }
+    ops.push(Op::Write {
+        path: path.clone(),
+        version,
+        size,
+        mtime_ns: crate::tree::scan::mtime_ns(&meta),
+    });
+    export.journal_ops(&mut inner, ops)?;
+    export.remember_stat(&mut inner, path);
+    drop(inner);
+    // The writer holds this version now: keep it for patches.
+    if let Ok(file) = crate::beneath::open_file(export.root(), path) {
+        export.keep(version, &file, size);
+    }
+    Ok(created)
 }
 
 /// The folder that will hold `path` must exist, as the journal knows it
@@ -429,152 +454,197 @@ pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respons
 }
 
 fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refusal> {
-    let root = export.root();
-    let state = &inner.index.state;
-    let conflict = |why: String| Refusal::new(StatusCode::CONFLICT, why);
-    let precondition_failed =
-        |why: &str| Refusal::new(StatusCode::PRECONDITION_FAILED, why.to_owned());
-    let check_version = |entry: Option<&Entry>, want: Option<Version>| -> Result<(), Refusal> {
-        match (want, entry) {
-            (None, _) => Ok(()),
-            (Some(v), Some(e)) if e.version() == Some(v) => Ok(()),
-            (Some(_), _) => Err(precondition_failed("the file has changed")),
-        }
-    };
-    let io = |e: std::io::Error| conflict(e.to_string());
     if op.paths().iter().any(|p| export.hidden(p, false)) {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "excluded by the module's rules",
         ));
     }
-    let journal_op = match op {
-        BatchOp::Mkdir { path, mode } => {
-            if state.get(&path).is_some() {
-                return Err(precondition_failed("the path exists"));
-            }
-            need_folder(inner, root, &path)?;
-            let mode = export
-                .incoming_mode(Some(mode.unwrap_or(0o755)), true)
-                .unwrap_or(0o755)
-                & 0o7777;
-            fs::create_dir(path.under(root)).map_err(io)?;
-            fs::set_permissions(path.under(root), fs::Permissions::from_mode(mode)).map_err(io)?;
-            Op::Mkdir { path, mode }
-        }
-        BatchOp::Unlink { path, if_match } => {
-            let entry = state.get(&path);
-            match entry {
-                None => return Err(Refusal::new(StatusCode::NOT_FOUND, "no such file")),
-                Some(e) if e.is_dir() => return Err(conflict("a folder: use rmdir".into())),
-                _ => {}
-            }
-            check_version(entry, if_match)?;
-            fs::remove_file(path.under(root)).map_err(io)?;
-            Op::Unlink { path }
-        }
-        BatchOp::Rmdir { path } => {
-            if !state.get(&path).is_some_and(Entry::is_dir) {
-                return Err(Refusal::new(StatusCode::NOT_FOUND, "no such folder"));
-            }
-            fs::remove_dir(path.under(root)).map_err(io)?;
-            Op::Rmdir { path }
-        }
-        BatchOp::Rename {
-            from,
-            to,
-            if_match,
-            if_absent,
-        } => {
-            let entry = state.get(&from);
-            if entry.is_none() {
-                return Err(Refusal::new(StatusCode::NOT_FOUND, "nothing to rename"));
-            }
-            check_version(entry, if_match)?;
-            if if_absent && state.get(&to).is_some() {
-                return Err(precondition_failed("the destination exists"));
-            }
-            need_folder(inner, root, &to)?;
-            // Check against the state before touching the disk.
-            let mut trial = state.clone();
-            let probe = intersync_protocol::KmlRecord {
-                seq: trial.seq + 1,
-                time_ns: 0,
-                node: export.node(),
-                op: Op::Rename {
-                    from: from.clone(),
-                    to: to.clone(),
-                },
-            };
-            trial.apply(&probe).map_err(|e| conflict(e.reason))?;
-            fs::rename(from.under(root), to.under(root)).map_err(io)?;
-            Op::Rename { from, to }
-        }
-        BatchOp::Setattr {
-            path,
-            mode,
-            mtime_ns,
-        } => {
-            let entry = state
-                .get(&path)
-                .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such path"))?;
-            if matches!(entry.kind, EntryKind::Symlink { .. }) {
-                return Err(conflict("attributes of symbolic links are not set".into()));
-            }
-            let full = path.under(root);
-            let mode = export.incoming_mode(mode, entry.is_dir());
-            if let Some(mode) = mode {
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777))
-                    .map_err(io)?;
-            }
-            if let Some(ns) = mtime_ns {
-                let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-                fs::File::open(&full)
-                    .and_then(|f| f.set_modified(t))
-                    .map_err(io)?;
-            }
-            Op::Setattr {
-                path,
-                attrs: Attrs {
-                    mode: mode.map(|m| m & 0o7777),
-                    mtime_ns,
-                    ..Attrs::default()
-                },
-            }
-        }
-        BatchOp::Symlink { path, target } => {
-            if state.get(&path).is_some() {
-                return Err(precondition_failed("the path exists"));
-            }
-            need_folder(inner, root, &path)?;
-            let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
-            std::os::unix::fs::symlink(link, path.under(root)).map_err(io)?;
-            Op::Symlink { path, target }
-        }
-    };
-    // The change itself must be durable before the journal says it happened.
-    let mut folders: Vec<std::path::PathBuf> = Vec::new();
-    if let Op::Rename { from, .. } = &journal_op {
-        folders.extend(
-            from.parent()
-                .map(|p| p.under(root))
-                .or(Some(root.to_path_buf())),
-        );
+    let done = Applying {
+        export,
+        inner: &*inner,
     }
-    folders.extend(
-        journal_op
-            .path()
-            .parent()
-            .map(|p| p.under(root))
-            .or(Some(root.to_path_buf())),
-    );
-    for folder in folders {
+    .apply(op)?;
+    let root = export.root();
+    // The change itself must be durable before the journal says it happened.
+    let mut folders: Vec<&TreePath> = Vec::new();
+    if let Op::Rename { from, .. } = &done {
+        folders.push(from);
+    }
+    folders.push(done.path());
+    for path in folders {
+        let folder = path.parent().map_or(root.to_path_buf(), |p| p.under(root));
         fs::File::open(&folder)
             .and_then(|f| f.sync_all())
             .map_err(internal)?;
     }
-    let touched = journal_op.path().clone();
-    export.journal_ops(inner, vec![journal_op])?;
+    let touched = done.path().clone();
+    export.journal_ops(inner, vec![done])?;
     export.remember_stat(inner, &touched);
     Ok(())
+}
+
+/// One operation of a batch being carried out on disk, checked against the
+/// journaled state; each gives the record that says what it did.
+struct Applying<'a> {
+    export: &'a Export,
+    inner: &'a Inner,
+}
+
+fn conflict(why: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::CONFLICT, why)
+}
+
+fn precondition_failed(why: &str) -> Refusal {
+    Refusal::new(StatusCode::PRECONDITION_FAILED, why.to_owned())
+}
+
+fn io(e: std::io::Error) -> Refusal {
+    conflict(e.to_string())
+}
+
+/// A file has the version asked for, if one was.
+fn check_version(entry: Option<&Entry>, want: Option<Version>) -> Result<(), Refusal> {
+    match (want, entry) {
+        (None, _) => Ok(()),
+        (Some(v), Some(e)) if e.version() == Some(v) => Ok(()),
+        (Some(_), _) => Err(precondition_failed("the file has changed")),
+    }
+}
+
+impl Applying<'_> {
+    fn state(&self) -> &crate::tree::TreeState {
+        &self.inner.index.state
+    }
+
+    fn full(&self, path: &TreePath) -> std::path::PathBuf {
+        path.under(self.export.root())
+    }
+
+    fn apply(&self, op: BatchOp) -> Result<Op, Refusal> {
+        match op {
+            BatchOp::Mkdir { path, mode } => self.mkdir(path, mode),
+            BatchOp::Unlink { path, if_match } => self.unlink(path, if_match),
+            BatchOp::Rmdir { path } => {
+                if !self.state().get(&path).is_some_and(Entry::is_dir) {
+                    return Err(Refusal::new(StatusCode::NOT_FOUND, "no such folder"));
+                }
+                fs::remove_dir(self.full(&path)).map_err(io)?;
+                Ok(Op::Rmdir { path })
+            }
+            BatchOp::Rename {
+                from,
+                to,
+                if_match,
+                if_absent,
+            } => self.rename(from, to, if_match, if_absent),
+            BatchOp::Setattr {
+                path,
+                mode,
+                mtime_ns,
+            } => self.setattr(path, mode, mtime_ns),
+            BatchOp::Symlink { path, target } => {
+                if self.state().get(&path).is_some() {
+                    return Err(precondition_failed("the path exists"));
+                }
+                need_folder(self.inner, self.export.root(), &path)?;
+                let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
+                std::os::unix::fs::symlink(link, self.full(&path)).map_err(io)?;
+                Ok(Op::Symlink { path, target })
+            }
+        }
+    }
+
+    fn mkdir(&self, path: TreePath, mode: Option<u32>) -> Result<Op, Refusal> {
+        if self.state().get(&path).is_some() {
+            return Err(precondition_failed("the path exists"));
+        }
+        need_folder(self.inner, self.export.root(), &path)?;
+        let mode = self
+            .export
+            .incoming_mode(Some(mode.unwrap_or(0o755)), true)
+            .unwrap_or(0o755)
+            & 0o7777;
+        fs::create_dir(self.full(&path)).map_err(io)?;
+        fs::set_permissions(self.full(&path), fs::Permissions::from_mode(mode)).map_err(io)?;
+        Ok(Op::Mkdir { path, mode })
+    }
+
+    fn unlink(&self, path: TreePath, if_match: Option<Version>) -> Result<Op, Refusal> {
+        let entry = self.state().get(&path);
+        match entry {
+            None => return Err(Refusal::new(StatusCode::NOT_FOUND, "no such file")),
+            Some(e) if e.is_dir() => return Err(conflict("a folder: use rmdir")),
+            _ => {}
+        }
+        check_version(entry, if_match)?;
+        fs::remove_file(self.full(&path)).map_err(io)?;
+        Ok(Op::Unlink { path })
+    }
+
+    fn rename(
+        &self,
+        from: TreePath,
+        to: TreePath,
+        if_match: Option<Version>,
+        if_absent: bool,
+    ) -> Result<Op, Refusal> {
+        let entry = self.state().get(&from);
+        if entry.is_none() {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "nothing to rename"));
+        }
+        check_version(entry, if_match)?;
+        if if_absent && self.state().get(&to).is_some() {
+            return Err(precondition_failed("the destination exists"));
+        }
+        need_folder(self.inner, self.export.root(), &to)?;
+        // Check against the state before touching the disk.
+        let mut trial = self.state().clone();
+        let probe = intersync_protocol::KmlRecord {
+            seq: trial.seq + 1,
+            time_ns: 0,
+            node: self.export.node(),
+            op: Op::Rename {
+                from: from.clone(),
+                to: to.clone(),
+            },
+        };
+        trial.apply(&probe).map_err(|e| conflict(e.reason))?;
+        fs::rename(self.full(&from), self.full(&to)).map_err(io)?;
+        Ok(Op::Rename { from, to })
+    }
+
+    fn setattr(
+        &self,
+        path: TreePath,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<Op, Refusal> {
+        let entry = self
+            .state()
+            .get(&path)
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such path"))?;
+        if matches!(entry.kind, EntryKind::Symlink { .. }) {
+            return Err(conflict("attributes of symbolic links are not set"));
+        }
+        let full = self.full(&path);
+        let mode = self.export.incoming_mode(mode, entry.is_dir());
+        if let Some(mode) = mode {
+            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777)).map_err(io)?;
+        }
+        if let Some(ns) = mtime_ns {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+            fs::File::open(&full)
+                .and_then(|f| f.set_modified(t))
+                .map_err(io)?;
+        }
+        Ok(Op::Setattr {
+            path,
+            attrs: Attrs {
+                mode: mode.map(|m| m & 0o7777),
+                mtime_ns,
+                ..Attrs::default()
+            },
+        })
+    }
 }

@@ -115,6 +115,8 @@ struct Receiver<'a> {
     made_dest: bool,
     /// Where an export's files come from.
     export: Option<Export>,
+    /// rsync's "IO error encountered -- skipping file deletion" was said.
+    said_io_error: bool,
 }
 
 /// An export a transfer reads from.
@@ -137,50 +139,21 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
     else {
         unreachable!("a destination is a path or a URL");
     };
-    let walk = Walk::of(plan);
-    // One list per source, each with its own transfer root.
-    let mut lists = Vec::new();
-    let mut export = None;
-    for source in &plan.sources {
-        let mut list = FileList::default();
-        match source {
-            Location::Local { path, contents } => walk.list(path, *contents, &mut list),
-            Location::Url(url) => {
-                if plan.sources.len() > 1 {
-                    events(Event::Error(
-                        "an export must be the only source of a transfer".into(),
-                    ));
-                    return Outcome {
-                        stats: Stats::default(),
-                        exit: ExitCode::Unsupported,
-                    };
-                }
-                match open_export(url, plan) {
-                    Ok((found, tree)) => {
-                        flist::list_export(&tree, &walk, &mut list);
-                        export = Some(found);
-                    }
-                    Err((code, message)) => {
-                        events(Event::Error(message));
-                        return Outcome {
-                            stats: Stats::default(),
-                            exit: code,
-                        };
-                    }
-                }
-            }
+    let (lists, export) = match list_sources(plan, events) {
+        Ok(listed) => listed,
+        Err(exit) => {
+            return Outcome {
+                stats: Stats::default(),
+                exit,
+            };
         }
-        if plan.prune_empty_dirs {
-            prune_empty_dirs(&mut list);
-        }
-        lists.push(list);
-    }
+    };
     let mut receiver = Receiver {
         plan,
         events,
         stats: Stats::default(),
         umask: current_umask(),
-        am_root: unsafe { libc::geteuid() } == 0,
+        am_root: rustix::process::geteuid().is_root(),
         errors: false,
         vanished: false,
         deletions_left: plan.max_delete,
@@ -191,6 +164,7 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
         started,
         made_dest: false,
         export,
+        said_io_error: false,
     };
     receiver.stats.file_list_seconds = started.elapsed().as_secs_f64();
     for list in &lists {
@@ -204,146 +178,58 @@ pub fn run(plan: &Plan, events: &mut dyn FnMut(Event)) -> Outcome {
             }
         }
     }
-    let io_error = lists.iter().any(FileList::io_error);
-
-    // Where the items go.
-    let single_file = lists.len() == 1
-        && lists[0].entries.len() == 1
-        && lists[0].entries[0].kind != Kind::Dir
-        && plan.sources.len() == 1;
-    let dest_meta = std::fs::symlink_metadata(dest).ok();
-    let dest_is_dir = dest_meta.as_ref().is_some_and(|m| m.is_dir());
-    let nothing = lists.iter().all(|l| l.entries.is_empty());
-    if nothing {
+    if lists.iter().all(|l| l.entries.is_empty()) {
         return receiver.finish();
     }
-    let target_file = single_file && !dest_is_dir && !dest_slash;
-    // A list of just the root folder makes the destination as that item.
-    let only_root = lists.iter().map(|l| l.entries.len()).sum::<usize>() == 1
-        && lists
-            .iter()
-            .any(|l| l.entries.first().is_some_and(|e| e.name.is_empty()));
-    if !dest_is_dir && !target_file && !only_root {
-        if let Some(meta) = &dest_meta {
-            if !meta.is_dir() {
-                (receiver.events)(Event::Error(format!(
-                    "ERROR: destination must be a directory when copying more than 1 file: {}",
-                    dest.display()
-                )));
-                receiver.errors = true;
-                return receiver.finish_with(ExitCode::FileSelect);
-            }
-        }
-        if let Err(code) = receiver.make_dest(dest) {
-            return receiver.finish_with(code);
-        }
-    } else if target_file {
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !parent.is_dir() {
-            if plan.mkpath {
-                if let Err(code) = receiver.make_dest(parent) {
-                    return receiver.finish_with(code);
-                }
-            } else {
-                (receiver.events)(Event::Error(format!(
-                    "[Receiver] change_dir#3 \"{}\" failed: No such file or directory (2)",
-                    flist::absolute(parent).display()
-                )));
-                return receiver.finish_with(ExitCode::FileSelect);
-            }
-        }
-    }
-
-    // After an I/O error in the sources rsync deletes nothing more (unless
-    // --ignore-errors): with deletions during the transfer, the folders
-    // listed before the error still have theirs.
-    let delete = plan.delete;
-    let all_or_nothing = |list: &FileList| list.first_io_error.is_none() || plan.ignore_errors;
-    let mut said_io_error = false;
-    let mut skip_deletions = |receiver: &mut Receiver| {
-        if !said_io_error {
-            said_io_error = true;
-            // rsync says it on stdout.
-            (receiver.events)(Event::Info(
-                "IO error encountered -- skipping file deletion".into(),
-            ));
-        }
+    let target_file = match receiver.prepare_dest(&lists, dest, *dest_slash) {
+        Ok(target_file) => target_file,
+        Err(code) => return receiver.finish_with(code),
     };
-    let _ = io_error;
     for list in &lists {
-        if delete == Some(DeleteMode::Before) {
-            if all_or_nothing(list) {
-                receiver.deletion_pass(list, dest);
-            } else {
-                skip_deletions(&mut receiver);
-            }
-        }
-        // With -H, the last of each group of hard links is copied and the
-        // others are linked to it once it is in place (as rsync does).
-        let mut master: std::collections::HashMap<(u64, u64), usize> = Default::default();
-        if plan.hard_links {
-            for (i, e) in list.entries.iter().enumerate() {
-                if e.kind == Kind::File && e.nlink > 1 {
-                    master.insert((e.dev, e.ino), i);
-                }
-            }
-        }
-        let mut deferred = Vec::new();
-        for (i, entry) in list.entries.iter().enumerate() {
-            let path = if target_file || entry.name.is_empty() {
-                dest.clone()
-            } else {
-                dest.join(OsStr::from_bytes(&entry.name))
-            };
-            count(&mut receiver.stats.files, &entry.kind);
-            if entry.kind == Kind::File {
-                receiver.stats.total_size += entry.size;
-            }
-            if let Kind::Symlink(t) = &entry.kind {
-                receiver.stats.total_size += t.len() as u64;
-            }
-            if master
-                .get(&(entry.dev, entry.ino))
-                .is_some_and(|&m| m != i && entry.kind == Kind::File)
-            {
-                deferred.push((entry, path));
-                continue;
-            }
-            let is_dir_ok = receiver.item(entry, &path);
-            if entry.kind == Kind::Dir
-                && is_dir_ok
-                && delete == Some(DeleteMode::During)
-                && let Some(names) = list.children.get(&i)
-            {
-                if plan.ignore_errors || list.first_io_error.is_none_or(|k| i < k) {
-                    receiver.delete_in_dir(&entry.name, &path, names, dest);
-                } else {
-                    skip_deletions(&mut receiver);
-                }
-            } else if entry.kind == Kind::Dir
-                && delete == Some(DeleteMode::During)
-                && !plan.ignore_errors
-                && list.first_io_error == Some(i)
-            {
-                skip_deletions(&mut receiver);
-            }
-        }
-        for (entry, path) in deferred {
-            receiver.item(entry, &path);
-        }
-        if matches!(delete, Some(DeleteMode::After | DeleteMode::Delay)) {
-            if all_or_nothing(list) {
-                receiver.deletion_pass(list, dest);
-            } else {
-                skip_deletions(&mut receiver);
-            }
-        }
+        receiver.transfer_list(list, dest, target_file);
     }
     receiver.fix_dirs();
     receiver.finish()
+}
+
+/// One list per source, each with its own transfer root; the export when
+/// the source is one.
+fn list_sources(
+    plan: &Plan,
+    events: &mut dyn FnMut(Event),
+) -> Result<(Vec<FileList>, Option<Export>), ExitCode> {
+    let walk = Walk::of(plan);
+    let mut lists = Vec::new();
+    let mut export = None;
+    for source in &plan.sources {
+        let mut list = FileList::default();
+        match source {
+            Location::Local { path, contents } => walk.list(path, *contents, &mut list),
+            Location::Url(url) => {
+                if plan.sources.len() > 1 {
+                    events(Event::Error(
+                        "an export must be the only source of a transfer".into(),
+                    ));
+                    return Err(ExitCode::Unsupported);
+                }
+                match open_export(url, plan) {
+                    Ok((found, tree)) => {
+                        flist::list_export(&tree, &walk, &mut list);
+                        export = Some(found);
+                    }
+                    Err((code, message)) => {
+                        events(Event::Error(message));
+                        return Err(code);
+                    }
+                }
+            }
+        }
+        if plan.prune_empty_dirs {
+            prune_empty_dirs(&mut list);
+        }
+        lists.push(list);
+    }
+    Ok((lists, export))
 }
 
 /// A push: the local sources to the export at `url`.
@@ -449,12 +335,11 @@ fn prune_empty_dirs(list: &mut FileList) {
 }
 
 pub(crate) fn current_umask() -> u32 {
+    use rustix::fs::Mode;
     // umask can only be read by setting it; set it straight back.
-    unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m as u32
-    }
+    let m = rustix::process::umask(Mode::from_raw_mode(0o022));
+    rustix::process::umask(m);
+    m.as_raw_mode()
 }
 
 /// Two mtimes the same, within `--modify-window`.
@@ -475,6 +360,141 @@ fn itemize(update: char, kind: char, flags: &str) -> String {
 impl Receiver<'_> {
     fn say(&mut self, e: Event) {
         (self.events)(e);
+    }
+
+    /// Makes sure the items have somewhere to go: the destination folder
+    /// (made if need be), or for a single file the folder that will hold
+    /// it. Whether the destination names that single file.
+    fn prepare_dest(
+        &mut self,
+        lists: &[FileList],
+        dest: &Path,
+        dest_slash: bool,
+    ) -> Result<bool, ExitCode> {
+        let plan = self.plan;
+        let single_file = lists.len() == 1
+            && lists[0].entries.len() == 1
+            && lists[0].entries[0].kind != Kind::Dir
+            && plan.sources.len() == 1;
+        let dest_meta = std::fs::symlink_metadata(dest).ok();
+        let dest_is_dir = dest_meta.as_ref().is_some_and(|m| m.is_dir());
+        let target_file = single_file && !dest_is_dir && !dest_slash;
+        // A list of just the root folder makes the destination as that item.
+        let only_root = lists.iter().map(|l| l.entries.len()).sum::<usize>() == 1
+            && lists
+                .iter()
+                .any(|l| l.entries.first().is_some_and(|e| e.name.is_empty()));
+        if !dest_is_dir && !target_file && !only_root {
+            if dest_meta.as_ref().is_some_and(|m| !m.is_dir()) {
+                (self.events)(Event::Error(format!(
+                    "ERROR: destination must be a directory when copying more than 1 file: {}",
+                    dest.display()
+                )));
+                self.errors = true;
+                return Err(ExitCode::FileSelect);
+            }
+            self.make_dest(dest)?;
+        } else if target_file {
+            let parent = dest
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !parent.is_dir() {
+                if !plan.mkpath {
+                    (self.events)(Event::Error(format!(
+                        "[Receiver] change_dir#3 \"{}\" failed: No such file or directory (2)",
+                        flist::absolute(parent).display()
+                    )));
+                    return Err(ExitCode::FileSelect);
+                }
+                self.make_dest(parent)?;
+            }
+        }
+        Ok(target_file)
+    }
+
+    /// After an I/O error in the sources rsync deletes nothing more (unless
+    /// --ignore-errors), and says so once.
+    fn skip_deletions(&mut self) {
+        if !self.said_io_error {
+            self.said_io_error = true;
+            // rsync says it on stdout.
+            (self.events)(Event::Info(
+                "IO error encountered -- skipping file deletion".into(),
+            ));
+        }
+    }
+
+    /// Deletions before or after a list, unless its listing met an I/O
+    /// error (and --ignore-errors was not given).
+    fn deletions_of(&mut self, list: &FileList, dest: &Path) {
+        if list.first_io_error.is_none() || self.plan.ignore_errors {
+            self.deletion_pass(list, dest);
+        } else {
+            self.skip_deletions();
+        }
+    }
+
+    /// Every item of one source's list, with the deletions `--delete`'s
+    /// timing puts around and among them.
+    fn transfer_list(&mut self, list: &FileList, dest: &Path, target_file: bool) {
+        let plan = self.plan;
+        let delete = plan.delete;
+        if delete == Some(DeleteMode::Before) {
+            self.deletions_of(list, dest);
+        }
+        // With -H, the last of each group of hard links is copied and the
+        // others are linked to it once it is in place (as rsync does).
+        let mut master: std::collections::HashMap<(u64, u64), usize> = Default::default();
+        if plan.hard_links {
+            for (i, e) in list.entries.iter().enumerate() {
+                if e.kind == Kind::File && e.nlink > 1 {
+                    master.insert((e.dev, e.ino), i);
+                }
+            }
+        }
+        let mut deferred = Vec::new();
+        for (i, entry) in list.entries.iter().enumerate() {
+            let path = if target_file || entry.name.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(OsStr::from_bytes(&entry.name))
+            };
+            count(&mut self.stats.files, &entry.kind);
+            match &entry.kind {
+                Kind::File => self.stats.total_size += entry.size,
+                Kind::Symlink(t) => self.stats.total_size += t.len() as u64,
+                _ => {}
+            }
+            if master
+                .get(&(entry.dev, entry.ino))
+                .is_some_and(|&m| m != i && entry.kind == Kind::File)
+            {
+                deferred.push((entry, path));
+                continue;
+            }
+            let is_dir_ok = self.item(entry, &path);
+            if entry.kind != Kind::Dir || delete != Some(DeleteMode::During) {
+                continue;
+            }
+            match list.children.get(&i) {
+                Some(names) if is_dir_ok => {
+                    if plan.ignore_errors || list.first_io_error.is_none_or(|k| i < k) {
+                        self.delete_in_dir(&entry.name, &path, names, dest);
+                    } else {
+                        self.skip_deletions();
+                    }
+                }
+                _ if !plan.ignore_errors && list.first_io_error == Some(i) => self.skip_deletions(),
+                _ => {}
+            }
+        }
+        for (entry, path) in deferred {
+            self.item(entry, &path);
+        }
+        if matches!(delete, Some(DeleteMode::After | DeleteMode::Delay)) {
+            self.deletions_of(list, dest);
+        }
     }
 
     fn finish(self) -> Outcome {
@@ -1031,18 +1051,19 @@ impl Receiver<'_> {
         }
         let is_link = matches!(e.kind, Kind::Symlink(_));
         if (plan.owner && self.am_root) || plan.group {
-            let uid = if plan.owner && self.am_root {
-                e.uid
-            } else {
-                u32::MAX
-            };
-            let gid = if plan.group { e.gid } else { u32::MAX };
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+            let uid = (plan.owner && self.am_root).then(|| rustix::fs::Uid::from_raw(e.uid));
+            let gid = plan.group.then(|| rustix::fs::Gid::from_raw(e.gid));
             // A failure to chown is rsync's error 23 too, but only when
             // something was asked that differs.
-            let r = unsafe { libc::lchown(c.as_ptr(), uid, gid) };
-            if r != 0 {
-                let err = std::io::Error::last_os_error();
+            let r = rustix::fs::chownat(
+                rustix::fs::CWD,
+                path,
+                uid,
+                gid,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            );
+            if let Err(err) = r {
+                let err = std::io::Error::from(err);
                 let differs = existing.is_none_or(|m| {
                     (plan.owner && m.uid() != e.uid) || (plan.group && m.gid() != e.gid)
                 });
@@ -1164,11 +1185,15 @@ impl Receiver<'_> {
                 return;
             }
         }
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
-        let mode = (e.mode & libc::S_IFMT) | self.new_mode(e);
-        let r = unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) };
-        if r != 0 {
-            let err = std::io::Error::last_os_error();
+        let r = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::from_raw_mode(e.mode),
+            rustix::fs::Mode::from_raw_mode(self.new_mode(e)),
+            rdev,
+        );
+        if let Err(err) = r {
+            let err = std::io::Error::from(err);
             self.errors = true;
             self.say(Event::Error(format!(
                 "mknod \"{}\" failed: {}",
@@ -1395,35 +1420,35 @@ fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
 }
 
 fn set_mtime_now(path: &Path) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
+    use rustix::fs::{Timespec, Timestamps, UTIME_NOW};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: UTIME_NOW,
     };
-    unsafe {
-        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0);
-    }
+    let times = Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    let _ = rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty());
 }
 
 /// Sets an item's mtime without following a symlink.
 fn set_mtime(path: &Path, secs: i64, nsec: u32) {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
-    };
-    let times = [
-        libc::timespec {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let times = Timestamps {
+        last_access: Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: UTIME_OMIT,
         },
-        libc::timespec {
-            tv_sec: secs as libc::time_t,
-            tv_nsec: nsec as libc::c_long,
+        last_modification: Timespec {
+            tv_sec: secs,
+            tv_nsec: nsec.into(),
         },
-    ];
-    unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        );
-    }
+    };
+    let _ = rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    );
 }

@@ -166,160 +166,229 @@ pub fn scan_with(
     let found: HashMap<TreePath, Found> = found.into_iter().collect();
     let mut paths: Vec<&TreePath> = found.keys().collect();
     paths.sort();
-
-    // Where each inode was, for rename detection.
-    let mut by_inode: HashMap<(u64, u64), TreePath> = index
-        .stats
+    let start_seq = index.state.seq;
+    let mut scan = Scan {
+        root,
+        // Where each inode was, for rename detection.
+        by_inode: index
+            .stats
+            .iter()
+            .map(|(p, s)| ((s.key.dev, s.key.ino), p.clone()))
+            .collect(),
+        index,
+        found: &found,
+        outcome,
+        now_ns: now_ns(),
+    };
+    for path in paths {
+        scan.path(path)?;
+    }
+    // Whatever the state still has that the disk does not: children first.
+    let gone: Vec<TreePath> = scan
+        .index
+        .state
         .iter()
-        .map(|(p, s)| ((s.key.dev, s.key.ino), p.clone()))
+        .map(|(p, _)| p.clone())
+        .filter(|p| !found.contains_key(p) && !keep.is_some_and(|k| k(p)))
         .collect();
-    let now_ns = now_ns();
+    for path in gone.iter().rev() {
+        if scan.index.state.get(path).is_some() {
+            scan.remove(path)?;
+        }
+    }
+    debug_assert_eq!(
+        scan.index.state.seq - start_seq,
+        scan.outcome.ops.len() as u64
+    );
+    Ok(scan.outcome)
+}
 
-    let mut push = |index: &mut Index, op: Op, ops: &mut Vec<Op>| {
+/// A scan under way: the index it brings to what was found, and the
+/// operations that do so.
+struct Scan<'a> {
+    root: &'a Path,
+    index: &'a mut Index,
+    found: &'a HashMap<TreePath, Found>,
+    by_inode: HashMap<(u64, u64), TreePath>,
+    outcome: ScanOutcome,
+    now_ns: i64,
+}
+
+impl Scan<'_> {
+    /// Applies `op` to the index's state and records it.
+    fn push(&mut self, op: Op) -> io::Result<()> {
         let rec = KmlRecord {
-            seq: index.state.seq + 1,
-            time_ns: now_ns,
+            seq: self.index.state.seq + 1,
+            time_ns: self.now_ns,
             node: NodeId(0),
             op: op.clone(),
         };
-        index
+        self.index
             .state
             .apply(&rec)
-            .map(|()| ops.push(op))
+            .map(|()| self.outcome.ops.push(op))
             .map_err(|e| io::Error::other(e.to_string()))
-    };
-    let start_seq = index.state.seq;
+    }
 
-    for path in paths {
-        let f = &found[path];
+    /// Brings the index to what was found at `path`.
+    fn path(&mut self, path: &TreePath) -> io::Result<()> {
+        let f = &self.found[path];
         let key = StatKey::of(&f.meta);
-        // A rename: this inode was elsewhere, and that place no longer holds it.
-        if index.stats.get(path).is_none_or(|s| (s.key.dev, s.key.ino) != (key.dev, key.ino))
-            && let Some(from) = by_inode.get(&(key.dev, key.ino)).cloned()
-            && &from != path
-            && found.get(&from).is_none_or(|g| (g.meta.dev(), g.meta.ino()) != (key.dev, key.ino))
-            && let Some(old) = index.state.get(&from)
-            && same_kind(old, &f.kind)
-            // A folder's mtime moves with its contents; its inode is enough.
-            && (matches!(f.kind, FoundKind::Dir)
-                || index
-                    .stats
-                    .get(&from)
-                    .is_some_and(|s| s.key.size == key.size && s.key.mtime_ns == key.mtime_ns))
+        if let Some(from) = self.renamed_from(path, f, &key) {
+            self.push(Op::Rename {
+                from: from.clone(),
+                to: path.clone(),
+            })?;
+            move_stats(&mut self.index.stats, &from, path);
+            self.by_inode.remove(&(key.dev, key.ino));
+            return Ok(());
+        }
+        if self
+            .index
+            .state
+            .get(path)
+            .is_some_and(|e| !same_kind(e, &f.kind))
         {
-            let mut trial = index.state.clone();
-            let rec = KmlRecord {
-                seq: trial.seq + 1,
-                time_ns: now_ns,
-                node: NodeId(0),
-                op: Op::Rename {
-                    from: from.clone(),
-                    to: path.clone(),
-                },
-            };
-            if trial.apply(&rec).is_ok() {
-                push(
-                    index,
-                    Op::Rename {
-                        from: from.clone(),
-                        to: path.clone(),
-                    },
-                    &mut outcome.ops,
-                )?;
-                move_stats(&mut index.stats, &from, path);
-                by_inode.remove(&(key.dev, key.ino));
-                continue;
-            }
+            self.remove(path)?;
         }
-        let existing = index.state.get(path).cloned();
-        if existing.as_ref().is_some_and(|e| !same_kind(e, &f.kind)) {
-            remove(index, path, &mut outcome.ops, &mut push)?;
-        }
-        let existing = index.state.get(path).cloned();
+        let existing = self.index.state.get(path).cloned();
         let mode = f.meta.mode() & 0o7777;
         match (&f.kind, existing) {
-            (FoundKind::Dir, None) => push(
-                index,
-                Op::Mkdir {
-                    path: path.clone(),
-                    mode,
-                },
-                &mut outcome.ops,
-            )?,
+            (FoundKind::Dir, None) => self.push(Op::Mkdir {
+                path: path.clone(),
+                mode,
+            })?,
             (FoundKind::Dir, Some(_)) => {}
-            (FoundKind::Symlink(target), None) => push(
-                index,
-                Op::Symlink {
-                    path: path.clone(),
-                    target: target.clone(),
-                },
-                &mut outcome.ops,
-            )?,
-            (FoundKind::Symlink(target), Some(e)) => {
-                if e.kind
-                    != (EntryKind::Symlink {
-                        target: target.clone(),
-                    })
-                {
-                    push(index, Op::Unlink { path: path.clone() }, &mut outcome.ops)?;
-                    push(
-                        index,
-                        Op::Symlink {
-                            path: path.clone(),
+            (FoundKind::Symlink(target), existing) => {
+                let same = existing.is_some_and(|e| {
+                    e.kind
+                        == EntryKind::Symlink {
                             target: target.clone(),
-                        },
-                        &mut outcome.ops,
-                    )?;
+                        }
+                });
+                if !same {
+                    if self.index.state.get(path).is_some() {
+                        self.push(Op::Unlink { path: path.clone() })?;
+                    }
+                    self.push(Op::Symlink {
+                        path: path.clone(),
+                        target: target.clone(),
+                    })?;
                 }
             }
             (FoundKind::File, existing) => {
-                let trusted = existing.is_some()
-                    && index.stats.get(path).is_some_and(|s| s.vouches_for(&key));
-                if !trusted {
-                    let version = match hash_file(&root.join(path.as_str())) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // Vanished or unreadable since the walk: next scan will see.
-                            outcome.skipped.push(Skipped {
-                                path: root.join(path.as_str()),
-                                reason: e.to_string(),
-                            });
-                            continue;
-                        }
-                    };
-                    outcome.hashed_files += 1;
-                    if existing.is_none() {
-                        push(
-                            index,
-                            Op::Create {
-                                path: path.clone(),
-                                mode,
-                            },
-                            &mut outcome.ops,
-                        )?;
-                    }
-                    let entry = index.state.get(path).cloned().expect("present");
-                    if entry.version() != Some(version) {
-                        push(
-                            index,
-                            Op::Write {
-                                path: path.clone(),
-                                version,
-                                size: key.size,
-                                mtime_ns: key.mtime_ns,
-                            },
-                            &mut outcome.ops,
-                        )?;
-                    }
+                if !self.content(path, &key, mode, existing.is_some())? {
+                    // Vanished or unreadable since the walk: next scan will see.
+                    return Ok(());
                 }
             }
         }
-        // Attributes: mode, and mtime for files and symlinks.
-        let entry = index
-            .state
+        self.attributes(path, f, &key, mode)?;
+        let seen = CachedStat {
+            key,
+            seen_ns: self.now_ns,
+        };
+        self.index.stats.insert(path.clone(), seen);
+        Ok(())
+    }
+
+    /// Where the inode at `path` was, if this is a rename: it was
+    /// elsewhere, that place no longer holds it, the kind is the same, and
+    /// (for a file) so are its size and mtime.
+    fn renamed_from(&self, path: &TreePath, f: &Found, key: &StatKey) -> Option<TreePath> {
+        let inode = (key.dev, key.ino);
+        let index = &*self.index;
+        if index
+            .stats
             .get(path)
-            .cloned()
-            .expect("present after the above");
+            .is_some_and(|s| (s.key.dev, s.key.ino) == inode)
+        {
+            return None;
+        }
+        let from = self.by_inode.get(&inode)?;
+        let old = index.state.get(from)?;
+        let moved_away = self
+            .found
+            .get(from)
+            .is_none_or(|g| (g.meta.dev(), g.meta.ino()) != inode);
+        // A folder's mtime moves with its contents; its inode is enough.
+        let same_file = matches!(f.kind, FoundKind::Dir)
+            || index
+                .stats
+                .get(from)
+                .is_some_and(|s| s.key.size == key.size && s.key.mtime_ns == key.mtime_ns);
+        if from == path || !moved_away || !same_kind(old, &f.kind) || !same_file {
+            return None;
+        }
+        let mut trial = index.state.clone();
+        let rec = KmlRecord {
+            seq: trial.seq + 1,
+            time_ns: self.now_ns,
+            node: NodeId(0),
+            op: Op::Rename {
+                from: from.clone(),
+                to: path.clone(),
+            },
+        };
+        trial.apply(&rec).is_ok().then(|| from.clone())
+    }
+
+    /// A file's content: hashed unless its stat vouches for it, and
+    /// journaled if new or changed. False when it could not be read.
+    fn content(
+        &mut self,
+        path: &TreePath,
+        key: &StatKey,
+        mode: u32,
+        known: bool,
+    ) -> io::Result<bool> {
+        let trusted = known
+            && self
+                .index
+                .stats
+                .get(path)
+                .is_some_and(|s| s.vouches_for(key));
+        if trusted {
+            return Ok(true);
+        }
+        let version = match hash_file(&self.root.join(path.as_str())) {
+            Ok(v) => v,
+            Err(e) => {
+                self.outcome.skipped.push(Skipped {
+                    path: self.root.join(path.as_str()),
+                    reason: e.to_string(),
+                });
+                return Ok(false);
+            }
+        };
+        self.outcome.hashed_files += 1;
+        if !known {
+            self.push(Op::Create {
+                path: path.clone(),
+                mode,
+            })?;
+        }
+        let entry = self.index.state.get(path).expect("present");
+        if entry.version() != Some(version) {
+            self.push(Op::Write {
+                path: path.clone(),
+                version,
+                size: key.size,
+                mtime_ns: key.mtime_ns,
+            })?;
+        }
+        Ok(true)
+    }
+
+    /// Attributes: mode, and mtime for files, and ownership.
+    fn attributes(
+        &mut self,
+        path: &TreePath,
+        f: &Found,
+        key: &StatKey,
+        mode: u32,
+    ) -> io::Result<()> {
+        let entry = self.index.state.get(path).expect("present after the above");
         let mut attrs = Attrs::default();
         if entry.mode != mode && !matches!(f.kind, FoundKind::Symlink(_)) {
             attrs.mode = Some(mode);
@@ -336,38 +405,35 @@ pub fn scan_with(
             attrs.gid = Some(f.meta.gid());
         }
         if attrs != Attrs::default() {
-            push(
-                index,
-                Op::Setattr {
-                    path: path.clone(),
-                    attrs,
-                },
-                &mut outcome.ops,
-            )?;
+            self.push(Op::Setattr {
+                path: path.clone(),
+                attrs,
+            })?;
         }
-        index.stats.insert(
-            path.clone(),
-            CachedStat {
-                key,
-                seen_ns: now_ns,
-            },
-        );
+        Ok(())
     }
 
-    // Whatever the state still has that the disk does not: children first.
-    let gone: Vec<TreePath> = index
-        .state
-        .iter()
-        .map(|(p, _)| p.clone())
-        .filter(|p| !found.contains_key(p) && !keep.is_some_and(|k| k(p)))
-        .collect();
-    for path in gone.iter().rev() {
-        if index.state.get(path).is_some() {
-            remove(index, path, &mut outcome.ops, &mut push)?;
+    /// Removes `path` (and, for a folder, all inside it, deepest first).
+    fn remove(&mut self, path: &TreePath) -> io::Result<()> {
+        let mut doomed: Vec<(TreePath, bool)> = self
+            .index
+            .state
+            .descendants(path)
+            .map(|(p, e)| (p.clone(), e.is_dir()))
+            .collect();
+        let is_dir = self.index.state.get(path).is_some_and(Entry::is_dir);
+        doomed.insert(0, (path.clone(), is_dir));
+        for (p, is_dir) in doomed.into_iter().rev() {
+            let op = if is_dir {
+                Op::Rmdir { path: p.clone() }
+            } else {
+                Op::Unlink { path: p.clone() }
+            };
+            self.push(op)?;
+            self.index.stats.remove(&p);
         }
+        Ok(())
     }
-    debug_assert_eq!(index.state.seq - start_seq, outcome.ops.len() as u64);
-    Ok(outcome)
 }
 
 fn same_kind(e: &Entry, f: &FoundKind) -> bool {
@@ -377,37 +443,6 @@ fn same_kind(e: &Entry, f: &FoundKind) -> bool {
             | (EntryKind::Dir, FoundKind::Dir)
             | (EntryKind::Symlink { .. }, FoundKind::Symlink(_))
     )
-}
-
-/// Removes `path` (and, for a folder, all inside it, deepest first).
-fn remove(
-    index: &mut Index,
-    path: &TreePath,
-    ops: &mut Vec<Op>,
-    push: &mut impl FnMut(&mut Index, Op, &mut Vec<Op>) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut doomed: Vec<(TreePath, bool)> = index
-        .state
-        .descendants(path)
-        .map(|(p, e)| (p.clone(), e.is_dir()))
-        .collect();
-    doomed.insert(
-        0,
-        (
-            path.clone(),
-            index.state.get(path).is_some_and(Entry::is_dir),
-        ),
-    );
-    for (p, is_dir) in doomed.into_iter().rev() {
-        let op = if is_dir {
-            Op::Rmdir { path: p.clone() }
-        } else {
-            Op::Unlink { path: p.clone() }
-        };
-        push(index, op, ops)?;
-        index.stats.remove(&p);
-    }
-    Ok(())
 }
 
 fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &TreePath) {
