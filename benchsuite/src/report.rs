@@ -192,38 +192,7 @@ pub fn svg(report: &Report) -> String {
         "<text x=\"{label_w}\" y=\"16\" font-size=\"13\">Bytes moved (log scale) and time over {time_link} (log scale), scale {}, {}</text>",
         report.scale, report.date
     );
-    for (i, t) in tools.iter().enumerate() {
-        let y = 30.0 + 16.0 * i as f64;
-        let _ = writeln!(
-            out,
-            "<rect x=\"{label_w}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
-            y - 9.0,
-            colours[i % colours.len()],
-            label_w + 14.0,
-            y,
-            escape(t)
-        );
-    }
-    // Log scales from the smallest to the largest value present.
-    let scale = |values: Vec<f64>| {
-        let lo = values
-            .iter()
-            .copied()
-            .filter(|v| *v > 0.0)
-            .fold(f64::MAX, f64::min);
-        let hi = values.iter().copied().fold(0.0, f64::max);
-        let (lo, hi) = (
-            lo.min(hi).max(1e-9).log10().floor(),
-            hi.max(1e-9).log10().ceil(),
-        );
-        move |v: f64| {
-            if v <= 0.0 {
-                0.0
-            } else {
-                ((v.log10() - lo) / (hi - lo).max(1.0)).clamp(0.0, 1.0) * panel_w
-            }
-        }
-    };
+    legend(&mut out, &tools, &colours, label_w);
     let bytes = |f: &Figure| f.total_bytes() as f64;
     let loopback: Vec<&Figure> = report
         .figures
@@ -235,8 +204,8 @@ pub fn svg(report: &Report) -> String {
         .iter()
         .filter(|f| f.link == time_link)
         .collect();
-    let bx = scale(loopback.iter().map(|f| bytes(f)).collect());
-    let tx = scale(timed.iter().map(|f| f.wall_s).collect());
+    let bx = log_scale(loopback.iter().map(|f| bytes(f)).collect(), panel_w);
+    let tx = log_scale(timed.iter().map(|f| f.wall_s).collect(), panel_w);
     let panels = [
         (label_w, "bytes", &loopback),
         (label_w + panel_w + 40.0, "time", &timed),
@@ -281,6 +250,44 @@ pub fn svg(report: &Report) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// A swatch and the name of each tool, one a line.
+fn legend(out: &mut String, tools: &[&str], colours: &[&str], label_w: f64) {
+    for (i, t) in tools.iter().enumerate() {
+        let y = 30.0 + 16.0 * i as f64;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{label_w}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            y - 9.0,
+            colours[i % colours.len()],
+            label_w + 14.0,
+            y,
+            escape(t)
+        );
+    }
+}
+
+/// A log scale from the smallest to the largest value present onto
+/// `0..=width`.
+fn log_scale(values: Vec<f64>, width: f64) -> impl Fn(f64) -> f64 {
+    let lo = values
+        .iter()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .fold(f64::MAX, f64::min);
+    let hi = values.iter().copied().fold(0.0, f64::max);
+    let (lo, hi) = (
+        lo.min(hi).max(1e-9).log10().floor(),
+        hi.max(1e-9).log10().ceil(),
+    );
+    move |v: f64| {
+        if v <= 0.0 {
+            0.0
+        } else {
+            ((v.log10() - lo) / (hi - lo).max(1.0)).clamp(0.0, 1.0) * width
+        }
+    }
 }
 
 fn escape(s: &str) -> String {

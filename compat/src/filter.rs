@@ -441,73 +441,11 @@ impl Filters {
                 mods.sender = true;
             }
             if mods.merge {
-                let pattern: &[u8] = if pattern.is_empty() {
-                    b".cvsignore"
-                } else {
-                    pattern
-                };
-                let base = match pattern.iter().rposition(|&b| b == b'/') {
-                    Some(i) => &pattern[i + 1..],
-                    None => pattern,
-                };
-                if mods.exclude_self {
-                    list.push(Entry::Rule(Rule::new(
-                        format!("- {}", lossy(base)),
-                        base,
-                        Mods::default(),
-                    )));
-                }
-                if mods.perdir {
-                    if reading.perdir.is_some() {
-                        return Err(FilterError::NestedDirMerge { rule: lossy(whole) });
-                    }
-                    self.merges.push(DirMerge {
-                        name: base.to_vec(),
-                        mods,
-                    });
-                    list.push(Entry::DirMerge(self.merges.len() - 1));
-                } else {
-                    let mut path = PathBuf::from(std::ffi::OsStr::from_bytes_lossy(pattern));
-                    if let Some(dir) = reading.perdir
-                        && path.is_relative()
-                    {
-                        path = Path::new(std::ffi::OsStr::from_bytes_lossy(dir)).join(path);
-                    }
-                    self.merge_file(list, &path, mods, reading, files)?;
-                }
+                self.add_merge(list, pattern, whole, mods, reading, files)?;
                 continue;
             }
             if mods.cvs {
-                // "-C": the default list, ~/.cvsignore and $CVSIGNORE.
-                let words = Reading {
-                    old_prefixes: false,
-                    template: Mods {
-                        no_prefixes: true,
-                        word_split: true,
-                        cvs: true,
-                        perishable: true,
-                        sender: mods.sender,
-                        receiver: mods.receiver,
-                        ..Mods::default()
-                    },
-                    ..reading
-                };
-                self.parse_into(list, CVS_DEFAULT.as_bytes(), words, files)?;
-                let plain = Reading {
-                    template: Mods {
-                        perishable: false,
-                        ..words.template
-                    },
-                    ..words
-                };
-                if let Some(home) = std::env::var_os("HOME")
-                    && let Ok(Some(b)) = files.read(&Path::new(&home).join(".cvsignore"))
-                {
-                    self.parse_into(list, &b, plain, files)?;
-                }
-                if let Some(env) = std::env::var_os("CVSIGNORE") {
-                    self.parse_into(list, env.as_encoded_bytes(), plain, files)?;
-                }
+                self.add_cvs_words(list, mods, reading, files)?;
                 continue;
             }
             let mut pattern = pattern.to_vec();
@@ -523,6 +461,93 @@ impl Filters {
             }
             list.push(Entry::Rule(Rule::new(lossy(whole), &pattern, mods)));
         }
+    }
+
+    /// A merge rule: its file read now, or a dir-merge noted for every
+    /// folder of the walk (and with `e`, the file itself excluded).
+    fn add_merge(
+        &mut self,
+        list: &mut Vec<Entry>,
+        pattern: &[u8],
+        whole: &[u8],
+        mods: Mods,
+        reading: Reading,
+        files: &dyn RuleSource,
+    ) -> Result<(), FilterError> {
+        let pattern: &[u8] = if pattern.is_empty() {
+            b".cvsignore"
+        } else {
+            pattern
+        };
+        let base = match pattern.iter().rposition(|&b| b == b'/') {
+            Some(i) => &pattern[i + 1..],
+            None => pattern,
+        };
+        if mods.exclude_self {
+            list.push(Entry::Rule(Rule::new(
+                format!("- {}", lossy(base)),
+                base,
+                Mods::default(),
+            )));
+        }
+        if mods.perdir {
+            if reading.perdir.is_some() {
+                return Err(FilterError::NestedDirMerge { rule: lossy(whole) });
+            }
+            self.merges.push(DirMerge {
+                name: base.to_vec(),
+                mods,
+            });
+            list.push(Entry::DirMerge(self.merges.len() - 1));
+            return Ok(());
+        }
+        let mut path = PathBuf::from(std::ffi::OsStr::from_bytes_lossy(pattern));
+        if let Some(dir) = reading.perdir
+            && path.is_relative()
+        {
+            path = Path::new(std::ffi::OsStr::from_bytes_lossy(dir)).join(path);
+        }
+        self.merge_file(list, &path, mods, reading, files)
+    }
+
+    /// "-C": the default list, ~/.cvsignore and $CVSIGNORE.
+    fn add_cvs_words(
+        &mut self,
+        list: &mut Vec<Entry>,
+        mods: Mods,
+        reading: Reading,
+        files: &dyn RuleSource,
+    ) -> Result<(), FilterError> {
+        let words = Reading {
+            old_prefixes: false,
+            template: Mods {
+                no_prefixes: true,
+                word_split: true,
+                cvs: true,
+                perishable: true,
+                sender: mods.sender,
+                receiver: mods.receiver,
+                ..Mods::default()
+            },
+            ..reading
+        };
+        self.parse_into(list, CVS_DEFAULT.as_bytes(), words, files)?;
+        let plain = Reading {
+            template: Mods {
+                perishable: false,
+                ..words.template
+            },
+            ..words
+        };
+        if let Some(home) = std::env::var_os("HOME")
+            && let Ok(Some(b)) = files.read(&Path::new(&home).join(".cvsignore"))
+        {
+            self.parse_into(list, &b, plain, files)?;
+        }
+        if let Some(env) = std::env::var_os("CVSIGNORE") {
+            self.parse_into(list, env.as_encoded_bytes(), plain, files)?;
+        }
+        Ok(())
     }
 
     fn merge_file(
@@ -771,108 +796,15 @@ fn token<'a>(s: &'a [u8], reading: Reading) -> Result<Option<(Token<'a>, &'a [u8
             clear = true;
         }
     } else {
-        const LONG: [(&[u8], u8); 9] = [
-            (b"clear", b'!'),
-            (b"dir-merge", b':'),
-            (b"exclude", b'-'),
-            (b"hide", b'H'),
-            (b"include", b'+'),
-            (b"merge", b'.'),
-            (b"protect", b'P'),
-            (b"risk", b'R'),
-            (b"show", b'S'),
-        ];
-        // A long name must be followed by a space, '_' or ','.
-        let long = LONG.iter().find(|(name, _)| {
-            s.starts_with(name) && matches!(s.get(name.len()), None | Some(b' ' | b'_' | b','))
-        });
-        let ch = match long {
-            Some(&(name, ch)) => {
-                i = name.len();
-                ch
-            }
-            None => {
-                let ch = s[0];
-                i = 1;
-                if s.get(1) == Some(&b',') {
-                    i = 2;
-                }
-                ch
-            }
+        let (ch, at) = rule_name(s);
+        i = at;
+        let Some(side_given) = rule_kind(ch, &mut mods, &mut clear) else {
+            return Err(FilterError::UnknownRule {
+                rule: lossy(cut(start, template.word_split)),
+            });
         };
-        if long.is_some() && s.get(i) == Some(&b',') {
-            i += 1;
-        }
-        let mut side_given = false;
-        match ch {
-            b':' => {
-                mods.merge = true;
-                mods.perdir = true;
-            }
-            b'.' => mods.merge = true,
-            b'+' => mods.include = true,
-            b'-' => mods.include = false,
-            b'S' | b'H' => {
-                mods.include = ch == b'S';
-                mods.sender = true;
-                side_given = true;
-            }
-            b'R' | b'P' => {
-                mods.include = ch == b'R';
-                mods.receiver = true;
-                side_given = true;
-            }
-            b'!' => clear = true,
-            _ => {
-                return Err(FilterError::UnknownRule {
-                    rule: lossy(cut(start, template.word_split)),
-                });
-            }
-        }
         if !clear {
-            while let Some(&m) = s.get(i) {
-                if m == b' ' || m == b'_' || (template.word_split && m.is_ascii_whitespace()) {
-                    break;
-                }
-                let invalid = || FilterError::InvalidModifier {
-                    modifier: m as char,
-                    rule: lossy(cut(start, template.word_split)),
-                };
-                match m {
-                    b'-' | b'+' => {
-                        if !mods.merge || mods.no_prefixes {
-                            return Err(invalid());
-                        }
-                        mods.no_prefixes = true;
-                        mods.include = m == b'+';
-                    }
-                    b'/' => mods.abs_path = true,
-                    b'!' => {
-                        if mods.merge {
-                            return Err(invalid());
-                        }
-                        mods.negate = true;
-                    }
-                    b'C' => {
-                        if mods.no_prefixes || side_given {
-                            return Err(invalid());
-                        }
-                        mods.no_prefixes = true;
-                        mods.word_split = true;
-                        mods.no_inherit = true;
-                        mods.cvs = true;
-                    }
-                    b'e' if mods.merge => mods.exclude_self = true,
-                    b'n' if mods.merge => mods.no_inherit = true,
-                    b'w' if mods.merge => mods.word_split = true,
-                    b'p' => mods.perishable = true,
-                    b'r' if !side_given => mods.receiver = true,
-                    b's' if !side_given => mods.sender = true,
-                    b'x' => mods.xattr = true,
-                    _ => return Err(invalid()),
-                }
-                i += 1;
-            }
+            i = modifiers(s, i, &mut mods, side_given, template.word_split)?;
             // The single separator.
             if i < s.len() && !(template.word_split && s[i].is_ascii_whitespace() && s[i] != b' ') {
                 i += 1;
@@ -919,6 +851,113 @@ fn token<'a>(s: &'a [u8], reading: Reading) -> Result<Option<(Token<'a>, &'a [u8
         },
         after,
     )))
+}
+
+/// What a rule's one-character name makes of it: whether it names a side
+/// (`S`, `H`, `R`, `P`); `None` for no rule at all.
+fn rule_kind(ch: u8, mods: &mut Mods, clear: &mut bool) -> Option<bool> {
+    match ch {
+        b':' => {
+            mods.merge = true;
+            mods.perdir = true;
+        }
+        b'.' => mods.merge = true,
+        b'+' | b'-' => mods.include = ch == b'+',
+        b'S' | b'H' => {
+            mods.include = ch == b'S';
+            mods.sender = true;
+            return Some(true);
+        }
+        b'R' | b'P' => {
+            mods.include = ch == b'R';
+            mods.receiver = true;
+            return Some(true);
+        }
+        b'!' => *clear = true,
+        _ => return None,
+    }
+    Some(false)
+}
+
+/// A rule's name, long (`exclude`, followed by a space, `_` or `,`) or
+/// short (`-`, maybe followed by `,`), as its one-character form, and where
+/// what follows it starts.
+fn rule_name(s: &[u8]) -> (u8, usize) {
+    const LONG: [(&[u8], u8); 9] = [
+        (b"clear", b'!'),
+        (b"dir-merge", b':'),
+        (b"exclude", b'-'),
+        (b"hide", b'H'),
+        (b"include", b'+'),
+        (b"merge", b'.'),
+        (b"protect", b'P'),
+        (b"risk", b'R'),
+        (b"show", b'S'),
+    ];
+    let long = LONG.iter().find(|(name, _)| {
+        s.starts_with(name) && matches!(s.get(name.len()), None | Some(b' ' | b'_' | b','))
+    });
+    match long {
+        Some(&(name, ch)) if s.get(name.len()) == Some(&b',') => (ch, name.len() + 1),
+        Some(&(name, ch)) => (ch, name.len()),
+        None if s.get(1) == Some(&b',') => (s[0], 2),
+        None => (s[0], 1),
+    }
+}
+
+/// The modifiers after a rule's name, from `i` in `s` up to the
+/// separator; where they end.
+fn modifiers(
+    s: &[u8],
+    mut i: usize,
+    mods: &mut Mods,
+    side_given: bool,
+    word_split: bool,
+) -> Result<usize, FilterError> {
+    while let Some(&m) = s.get(i) {
+        if m == b' ' || m == b'_' || (word_split && m.is_ascii_whitespace()) {
+            break;
+        }
+        let invalid = || FilterError::InvalidModifier {
+            modifier: m as char,
+            rule: lossy(cut(s, word_split)),
+        };
+        match m {
+            b'-' | b'+' => {
+                if !mods.merge || mods.no_prefixes {
+                    return Err(invalid());
+                }
+                mods.no_prefixes = true;
+                mods.include = m == b'+';
+            }
+            b'/' => mods.abs_path = true,
+            b'!' => {
+                if mods.merge {
+                    return Err(invalid());
+                }
+                mods.negate = true;
+            }
+            b'C' => {
+                if mods.no_prefixes || side_given {
+                    return Err(invalid());
+                }
+                mods.no_prefixes = true;
+                mods.word_split = true;
+                mods.no_inherit = true;
+                mods.cvs = true;
+            }
+            b'e' if mods.merge => mods.exclude_self = true,
+            b'n' if mods.merge => mods.no_inherit = true,
+            b'w' if mods.merge => mods.word_split = true,
+            b'p' => mods.perishable = true,
+            b'r' if !side_given => mods.receiver = true,
+            b's' if !side_given => mods.sender = true,
+            b'x' => mods.xattr = true,
+            _ => return Err(invalid()),
+        }
+        i += 1;
+    }
+    Ok(i)
 }
 
 /// The first word of `s` in word-split mode (for messages).

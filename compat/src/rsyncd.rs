@@ -167,25 +167,8 @@ impl Config {
         let mut defaults = Module::defaults();
         let mut current: Option<Module> = None;
         let mut path_given = false;
-        // Lines, with `\` continuations joined; the number of each first line.
-        let mut logical: Vec<(usize, String)> = Vec::new();
-        let mut pending: Option<(usize, String)> = None;
-        for (i, raw) in text.lines().enumerate() {
-            let line = raw.trim_end_matches('\r');
-            let (start, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
-            if let Some(body) = line.strip_suffix('\\') {
-                joined.push_str(body);
-                pending = Some((start, joined));
-                continue;
-            }
-            joined.push_str(line);
-            logical.push((start, joined));
-        }
-        if let Some(p) = pending {
-            logical.push(p);
-        }
         let ignored: Vec<String> = IGNORED.iter().map(|n| key(n)).collect();
-        for (n, line) in logical {
+        for (n, line) in logical_lines(text) {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
@@ -229,73 +212,21 @@ impl Config {
             };
             let (name, value) = (name.trim(), value.trim());
             let k = key(name);
+            if k == "path" && current.is_some() {
+                path_given = true;
+            }
             let target = current.as_mut().unwrap_or(&mut defaults);
-            let bad = |what: &str| ConfError::Syntax {
+            let known = target.set(&k, value).map_err(|what| ConfError::Syntax {
                 file: file.into(),
                 line: n,
                 reason: format!("{name}: {what}: {value}"),
-            };
-            match k.as_str() {
-                "path" => {
-                    target.path = PathBuf::from(value);
-                    if current.is_some() {
-                        path_given = true;
-                    }
-                }
-                "comment" => target.comment = value.to_string(),
-                "readonly" => {
-                    target.read_only = boolean(value).ok_or_else(|| bad("not a boolean"))?
-                }
-                "writeonly" => {
-                    target.write_only = boolean(value).ok_or_else(|| bad("not a boolean"))?
-                }
-                "list" => target.list = boolean(value).ok_or_else(|| bad("not a boolean"))?,
-                "strictmodes" => {
-                    target.strict_modes = boolean(value).ok_or_else(|| bad("not a boolean"))?
-                }
-                "authusers" => {
-                    target.auth_users = value
-                        .split(|c: char| c == ',' || c.is_whitespace())
-                        .filter(|w| !w.is_empty())
-                        .map(|w| {
-                            let (pattern, access) = match w.rsplit_once(':') {
-                                Some((p, "ro")) => (p, Access::ReadOnly),
-                                Some((p, "rw")) => (p, Access::ReadWrite),
-                                Some((p, "deny")) => (p, Access::Deny),
-                                _ => (w, Access::Default),
-                            };
-                            AuthRule {
-                                pattern: pattern.to_string(),
-                                access,
-                            }
-                        })
-                        .collect()
-                }
-                "secretsfile" => target.secrets_file = Some(PathBuf::from(value)),
-                "hostsallow" => target.hosts_allow = words(value),
-                "hostsdeny" => target.hosts_deny = words(value),
-                "filter" => target.filters.push(ModuleFilter::Rules(value.to_string())),
-                "exclude" | "include" => target.filters.push(ModuleFilter::Patterns {
-                    include: k == "include",
-                    patterns: value.to_string(),
-                }),
-                "excludefrom" | "includefrom" => target.filters.push(ModuleFilter::From {
-                    include: k == "includefrom",
-                    file: PathBuf::from(value),
-                }),
-                "maxconnections" => {
-                    target.max_connections = value.parse().map_err(|_| bad("not a number"))?
-                }
-                "timeout" => target.timeout = value.parse().map_err(|_| bad("not a number"))?,
-                "refuseoptions" => target.refuse_options = words(value),
-                "incomingchmod" => target.incoming_chmod = Some(value.to_string()),
-                "outgoingchmod" => target.outgoing_chmod = Some(value.to_string()),
-                other if ignored.iter().any(|i| i == other) => config.warnings.push(format!(
-                    "{file}:{n}: \"{name}\" has no meaning over HTTP; ignored"
-                )),
-                _ => config
-                    .warnings
-                    .push(format!("{file}:{n}: unknown parameter \"{name}\"; ignored")),
+            })?;
+            if !known {
+                config.warnings.push(if ignored.contains(&k) {
+                    format!("{file}:{n}: \"{name}\" has no meaning over HTTP; ignored")
+                } else {
+                    format!("{file}:{n}: unknown parameter \"{name}\"; ignored")
+                });
             }
         }
         if let Some(done) = current.take() {
@@ -333,6 +264,26 @@ impl Config {
     }
 }
 
+/// The lines of rsyncd.conf text, with `\` continuations joined, and the
+/// number of each one's first line.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut logical: Vec<(usize, String)> = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let (start, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
+        if let Some(body) = line.strip_suffix('\\') {
+            joined.push_str(body);
+            pending = Some((start, joined));
+            continue;
+        }
+        joined.push_str(line);
+        logical.push((start, joined));
+    }
+    logical.extend(pending);
+    logical
+}
+
 fn words(value: &str) -> Vec<String> {
     value
         .split(|c: char| c == ',' || c.is_whitespace())
@@ -342,6 +293,54 @@ fn words(value: &str) -> Vec<String> {
 }
 
 impl Module {
+    /// Sets the parameter `k` (its name lowercased, without spaces) to
+    /// `value`; false for a parameter it does not know; what is wrong with
+    /// a value it cannot take.
+    fn set(&mut self, k: &str, value: &str) -> Result<bool, &'static str> {
+        let flag = |v: &str| boolean(v).ok_or("not a boolean");
+        match k {
+            "path" => self.path = PathBuf::from(value),
+            "comment" => self.comment = value.to_string(),
+            "readonly" => self.read_only = flag(value)?,
+            "writeonly" => self.write_only = flag(value)?,
+            "list" => self.list = flag(value)?,
+            "strictmodes" => self.strict_modes = flag(value)?,
+            "authusers" => {
+                self.auth_users = words(value)
+                    .into_iter()
+                    .map(|w| {
+                        let (pattern, access) = match w.rsplit_once(':') {
+                            Some((p, "ro")) => (p.to_string(), Access::ReadOnly),
+                            Some((p, "rw")) => (p.to_string(), Access::ReadWrite),
+                            Some((p, "deny")) => (p.to_string(), Access::Deny),
+                            _ => (w.clone(), Access::Default),
+                        };
+                        AuthRule { pattern, access }
+                    })
+                    .collect()
+            }
+            "secretsfile" => self.secrets_file = Some(PathBuf::from(value)),
+            "hostsallow" => self.hosts_allow = words(value),
+            "hostsdeny" => self.hosts_deny = words(value),
+            "filter" => self.filters.push(ModuleFilter::Rules(value.to_string())),
+            "exclude" | "include" => self.filters.push(ModuleFilter::Patterns {
+                include: k == "include",
+                patterns: value.to_string(),
+            }),
+            "excludefrom" | "includefrom" => self.filters.push(ModuleFilter::From {
+                include: k == "includefrom",
+                file: PathBuf::from(value),
+            }),
+            "maxconnections" => self.max_connections = value.parse().map_err(|_| "not a number")?,
+            "timeout" => self.timeout = value.parse().map_err(|_| "not a number")?,
+            "refuseoptions" => self.refuse_options = words(value),
+            "incomingchmod" => self.incoming_chmod = Some(value.to_string()),
+            "outgoingchmod" => self.outgoing_chmod = Some(value.to_string()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// rsync's defaults: read only, listed, strict modes.
     fn defaults() -> Module {
         Module {

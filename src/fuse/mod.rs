@@ -541,6 +541,108 @@ fn answer_entry(reply: ReplyEntry, found: Result<fuser::FileAttr, Errno>) {
 /// The version of a file written through the mount, on every core: a
 /// close waits for it. Read, not mapped: another program may truncate the
 /// file meanwhile, which would kill a process reading it mapped.
+/// What a `setattr` call asks for.
+struct SetAttr {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+}
+
+impl SetAttr {
+    /// The records of the change for each name of the file: its new
+    /// content (after a truncate) and attributes.
+    fn records(
+        &self,
+        names: Vec<TreePath>,
+        stat: &rustix::fs::Stat,
+        version: Option<Version>,
+    ) -> Vec<Op> {
+        let attrs = Attrs {
+            mode: self.mode.map(|m| m & 0o7777),
+            mtime_ns: self.mtime.map(|_| attr::mtime_ns(stat)),
+            uid: self.uid,
+            gid: self.gid,
+        };
+        let mut ops = Vec::new();
+        for path in names {
+            if let Some(version) = version {
+                ops.push(Op::Write {
+                    path: path.clone(),
+                    version,
+                    size: stat.st_size as u64,
+                    mtime_ns: attr::mtime_ns(stat),
+                });
+            }
+            if attrs != Attrs::default() {
+                ops.push(Op::Setattr { path, attrs });
+            }
+        }
+        ops
+    }
+}
+
+/// Carries out a `setattr` on the backing file: mode, owner, size (the
+/// content's new version then), times.
+fn set_attributes(
+    target: &Target,
+    handle: Option<&Handle>,
+    asked: &SetAttr,
+) -> Result<Option<Version>, Errno> {
+    if let Some(mode) = asked.mode {
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            proc_path(&target.fd()?),
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(rerr)?;
+    }
+    if asked.uid.is_some() || asked.gid.is_some() {
+        rustix::fs::chownat(
+            target.fd()?,
+            "",
+            asked.uid.map(rustix::fs::Uid::from_raw),
+            asked.gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(rerr)?;
+    }
+    let mut version = None;
+    if let Some(size) = asked.size {
+        let file = match handle {
+            Some(h) => h.file.try_clone().map_err(errno)?,
+            None => target.reopen(OFlags::WRONLY)?,
+        };
+        file.set_len(size).map_err(errno)?;
+        if let Some(h) = handle {
+            *lock(&h.in_order) =
+                (size == 0).then(|| (blake3::Hasher::new(), 0, written_stamp(&h.file)));
+        }
+        version = Some(if size == 0 {
+            crate::tree::state::empty_version()
+        } else {
+            hash(&target.reopen(OFlags::RDONLY)?).map_err(errno)?
+        });
+    }
+    if asked.atime.is_some() || asked.mtime.is_some() {
+        let times = rustix::fs::Timestamps {
+            last_access: asked.atime.map_or(OMIT, mtime_of),
+            last_modification: asked.mtime.map_or(OMIT, mtime_of),
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            proc_path(&target.fd()?),
+            &times,
+            AtFlags::empty(),
+        )
+        .map_err(rerr)?;
+    }
+    Ok(version)
+}
+
 fn hash(file: &File) -> io::Result<Version> {
     const CHUNK: usize = 16 << 20;
     let mut hasher = blake3::Hasher::new();
@@ -684,87 +786,27 @@ impl Filesystem for Presto {
             }
             let path = self.nodes.path_of(&target, &self.root)?;
             let handle = fh.and_then(|fh| self.handle(fh).ok());
+            let asked = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+            };
             let stat = self.change(
                 || {
-                    if let Some(mode) = mode {
-                        rustix::fs::chmodat(
-                            rustix::fs::CWD,
-                            proc_path(&target.fd()?),
-                            Mode::from_raw_mode(mode & 0o7777),
-                            AtFlags::empty(),
-                        )
-                        .map_err(rerr)?;
-                    }
-                    if uid.is_some() || gid.is_some() {
-                        rustix::fs::chownat(
-                            target.fd()?,
-                            "",
-                            uid.map(rustix::fs::Uid::from_raw),
-                            gid.map(rustix::fs::Gid::from_raw),
-                            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_err(rerr)?;
-                    }
-                    let mut version = None;
-                    if let Some(size) = size {
-                        let file = match &handle {
-                            Some(h) => h.file.try_clone().map_err(errno)?,
-                            None => target.reopen(OFlags::WRONLY)?,
-                        };
-                        file.set_len(size).map_err(errno)?;
-                        if let Some(h) = &handle {
-                            *lock(&h.in_order) = (size == 0)
-                                .then(|| (blake3::Hasher::new(), 0, written_stamp(&h.file)));
-                        }
-                        version = Some(if size == 0 {
-                            crate::tree::state::empty_version()
-                        } else {
-                            hash(&target.reopen(OFlags::RDONLY)?).map_err(errno)?
-                        });
-                    }
-                    if atime.is_some() || mtime.is_some() {
-                        let times = rustix::fs::Timestamps {
-                            last_access: atime.map_or(OMIT, mtime_of),
-                            last_modification: mtime.map_or(OMIT, mtime_of),
-                        };
-                        rustix::fs::utimensat(
-                            rustix::fs::CWD,
-                            proc_path(&target.fd()?),
-                            &times,
-                            AtFlags::empty(),
-                        )
-                        .map_err(rerr)?;
-                    }
+                    let version = set_attributes(&target, handle.as_deref(), &asked)?;
                     Ok((target.stat()?, version))
                 },
                 |(stat, version), inner| {
                     let Some(path) = &path else { return Vec::new() };
-                    let mut ops = Vec::new();
-                    let attrs = Attrs {
-                        mode: mode.map(|m| m & 0o7777),
-                        mtime_ns: mtime.map(|_| attr::mtime_ns(stat)),
-                        uid,
-                        gid,
-                    };
                     let meta = std::fs::symlink_metadata(path.under(&self.root));
                     let all = match &meta {
                         Ok(meta) => names(inner, path, meta),
                         Err(_) => vec![path.clone()],
                     };
-                    for path in all {
-                        if let Some(version) = version {
-                            ops.push(Op::Write {
-                                path: path.clone(),
-                                version: *version,
-                                size: stat.st_size as u64,
-                                mtime_ns: attr::mtime_ns(stat),
-                            });
-                        }
-                        if attrs != Attrs::default() {
-                            ops.push(Op::Setattr { path, attrs });
-                        }
-                    }
-                    ops
+                    asked.records(all, stat, *version)
                 },
             )?;
             Ok(attr::of_stat(ino.0, &stat.0))

@@ -196,30 +196,9 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
             .expect("valid response"));
     }
     let head_only = req.method() == Method::HEAD;
-    // If-Range: ranges only if the client still has this version.
-    let range_applies = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(tag) if tag.starts_with('"') || tag.starts_with("W/") => tag == served.etag,
-        Some(date) => match (httpdate::parse_http_date(date), served.modified) {
-            (Ok(d), Some(m)) => httpdate::fmt_http_date(d) == httpdate::fmt_http_date(m),
-            _ => false,
-        },
-    };
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| range_applies);
-    let ranges = match range.map(|r| {
-        http_range_header::parse_range_header_with_max_ranges(
-            r,
-            MAX_RANGES.try_into().expect("nonzero"),
-        )
-        .and_then(|p| p.validate(served.len))
-    }) {
-        None | Some(Err(RangeUnsatisfiableError::Invalid(_))) => None,
-        Some(Ok(r)) if r.is_empty() => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(_)) => {
+    let ranges = match ranges_asked(headers, &served) {
+        Ok(ranges) => ranges,
+        Err(()) => {
             return Ok(builder
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{}", served.len))
@@ -265,34 +244,15 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
                     "too many bytes in one multi-range request",
                 ));
             }
-            let boundary = "intersync-byteranges-4e2b1c";
-            let body = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
-                let mut out = Vec::with_capacity(total as usize + r.len() * 100);
-                for range in &r {
-                    let (start, end) = (*range.start(), *range.end());
-                    out.extend_from_slice(
-                        format!(
-                            "--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    );
-                    file.seek(SeekFrom::Start(start))?;
-                    let at = out.len();
-                    out.resize(at + (end - start + 1) as usize, 0);
-                    file.read_exact(&mut out[at..])?;
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-                Ok(out)
-            })
-            .await
-            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let body = tokio::task::spawn_blocking(move || multipart(&mut file, &r, len, total))
+                .await
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             Ok(builder
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(
                     header::CONTENT_TYPE,
-                    format!("multipart/byteranges; boundary={boundary}"),
+                    format!("multipart/byteranges; boundary={BOUNDARY}"),
                 )
                 .header(header::CONTENT_LENGTH, body.len())
                 .body(if head_only {
@@ -303,6 +263,71 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
                 .expect("valid response"))
         }
     }
+}
+
+/// The ranges a request asks for and may have (`If-Range` naming this
+/// version, or a date that is its `Last-Modified`): `None` for the whole
+/// file (no ranges, or a header that is not a valid one), `Err` when none
+/// can be satisfied.
+fn ranges_asked(
+    headers: &hyper::HeaderMap,
+    served: &Served,
+) -> Result<Option<Vec<std::ops::RangeInclusive<u64>>>, ()> {
+    let range_applies = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(tag) if tag.starts_with('"') || tag.starts_with("W/") => tag == served.etag,
+        Some(date) => match (httpdate::parse_http_date(date), served.modified) {
+            (Ok(d), Some(m)) => httpdate::fmt_http_date(d) == httpdate::fmt_http_date(m),
+            _ => false,
+        },
+    };
+    let Some(range) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| range_applies)
+    else {
+        return Ok(None);
+    };
+    match http_range_header::parse_range_header_with_max_ranges(
+        range,
+        MAX_RANGES.try_into().expect("nonzero"),
+    )
+    .and_then(|p| p.validate(served.len))
+    {
+        Err(RangeUnsatisfiableError::Invalid(_)) => Ok(None),
+        Ok(r) if r.is_empty() => Ok(None),
+        Ok(r) => Ok(Some(r)),
+        Err(_) => Err(()),
+    }
+}
+
+const BOUNDARY: &str = "intersync-byteranges-4e2b1c";
+
+/// A multipart/byteranges body of `ranges` of `file` (`len` bytes in all;
+/// `total` bytes of ranges).
+fn multipart(
+    file: &mut File,
+    ranges: &[std::ops::RangeInclusive<u64>],
+    len: u64,
+    total: u64,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(total as usize + ranges.len() * 100);
+    for range in ranges {
+        let (start, end) = (*range.start(), *range.end());
+        out.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        file.seek(SeekFrom::Start(start))?;
+        let at = out.len();
+        out.resize(at + (end - start + 1) as usize, 0);
+        file.read_exact(&mut out[at..])?;
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    Ok(out)
 }
 
 /// The `len` bytes of `file` from `start`, as a streamed body.

@@ -334,6 +334,48 @@ impl Walk<'_> {
         }
     }
 
+    /// The list entry of one item of the folder `rel` (at index `at`);
+    /// `None` when it vanished or could not be looked at (said in `list`).
+    fn entry_of(
+        &self,
+        item: &std::fs::DirEntry,
+        rel: &[u8],
+        at: usize,
+        list: &mut FileList,
+    ) -> Option<Entry> {
+        let mut name = rel.to_vec();
+        if !name.is_empty() {
+            name.push(b'/');
+        }
+        name.extend_from_slice(item.file_name().as_bytes());
+        let path = item.path();
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                // Gone between readdir and stat: not an error (rsync says
+                // nothing either).
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    list.io_error_at(
+                        at,
+                        Problem::Io(format!(
+                            "link_stat \"{}\" failed: {}",
+                            absolute(&path).display(),
+                            os_error(&e)
+                        )),
+                    );
+                }
+                return None;
+            }
+        };
+        match Entry::from_meta(name, path, &meta) {
+            Ok(e) => Some(self.adjust(e)),
+            Err(e) => {
+                list.io_error_at(at, Problem::Io(os_error(&e)));
+                None
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn walk_dir(
         &self,
@@ -385,42 +427,11 @@ impl Walk<'_> {
                     continue;
                 }
             };
-            let base = item.file_name().as_bytes().to_vec();
-            let mut name = rel.to_vec();
-            if !name.is_empty() {
-                name.push(b'/');
+            if let Some(entry) = self.entry_of(&item, rel, at, list)
+                && !filters.excluded(&entry.name, entry.kind == Kind::Dir, Side::Sender)
+            {
+                kids.push(entry);
             }
-            name.extend_from_slice(&base);
-            let path = item.path();
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    // Gone between readdir and stat: not an error (rsync
-                    // says nothing either).
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        list.io_error_at(
-                            at,
-                            Problem::Io(format!(
-                                "link_stat \"{}\" failed: {}",
-                                absolute(&path).display(),
-                                os_error(&e)
-                            )),
-                        );
-                    }
-                    continue;
-                }
-            };
-            let entry = match Entry::from_meta(name, path, &meta) {
-                Ok(e) => self.adjust(e),
-                Err(e) => {
-                    list.io_error_at(at, Problem::Io(os_error(&e)));
-                    continue;
-                }
-            };
-            if filters.excluded(&entry.name, entry.kind == Kind::Dir, Side::Sender) {
-                continue;
-            }
-            kids.push(entry);
         }
         let subdirs = self.place(kids, at, list);
         // Depth first: each subfolder comes with its own listing, after

@@ -97,25 +97,10 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
         .truncate(false)
         .open(&partial_path)
         .map_err(local(&partial_path))?;
-    let mut have = partial.metadata().map_err(local(&partial_path))?.len();
-    let mut headers: Vec<(&str, String)> = Vec::new();
-    match (&partial_known, have) {
-        // Resume only with a strong validator for the partial's bytes.
-        (Some(v), n) if n > 0 && v.url == url && v.etag.is_some() => {
-            headers.push(("range", format!("bytes={n}-")));
-            headers.push(("if-range", v.etag.clone().expect("checked")));
-        }
-        _ => {
-            have = 0;
-            partial.set_len(0).map_err(local(&partial_path))?;
-            if let Some(k) = known.as_ref().filter(|k| k.url == url && file.exists()) {
-                if let Some(etag) = &k.etag {
-                    headers.push(("if-none-match", etag.clone()));
-                } else if let Some(lm) = &k.last_modified {
-                    headers.push(("if-modified-since", lm.clone()));
-                }
-            }
-        }
+    let have = partial.metadata().map_err(local(&partial_path))?.len();
+    let (have, headers) = conditions(url, file, have, known.as_ref(), partial_known.as_ref());
+    if have == 0 {
+        partial.set_len(0).map_err(local(&partial_path))?;
     }
     let answer = remote
         .send_url(Method::GET, url, &headers, Bytes::new(), url)
@@ -124,30 +109,12 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
         return Ok(Got::Unchanged);
     }
     let v = validators(&answer.headers, url);
-    let resumed_from = if answer.status == StatusCode::PARTIAL_CONTENT {
-        let want = format!("bytes {have}-");
-        let cr = answer
-            .headers
-            .get(header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !cr.starts_with(&want) {
-            return Err(TransportError::BadAnswer {
-                what: url.into(),
-                reason: format!("resumed at {cr:?}, not byte {have}"),
-            });
-        }
-        // A server that ignores If-Range sends the rest of another version;
-        // its own ETag gives it away.
-        if v.etag.is_some() && v.etag != partial_known.as_ref().and_then(|k| k.etag.clone()) {
-            return Err(TransportError::Changed { what: url.into() });
-        }
-        have
-    } else {
+    let resumed = resumed_at(&answer, url, have, &v, partial_known.as_ref())?;
+    if resumed.is_none() {
         // The whole file (the partial was stale, or ranges are not served).
         partial.set_len(0).map_err(local(&partial_path))?;
-        0
-    };
+    }
+    let resumed_from = resumed.unwrap_or(0);
     partial
         .seek(SeekFrom::Start(resumed_from))
         .map_err(local(&partial_path))?;
@@ -193,6 +160,69 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
         bytes: received,
         resumed_from,
     })
+}
+
+/// What to ask for, given the partial's `have` bytes: the rest of it,
+/// with a strong validator of its bytes (`If-Range`); else the whole, with
+/// a condition on the copy already fetched. The bytes kept of the partial
+/// (0: start over) and the headers.
+fn conditions(
+    url: &str,
+    file: &Path,
+    have: u64,
+    known: Option<&Validators>,
+    partial_known: Option<&Validators>,
+) -> (u64, Vec<(&'static str, String)>) {
+    let mut headers = Vec::new();
+    if let Some(v) = partial_known
+        && have > 0
+        && v.url == url
+        && let Some(etag) = &v.etag
+    {
+        headers.push(("range", format!("bytes={have}-")));
+        headers.push(("if-range", etag.clone()));
+        return (have, headers);
+    }
+    if let Some(k) = known.filter(|k| k.url == url && file.exists()) {
+        if let Some(etag) = &k.etag {
+            headers.push(("if-none-match", etag.clone()));
+        } else if let Some(lm) = &k.last_modified {
+            headers.push(("if-modified-since", lm.clone()));
+        }
+    }
+    (0, headers)
+}
+
+/// Where the answer resumes the partial (`None`: it is the whole file),
+/// checked: a 206 must start at byte `have` and be of the same version.
+fn resumed_at(
+    answer: &super::http::Answer,
+    url: &str,
+    have: u64,
+    v: &Validators,
+    partial_known: Option<&Validators>,
+) -> Result<Option<u64>, TransportError> {
+    if answer.status != StatusCode::PARTIAL_CONTENT {
+        return Ok(None);
+    }
+    let want = format!("bytes {have}-");
+    let cr = answer
+        .headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !cr.starts_with(&want) {
+        return Err(TransportError::BadAnswer {
+            what: url.into(),
+            reason: format!("resumed at {cr:?}, not byte {have}"),
+        });
+    }
+    // A server that ignores If-Range sends the rest of another version;
+    // its own ETag gives it away.
+    if v.etag.is_some() && v.etag != partial_known.and_then(|k| k.etag.clone()) {
+        return Err(TransportError::Changed { what: url.into() });
+    }
+    Ok(Some(have))
 }
 
 fn write_json(path: &Path, v: &Validators) -> Result<(), TransportError> {

@@ -115,20 +115,22 @@ impl TreeState {
         if rec.seq <= self.seq {
             return Err(fail(format!("already at sequence {}", self.seq)));
         }
-        match &rec.op {
+        self.change(&rec.op, rec.time_ns).map_err(fail)?;
+        self.seq = rec.seq;
+        Ok(())
+    }
+
+    /// What `op` (made at `time_ns`) does to the tree; why it cannot.
+    fn change(&mut self, op: &Op, time_ns: i64) -> Result<(), String> {
+        match op {
             Op::Create { path, mode } => {
-                self.need_parent(path).map_err(fail)?;
-                self.entries.insert(
-                    path.clone(),
-                    new_entry(
-                        EntryKind::File {
-                            version: empty_version(),
-                            size: 0,
-                        },
-                        *mode,
-                        rec.time_ns,
-                    ),
-                );
+                self.need_parent(path)?;
+                let empty = EntryKind::File {
+                    version: empty_version(),
+                    size: 0,
+                };
+                self.entries
+                    .insert(path.clone(), new_entry(empty, *mode, time_ns));
             }
             Op::Write {
                 path,
@@ -136,7 +138,7 @@ impl TreeState {
                 size,
                 mtime_ns,
             } => {
-                self.need_parent(path).map_err(fail)?;
+                self.need_parent(path)?;
                 let kind = EntryKind::File {
                     version: *version,
                     size: *size,
@@ -146,7 +148,7 @@ impl TreeState {
                         e.kind = kind;
                         e.mtime_ns = *mtime_ns;
                     }
-                    Some(_) => return Err(fail(format!("write to folder {path}"))),
+                    Some(_) => return Err(format!("write to folder {path}")),
                     None => {
                         self.entries
                             .insert(path.clone(), new_entry(kind, 0o644, *mtime_ns));
@@ -154,58 +156,52 @@ impl TreeState {
                 }
             }
             Op::Mkdir { path, mode } => {
-                self.need_parent(path).map_err(fail)?;
+                self.need_parent(path)?;
                 if self.entries.get(path).is_some_and(|e| !e.is_dir()) {
-                    return Err(fail(format!("mkdir over a file at {path}")));
+                    return Err(format!("mkdir over a file at {path}"));
                 }
                 self.entries
-                    .insert(path.clone(), new_entry(EntryKind::Dir, *mode, rec.time_ns));
+                    .insert(path.clone(), new_entry(EntryKind::Dir, *mode, time_ns));
             }
             Op::Unlink { path } => match self.entries.get(path) {
                 Some(e) if !e.is_dir() => {
                     self.entries.remove(path);
                 }
-                Some(_) => return Err(fail(format!("unlink of folder {path}"))),
-                None => return Err(fail(format!("unlink of missing {path}"))),
+                Some(_) => return Err(format!("unlink of folder {path}")),
+                None => return Err(format!("unlink of missing {path}")),
             },
             Op::Rmdir { path } => {
                 if !self.entries.get(path).is_some_and(Entry::is_dir) {
-                    return Err(fail(format!("rmdir of non-folder {path}")));
+                    return Err(format!("rmdir of non-folder {path}"));
                 }
                 if self.descendants(path).next().is_some() {
-                    return Err(fail(format!("rmdir of non-empty {path}")));
+                    return Err(format!("rmdir of non-empty {path}"));
                 }
                 self.entries.remove(path);
             }
-            Op::Rename { from, to } => self.rename(from, to).map_err(fail)?,
+            Op::Rename { from, to } => self.rename(from, to)?,
             Op::Setattr { path, attrs } => {
                 let Some(e) = self.entries.get_mut(path) else {
-                    return Err(fail(format!("setattr of missing {path}")));
+                    return Err(format!("setattr of missing {path}"));
                 };
                 set_attrs(e, attrs);
             }
             Op::Symlink { path, target } => {
-                self.need_parent(path).map_err(fail)?;
-                self.entries.insert(
-                    path.clone(),
-                    new_entry(
-                        EntryKind::Symlink {
-                            target: target.clone(),
-                        },
-                        0o777,
-                        rec.time_ns,
-                    ),
-                );
+                self.need_parent(path)?;
+                let link = EntryKind::Symlink {
+                    target: target.clone(),
+                };
+                self.entries
+                    .insert(path.clone(), new_entry(link, 0o777, time_ns));
             }
             Op::Link { path, target } => {
-                self.need_parent(path).map_err(fail)?;
+                self.need_parent(path)?;
                 let Some(e) = self.entries.get(target).filter(|e| !e.is_dir()).cloned() else {
-                    return Err(fail(format!("link to missing file {target}")));
+                    return Err(format!("link to missing file {target}"));
                 };
                 self.entries.insert(path.clone(), e);
             }
         }
-        self.seq = rec.seq;
         Ok(())
     }
 
