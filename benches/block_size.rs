@@ -1,5 +1,5 @@
 //! Chooses the block-size policy by measurement: for each single-file
-//! scenario of DESIGN.md, the bytes a signature-up, delta-down transfer moves
+//! scenario of docs/ARCHITECTURE.md, the bytes a signature-up, delta-down transfer moves
 //! (signature plus delta) at each candidate block length, next to what the
 //! policy in `SignatureOptions::for_len` picks.
 //!

@@ -22,7 +22,8 @@
 //!
 //! Wire and on-disk formats live in the `intersync-protocol` crate, and what
 //! exists only to match rsync in `intersync-compat`. The library never
-//! prints; the `intersync` binary renders what it returns.
+//! prints; the `intersync` binary renders what it returns. How the parts
+//! fit, and one file's journey through them: `docs/ARCHITECTURE.md`.
 
 #[cfg(feature = "net")]
 pub mod beneath;

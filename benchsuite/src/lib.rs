@@ -5,7 +5,7 @@
 //! runs the `intersync` binary as any user would, and checks the trees it
 //! leaves with its own reading of them.
 //!
-//! The scenario benchmark: S0 to S7 of DESIGN.md, generated from fixed
+//! The scenario benchmark: S0 to S7 of docs/ARCHITECTURE.md, generated from fixed
 //! seeds, each run side by side with the tools people would use instead
 //! (InterSync's smart server, its static export behind nginx, a full fetch
 //! with curl from nginx, rsync's daemon plain and with `-z`, zsync behind

@@ -1,4 +1,4 @@
-//! The benchmark scenarios of DESIGN.md, generated deterministically from
+//! The benchmark scenarios of docs/ARCHITECTURE.md, generated deterministically from
 //! fixed seeds, so every benchmark, test and demo sees the same bytes.
 //!
 //! This module covers the single-file scenarios S1 to S5; each takes a

@@ -37,7 +37,7 @@ impl SignatureOptions {
     /// `B = sqrt(len)`, right for a dozen edits. The policy is
     /// `sqrt(len) / 4` rounded up to a power of two, within 512 B to 64 KiB,
     /// chosen with `cargo bench --bench block_size`, which measures signature
-    /// plus delta bytes on the DESIGN.md scenarios for every power of two.
+    /// plus delta bytes on the scenarios of docs/ARCHITECTURE.md for every power of two.
     /// At 100 MiB it picks 4 KiB, which was best of all candidates for S1
     /// (100 scattered edits: 0.89 MB, against 1.13 MB at 8 KiB and 0.96 MB
     /// at 2 KiB) and for S5 (50 text edits: 0.49 MB). One insertion (S2) or
