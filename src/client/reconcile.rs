@@ -2,7 +2,7 @@
 //! three trees (the base, the server's tree as of the last pull; the
 //! server's tree now; the disk's, a scan against the base) and the
 //! working copy's placeholders, unit-tested here, carried out by
-//! [`super::pull`].
+//! the pull (`client/pull.rs`).
 //!
 //! The rules:
 //! - What only the server changed comes here; what only this side changed
