@@ -82,27 +82,14 @@ fn remove(path: &Path) -> io::Result<()> {
 /// paths relative to `root`, sorted.
 pub fn files(root: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    walk(root, Path::new(""), &mut out)?;
+    walk(root, Path::new(""), &mut |path, kind| {
+        if kind.is_file() {
+            out.push(path.to_owned());
+        }
+        Ok(())
+    })?;
     out.sort();
     Ok(out)
-}
-
-fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in fs::read_dir(root.join(rel))? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if rel.as_os_str().is_empty() && name == STATE_DIR {
-            continue;
-        }
-        let path = rel.join(&name);
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Every file's path and BLAKE3 hash (its InterSync version), and every
@@ -112,12 +99,34 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
 /// checks; and unlike a scan it counts leftover temporary files as extra.
 pub fn contents(root: &Path) -> io::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    listing(root, Path::new(""), &mut out)?;
+    walk(root, Path::new(""), &mut |path, kind| {
+        let shown = path.to_string_lossy().into_owned();
+        let what = if kind.is_dir() {
+            "folder".into()
+        } else if kind.is_symlink() {
+            fs::read_link(root.join(path))?
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(fs::File::open(root.join(path))?)?;
+            hasher.finalize().to_hex().to_string()
+        };
+        out.push((shown, what));
+        Ok(())
+    })?;
     out.sort();
     Ok(out)
 }
 
-fn listing(root: &Path, rel: &Path, out: &mut Vec<(String, String)>) -> io::Result<()> {
+/// Visits everything below `root.join(rel)`, a folder before what it
+/// holds, with its path relative to `root`; InterSync's state folder at
+/// the top is left out.
+fn walk(
+    root: &Path,
+    rel: &Path,
+    visit: &mut dyn FnMut(&Path, fs::FileType) -> io::Result<()>,
+) -> io::Result<()> {
     for entry in fs::read_dir(root.join(rel))? {
         let entry = entry?;
         let name = entry.file_name();
@@ -125,18 +134,10 @@ fn listing(root: &Path, rel: &Path, out: &mut Vec<(String, String)>) -> io::Resu
             continue;
         }
         let path = rel.join(&name);
-        let shown = path.to_string_lossy().into_owned();
         let kind = entry.file_type()?;
+        visit(&path, kind)?;
         if kind.is_dir() {
-            out.push((shown, "folder".into()));
-            listing(root, &path, out)?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(root.join(&path))?;
-            out.push((shown, target.to_string_lossy().into_owned()));
-        } else {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(fs::File::open(root.join(&path))?)?;
-            out.push((shown, hasher.finalize().to_hex().to_string()));
+            walk(root, &path, visit)?;
         }
     }
     Ok(())

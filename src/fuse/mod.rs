@@ -538,9 +538,6 @@ fn answer_entry(reply: ReplyEntry, found: Result<fuser::FileAttr, Errno>) {
     }
 }
 
-/// The version of a file written through the mount, on every core: a
-/// close waits for it. Read, not mapped: another program may truncate the
-/// file meanwhile, which would kill a process reading it mapped.
 /// What a `setattr` call asks for.
 struct SetAttr {
     mode: Option<u32>,
@@ -643,6 +640,9 @@ fn set_attributes(
     Ok(version)
 }
 
+/// The version of a file written through the mount, on every core: a
+/// close waits for it. Read, not mapped: another program may truncate the
+/// file meanwhile, which would kill a process reading it mapped.
 fn hash(file: &File) -> io::Result<Version> {
     const CHUNK: usize = 16 << 20;
     let mut hasher = blake3::Hasher::new();
