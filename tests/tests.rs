@@ -7,6 +7,7 @@ mod bench;
 mod cache;
 mod client;
 mod delta_cli;
+mod hostile;
 mod misbehaving;
 mod patches;
 mod presto;

@@ -99,10 +99,17 @@ impl Server {
 
     /// [`Server::serve`] with extra environment variables.
     pub fn serve_env(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Server {
+        let mut command = intersync();
+        command.envs(env.iter().copied()).arg("serve");
+        Server::spawn(command, args)
+    }
+
+    /// `COMMAND ARGS` (an `intersync serve`, maybe run by another program
+    /// such as `prlimit`), on 127.0.0.1:0 unless they say `--listen`;
+    /// waits for its URL.
+    pub fn spawn(mut command: Command, args: &[&std::ffi::OsStr]) -> Server {
         use std::io::BufRead;
-        let mut child = intersync()
-            .envs(env.iter().copied())
-            .arg("serve")
+        let mut child = command
             .args(if args.iter().any(|a| *a == "--listen") {
                 &[][..]
             } else {
@@ -110,7 +117,6 @@ impl Server {
             })
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("start intersync serve");
         let stdout = child.stdout.take().expect("piped");

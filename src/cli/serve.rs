@@ -67,6 +67,15 @@ pub struct ServeArgs {
     /// Drop a kept version or patch unused for this many seconds.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub version_max_age: u64,
+    /// Connections served at once (default: half the open files this
+    /// process may have); when all are taken, the one idle the longest is
+    /// closed for a newcomer.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds a request body or a response may stall before the
+    /// connection is closed (headers have 30, a TLS handshake 15).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -124,6 +133,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 bytes: args.version_budget,
                 max_age: std::time::Duration::from_secs(args.version_max_age),
             }),
+            limits: {
+                let default = server::Limits::default();
+                let stall = std::time::Duration::from_secs(args.timeout.max(1));
+                server::Limits {
+                    connections: args.max_connections.unwrap_or(default.connections).max(1),
+                    body_idle: stall,
+                    write_idle: stall,
+                    ..default
+                }
+            },
         },
         // A mount journals what changes through it: no watcher needed.
         watch: !args.no_watch && args.mount.is_none(),

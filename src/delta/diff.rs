@@ -2,6 +2,7 @@
 //! signature describes, and literal bytes for the rest.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use intersync_protocol::DeltaWriter;
 use intersync_protocol::signature::SignatureRef;
@@ -20,6 +21,17 @@ pub struct DeltaStats {
 
 /// Writes a delta that turns the base described by `sig` into `data`.
 pub fn write_delta(sig: SignatureRef<'_>, data: &[u8], out: impl Write) -> io::Result<DeltaStats> {
+    write_delta_until(sig, data, out, &AtomicBool::new(false))
+}
+
+/// [`write_delta`], given up (`Interrupted`) as soon as `stop` is set: for
+/// an answer whose asker has gone.
+pub fn write_delta_until(
+    sig: SignatureRef<'_>,
+    data: &[u8],
+    out: impl Write,
+    stop: &AtomicBool,
+) -> io::Result<DeltaStats> {
     let mut emitter = Emitter {
         writer: DeltaWriter::new(out)?,
         data,
@@ -30,7 +42,15 @@ pub fn write_delta(sig: SignatureRef<'_>, data: &[u8], out: impl Write) -> io::R
         error: None,
     };
     if sig.block_count() > 0 {
-        BlockIndex::new(sig).scan(data, |m| emitter.on_match(m));
+        BlockIndex::new(sig)
+            .stop_when(stop)
+            .scan(data, |m| emitter.on_match(m));
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the delta is no longer wanted",
+        ));
     }
     if let Some(e) = emitter.error.take() {
         return Err(e);

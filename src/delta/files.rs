@@ -12,6 +12,7 @@ use intersync_protocol::signature::{SignatureFormat, SignatureHeader, SignatureR
 use memmap2::Mmap;
 
 use super::diff::{DeltaStats, write_delta};
+use super::guard::Guard;
 use super::signature::{Signature, SignatureOptions};
 use super::{Error, patch, zpatch};
 use crate::install::PendingFile;
@@ -20,16 +21,24 @@ use crate::install::PendingFile;
 pub enum MappedFile {
     /// Mapping a file of length 0 fails, so empty files are not mapped.
     Empty,
-    Mapped(Mmap),
+    Mapped(Guarded),
     Read(Vec<u8>),
+}
+
+/// A mapping registered with [`guard`](super::guard), unregistered before
+/// it is unmapped (fields drop in order).
+pub struct Guarded {
+    guard: Guard,
+    map: Mmap,
 }
 
 impl MappedFile {
     /// Maps `path`, or reads standard input when it is `-`.
     ///
-    /// The mapping trusts that nobody truncates the file meanwhile (the
-    /// usual contract of mapped I/O); whatever is read from it is verified
-    /// against a version before anything is installed.
+    /// Another program may truncate the file meanwhile: the pages it lost
+    /// read as zeros and [`MappedFile::intact`] turns false (see
+    /// [`guard`](super::guard)); whatever is read from a mapping is
+    /// verified against a version before anything is installed.
     pub fn open(path: &Path) -> Result<MappedFile, Error> {
         if path == Path::new("-") {
             let mut bytes = Vec::new();
@@ -43,13 +52,33 @@ impl MappedFile {
         MappedFile::map(&file).map_err(Error::io(path))
     }
 
-    /// Maps an open file (same contract as [`MappedFile::open`]).
+    /// Maps an open file (same contract as [`MappedFile::open`]). With
+    /// every guard in use, it reads the file instead.
     pub fn map(file: &File) -> io::Result<MappedFile> {
-        if file.metadata()?.len() == 0 {
+        let len = file.metadata()?.len();
+        if len == 0 {
             return Ok(MappedFile::Empty);
         }
-        // SAFETY: see `open`; the map is read-only and lives as long as `self`.
-        Ok(MappedFile::Mapped(unsafe { Mmap::map(file) }?))
+        // SAFETY: the map is read-only and lives as long as `self`; a page
+        // the file loses meanwhile is replaced by zeros, not a crash.
+        let map = unsafe { Mmap::map(file) }?;
+        let guard = Guard::new(map.as_ptr(), map.len());
+        if !guard.guarded() {
+            let mut bytes = Vec::with_capacity(len as usize);
+            std::io::Read::read_to_end(&mut &*file, &mut bytes)?;
+            return Ok(MappedFile::Read(bytes));
+        }
+        Ok(MappedFile::Mapped(Guarded { guard, map }))
+    }
+
+    /// The file did not shrink under the mapping while it was read: what
+    /// was read is what the file held. Check it after use, before keeping
+    /// or serving anything made from it.
+    pub fn intact(&self) -> bool {
+        match self {
+            MappedFile::Mapped(m) => m.guard.intact(),
+            _ => true,
+        }
     }
 }
 
@@ -59,7 +88,7 @@ impl Deref for MappedFile {
     fn deref(&self) -> &[u8] {
         match self {
             MappedFile::Empty => &[],
-            MappedFile::Mapped(map) => map,
+            MappedFile::Mapped(m) => &m.map,
             MappedFile::Read(bytes) => bytes,
         }
     }
@@ -124,6 +153,7 @@ pub fn signature_file(
     let options = SignatureOptions::new(data.len() as u64, format, block_len, strong_len)
         .map_err(Error::Options)?;
     let (sig, version) = Signature::calculate(&data, options);
+    still_whole(&data, base)?;
     let mut sink = Sink::create(out)?;
     sink.write_all(sig.as_bytes()).map_err(Error::io(out))?;
     sink.finish(out)?;
@@ -138,6 +168,7 @@ pub fn delta_file(sig: &Path, new: &Path, out: &Path) -> Result<DeltaStats, Erro
     let data = MappedFile::open(new)?;
     let mut sink = Sink::create(out)?;
     let stats = write_delta(sig, &data, &mut sink).map_err(Error::io(out))?;
+    still_whole(&data, new)?;
     sink.finish(out)?;
     Ok(stats)
 }
@@ -194,6 +225,8 @@ pub fn patch_file(
         None => patch::apply(&base_bytes, &delta_bytes, &mut hashing, limit)?,
     };
     let version = Version::from_hasher(&hashing.hasher);
+    still_whole(&base_bytes, base)?;
+    still_whole(&delta_bytes, delta)?;
     if let Some(expected) = limits.expect
         && expected != version
     {
@@ -204,6 +237,18 @@ pub fn patch_file(
     }
     sink.finish(out)?;
     Ok((stats, version))
+}
+
+/// Refuses what was made from `data` when the file at `path` shrank while
+/// it was read.
+fn still_whole(data: &MappedFile, path: &Path) -> Result<(), Error> {
+    if data.intact() {
+        Ok(())
+    } else {
+        Err(Error::io(path)(io::Error::other(
+            "the file shrank while it was read",
+        )))
+    }
 }
 
 /// Passes writes through while hashing them into a version.

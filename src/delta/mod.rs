@@ -17,6 +17,7 @@
 
 pub mod diff;
 pub mod files;
+pub mod guard;
 pub mod matcher;
 pub mod patch;
 pub mod refine;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 use intersync_protocol::{SignatureError, Version};
 use thiserror::Error;
 
-pub use diff::{DeltaStats, write_delta};
+pub use diff::{DeltaStats, write_delta, write_delta_until};
 pub use files::{MappedFile, PatchLimits, delta_file, patch_file, signature_file};
 pub use patch::apply;
 pub use signature::{Signature, SignatureOptions};

@@ -198,11 +198,20 @@ pub struct Plan {
 /// Tiles `new` into copies of the coarse signature's blocks (adjacent ones
 /// merged) and the gaps between them.
 pub fn plan(coarse: SignatureRef<'_>, new: &[u8]) -> Plan {
+    plan_until(coarse, new, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`plan`], cut short once `stop` is set (the caller then drops it).
+pub fn plan_until(
+    coarse: SignatureRef<'_>,
+    new: &[u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Plan {
     let block_len = u64::from(coarse.header.block_len);
     let mut segments = Vec::new();
     let mut at = 0u64;
     let mut gap_bytes = 0;
-    BlockIndex::new(coarse).scan(new, |m| {
+    BlockIndex::new(coarse).stop_when(stop).scan(new, |m| {
         if m.data_offset > at {
             segments.push(Segment::Gap {
                 len: m.data_offset - at,

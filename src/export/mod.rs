@@ -227,7 +227,17 @@ impl Export {
             return Ok(None);
         }
         let (file, len) = store
-            .put_patch(&from, &to, |out| zpatch::encode(&old, &new, out).map(drop))
+            .put_patch(&from, &to, |out| {
+                zpatch::encode(&old, &new, out)?;
+                // A patch of bytes that vanished meanwhile is never kept.
+                if old.intact() && new.intact() {
+                    Ok(())
+                } else {
+                    Err(zpatch::PatchError::Write(io::Error::other(
+                        "a version's file shrank while the patch was made",
+                    )))
+                }
+            })
             .map_err(|e| match e {
                 zpatch::PatchError::Write(e) => store_err(e),
                 other => store_err(io::Error::other(other)),
@@ -474,7 +484,7 @@ impl Export {
         let data = MappedFile::map(&file).map_err(io_err(&path.under(&self.root)))?;
         let options = SignatureOptions::for_len(data.len() as u64, SignatureFormat::Md4Rollsum);
         let (sig, actual) = Signature::calculate(&data, options);
-        if actual != version {
+        if actual != version || !data.intact() {
             // Changed on disk since it was journaled: the next scan says so.
             return Ok(None);
         }
@@ -518,7 +528,7 @@ impl Export {
             return Ok(false);
         }
         let (coarse_sig, fine_sig, actual) = crate::delta::refine::static_levels(&data);
-        if actual != version {
+        if actual != version || !data.intact() {
             // Changed on disk since it was journaled: the next scan says so.
             return Ok(false);
         }

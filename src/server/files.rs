@@ -12,13 +12,13 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use http_range_header::RangeUnsatisfiableError;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use intersync_protocol::{TreePath, Version};
 use tokio_util::io::ReaderStream;
 
-use super::{Body, Refusal, full};
+use super::{Body, Incoming, Refusal, full};
 use crate::export::Export;
 use crate::tree::EntryKind;
 use crate::tree::scan::StatKey;

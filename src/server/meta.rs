@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{self};
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
@@ -16,8 +15,8 @@ use intersync_protocol::api::{
 use intersync_protocol::{TreePath, Version};
 
 use super::files::stream;
-use super::{Body, Refusal, full};
-use crate::delta::{MappedFile, Signature, write_delta};
+use super::{Body, Incoming, Refusal, full};
+use crate::delta::{MappedFile, Signature, write_delta_until};
 use crate::export::Export;
 
 /// Literal bytes below which compressing a delta is not worth a round of zstd.
@@ -25,6 +24,22 @@ const MIN_COMPRESSIBLE: u64 = 4096;
 
 /// Largest signature a client may upload: that of a file of about 20 GiB.
 pub const MAX_SIGNATURE_BYTES: usize = 64 << 20;
+
+/// Smallest block length of an uploaded signature. InterSync's policy
+/// never goes under 512, librsync's under 256; tiny blocks only make the
+/// server hash the same bytes over and over.
+pub const MIN_SIGNATURE_BLOCK_LEN: u32 = 64;
+
+/// A flag set when it is dropped: held by a request's handler, whose
+/// future hyper drops when the client goes away.
+#[derive(Default)]
+struct GoneOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// `GET /.intersync/head[?wait=SECONDS]`. With `If-None-Match` naming the
 /// current head and a wait, the answer is held until the journal moves or
@@ -216,19 +231,30 @@ async fn answer_signature(
 ) -> Result<Response<Body>, Refusal> {
     let (sig, zstd_ok) = read_signature(req).await?;
     let export = export.clone();
+    // Set when this request is dropped (its client went away): the work
+    // for it stops.
+    let gone = GoneOnDrop::default();
+    let stop = gone.0.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
         let (data, version) = current_content(&export, &path)?;
-        if refine {
-            let plan = crate::delta::refine::plan(sig.view(), &data);
-            if let Some(body) = plan.answer(&data, &version) {
-                return Ok(Answer::Refine {
+        let answer = match refine {
+            true => crate::delta::refine::plan_until(sig.view(), &data, &stop)
+                .answer(&data, &version)
+                .map(|body| Answer::Refine {
                     body,
                     version,
                     size: data.len() as u64,
-                });
-            }
+                }),
+            false => None,
+        };
+        let answer = match answer {
+            Some(answer) => answer,
+            None => delta_answer(&sig, &data, version, zstd_ok, &stop)?,
+        };
+        if !data.intact() {
+            return Err(shrank());
         }
-        delta_answer(&sig, &data, version, zstd_ok)
+        Ok(answer)
     })
     .await
     .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
@@ -257,6 +283,15 @@ async fn read_signature(req: Request<Incoming>) -> Result<(Signature, bool), Ref
         .to_bytes();
     let sig = Signature::from_bytes(body.to_vec())
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
+    let block_len = sig.header().block_len;
+    if block_len < MIN_SIGNATURE_BLOCK_LEN {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a block length of {block_len} is under {MIN_SIGNATURE_BLOCK_LEN}: more work than a delta could save"
+            ),
+        ));
+    }
     Ok((sig, zstd_ok))
 }
 
@@ -273,8 +308,20 @@ fn current_content(export: &Export, path: &TreePath) -> Result<(MappedFile, Vers
     let data =
         MappedFile::map(&file).map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
     let version = Version::of(&data);
+    if !data.intact() {
+        return Err(shrank());
+    }
     export.keep_bytes(version, &data);
     Ok((data, version))
+}
+
+/// The file lost bytes while a request read it (another program truncated
+/// it): nothing made from what was read is answered.
+fn shrank() -> Refusal {
+    Refusal::new(
+        StatusCode::CONFLICT,
+        "the file changed while it was read; ask again",
+    )
 }
 
 /// What a delta or refine request is answered with.
@@ -339,12 +386,17 @@ fn delta_answer(
     data: &[u8],
     version: Version,
     zstd_ok: bool,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Answer, Refusal> {
-    let internal =
-        |e: std::io::Error| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let internal = |e: std::io::Error| match e.raw_os_error() {
+        // The kernel read a page of `data` the file no longer has (a
+        // write of its literals): the file shrank under us.
+        Some(libc::EFAULT) => shrank(),
+        _ => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     let mut out = tempfile::tempfile().map_err(internal)?;
-    let stats =
-        write_delta(sig.view(), data, std::io::BufWriter::new(&mut out)).map_err(internal)?;
+    let stats = write_delta_until(sig.view(), data, std::io::BufWriter::new(&mut out), stop)
+        .map_err(internal)?;
     out.seek(SeekFrom::Start(0)).map_err(internal)?;
     let size = data.len() as u64;
     // Literal data compresses when the file does; copies never need to.

@@ -6,6 +6,8 @@
 //! Every request path is checked as a [`TreePath`] before it touches the
 //! disk; every refusal is a 4xx with a one-line reason.
 
+mod conn;
+pub use conn::Limits;
 mod files;
 mod meta;
 pub mod modules;
@@ -20,7 +22,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -262,6 +263,10 @@ pub fn tls_acceptor(
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
+/// A request's body, as the handlers read it: hyper's, with a bound on
+/// how long it may stall.
+pub(crate) type Incoming = conn::IdleBody;
+
 /// `Cache-Control` of everything immutable: versions, their signatures,
 /// sealed segments and checkpoints.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -280,6 +285,8 @@ pub struct ServeOptions {
     /// Keep the versions clients hold, within this budget, to answer exact
     /// patches from them (`None`: no store, no patches).
     pub versions: Option<crate::versions::Budget>,
+    /// How many connections at once, and how long each phase may take.
+    pub limits: Limits,
 }
 
 /// One line a request: `TIME PEER METHOD PATH STATUS BYTES`, with the time
@@ -370,47 +377,44 @@ pub async fn serve_root(
         Root::Modules(m) => Handler::Modules(m),
     });
     tokio::pin!(shutdown);
+    let limits = root.limits();
+    let registry = Arc::new(conn::Registry::default());
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        // Room for the next connection first: the longest idle one goes
+        // when all are taken, or the accept waits.
+        tokio::select! {
+            () = registry.room(limits.connections) => {}
+            () = &mut shutdown => break,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors, most likely: wait for some
+                    // to close rather than spin.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
+        backoff = ACCEPT_BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
-        let root = root.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let root = root.clone();
-                async move {
-                    Ok::<_, Infallible>(match &*root {
-                        Handler::One(service) => service.handle(req, peer).await,
-                        Handler::Modules(m) => m.handle(req, peer).await,
-                    })
-                }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            // Bounds what one request's headers may make us buffer.
-            builder.max_buf_size(256 * 1024);
-            let result = match tls {
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "connection ended");
-            }
-        });
+        let member = registry.join();
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            root.clone(),
+            member,
+            limits,
+        ));
     }
     for b in background {
         b.abort();
@@ -424,6 +428,81 @@ pub async fn serve_root(
 enum Handler {
     One(Arc<Service>),
     Modules(Arc<modules::Modules>),
+}
+
+impl Handler {
+    fn limits(&self) -> Limits {
+        match self {
+            Handler::One(service) => service.options.limits,
+            Handler::Modules(m) => m.limits(),
+        }
+    }
+}
+
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Serves one connection until it ends, the registry closes it for
+/// another, or one of its phases takes too long (see [`conn`]).
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    root: Arc<Handler>,
+    member: conn::Member,
+    limits: conn::Limits,
+) {
+    let member = Arc::new(member);
+    let busy_of = member.clone();
+    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let root = root.clone();
+        let busy = busy_of.busy();
+        let req = req.map(|body| conn::IdleBody::new(body, limits.body_idle));
+        async move {
+            let response = match &*root {
+                Handler::One(service) => service.handle(req, peer).await,
+                Handler::Modules(m) => m.handle(req, peer).await,
+            };
+            Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, busy)))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Bounds what one request's headers may make us buffer.
+    builder
+        .max_buf_size(256 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.headers);
+    let served = async {
+        match tls {
+            Some(tls) => match tokio::time::timeout(limits.handshake, tls.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let io = TokioIo::new(conn::StallGuard::new(s, limits.write_idle));
+                    builder.serve_connection(io, svc).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "TLS handshake failed");
+                    Ok(())
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake took too long");
+                    Ok(())
+                }
+            },
+            None => {
+                let io = TokioIo::new(conn::StallGuard::new(stream, limits.write_idle));
+                builder.serve_connection(io, svc).await
+            }
+        }
+    };
+    tokio::select! {
+        result = served => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "connection ended");
+            }
+        }
+        () = member.evicted() => tracing::debug!(%peer, "closed for a newer connection"),
+    }
 }
 
 /// Background work: save the index now and then, and drop kept versions

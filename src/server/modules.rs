@@ -16,12 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use intersync_compat::rsyncd::{self, Access, Config};
 
-use super::{Body, Export, Refusal, ServeOptions, Service, StartError, text};
+use super::{Body, Export, Incoming, Refusal, ServeOptions, Service, StartError, text};
 use crate::tree::scan::Hide;
 
 /// The long names of an rsync command line's options, as its client says
@@ -89,6 +88,11 @@ impl Modules {
             });
         }
         Ok(Modules { modules, options })
+    }
+
+    /// How many connections at once, and how long each phase may take.
+    pub fn limits(&self) -> super::Limits {
+        self.options.limits
     }
 
     /// The exports, for background work and shutdown.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Limited};
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
@@ -23,7 +22,7 @@ use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::kml::{Attrs, Op};
 use intersync_protocol::{TreePath, Version};
 
-use super::{Body, Refusal, full};
+use super::{Body, Incoming, Refusal, full};
 use crate::delta::{self, MappedFile};
 use crate::export::{Export, Inner};
 use crate::install::PendingFile;
@@ -391,6 +390,12 @@ fn apply_delta(
         }
     }
     let (version, size) = (Version::from_hasher(&hashing.hasher), hashing.size);
+    if !base.intact() {
+        return Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "the file changed while the delta was applied to it",
+        ));
+    }
     Ok((pending, version, size))
 }
 
