@@ -62,6 +62,87 @@ impl Write for PendingFile {
     }
 }
 
+/// Files written whole and checked, waiting to be installed together: the
+/// durability of a batch of small files costs two file-system syncs, not
+/// two fsyncs a file. Each is written to a temporary file beside its
+/// destination ([`Staged::create`]), closed and [`StagedInstalls::add`]ed;
+/// [`StagedInstalls::commit`] makes every one durable (`syncfs`), renames
+/// them all into place, and syncs again so that the renames are durable
+/// too. Until then no destination is touched; what is dropped uncommitted
+/// is removed. A crash between the two syncs leaves some files at their
+/// names, each whole and verified, and the others not at all.
+#[derive(Default)]
+pub struct StagedInstalls {
+    staged: Vec<(tempfile::TempPath, PathBuf)>,
+}
+
+/// A file being written for a [`StagedInstalls`].
+pub struct Staged {
+    dest: PathBuf,
+    temp: NamedTempFile,
+}
+
+impl Staged {
+    /// A temporary file beside `dest`, created as a new file would be.
+    pub fn create(dest: &Path) -> io::Result<Staged> {
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .permissions(Permissions::from_mode(0o666))
+            .tempfile_in(parent_dir(dest))?;
+        Ok(Staged {
+            dest: dest.to_owned(),
+            temp,
+        })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.temp.as_file_mut()
+    }
+
+    /// Where it is being written.
+    pub fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+}
+
+impl StagedInstalls {
+    /// Adds a written file (closing it: a batch holds no descriptors).
+    pub fn add(&mut self, staged: Staged) {
+        self.staged
+            .push((staged.temp.into_temp_path(), staged.dest));
+    }
+
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+
+    /// Installs every file added (see the type's documentation); the
+    /// destinations installed, in the order added. On an error, those
+    /// before it are installed and the rest removed.
+    pub fn commit(&mut self, root: &Path) -> io::Result<Vec<PathBuf>> {
+        if self.staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fs = File::open(root)?;
+        rustix::fs::syncfs(&fs)?;
+        let mut installed = Vec::with_capacity(self.staged.len());
+        for (temp, dest) in self.staged.drain(..) {
+            temp.persist(&dest).map_err(|e| e.error)?;
+            installed.push(dest);
+        }
+        rustix::fs::syncfs(&fs)?;
+        Ok(installed)
+    }
+}
+
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

@@ -120,7 +120,9 @@ impl VersionStore {
         }
         let mut out = tempfile::NamedTempFile::new_in(&self.dir)?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0; 1 << 20];
+        // No bigger than the content (plus one byte, to see a file that
+        // grew): a zeroed MiB for each small file costs more than its copy.
+        let mut buf = vec![0; (len as usize).saturating_add(1).min(1 << 20)];
         let mut copied = 0u64;
         loop {
             let n = from.read(&mut buf)?;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod batches;
 mod bench;
 mod cache;
 mod client;

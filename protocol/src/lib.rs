@@ -11,6 +11,9 @@
 //!   fine signature of the gaps).
 //! - [`api`]: the HTTP API's documents, header names and media types.
 //! - [`batch`]: `POST /.intersync/ops`, batches of writes without content.
+//! - [`fetch`]: `POST /.intersync/fetch`, many files in one request and
+//!   their contents in one stream.
+//! - [`varint`]: the LEB128 integers of the patch and fetch formats.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
 //! typed errors that name what was wrong and where; none panics, and none
@@ -20,10 +23,12 @@ pub mod api;
 pub mod batch;
 pub mod byteranges;
 pub mod delta;
+pub mod fetch;
 pub mod kml;
 pub mod path;
 pub mod refine;
 pub mod signature;
+pub mod varint;
 pub mod version;
 
 pub use batch::{Batch, BatchOp, BatchResult, OpResult};

@@ -16,7 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 
 use intersync_protocol::{TreePath, Version};
 
-use super::fetch::{self, Here, Wanted, Ways, set_attrs};
+use super::fetch::batch::{self, Outcome};
+use super::fetch::{self, Here, Ways, set_attrs};
 use super::follow::{self, Followed};
 use super::reconcile::{self, FileInstall, Install, Plan, Removal, same, same_content};
 use super::working_copy::{Cursor, WorkingCopy};
@@ -52,6 +53,7 @@ pub async fn pull(
     let ways = Ways {
         patches: head.patches && !head.static_export,
         by_blocks: head.static_export || options.cacheable_reads,
+        batch: !head.static_export && !options.cacheable_reads,
     };
     // The disk as it is, against the base.
     let mut scanned = wc.saved.base.clone();
@@ -159,6 +161,7 @@ impl Run<'_> {
     async fn installs(&mut self, remote: &impl Remote, ways: Ways) -> Result<(), SyncError> {
         let root = self.wc.root().to_owned();
         let mut moves = std::mem::take(&mut self.plan.moves);
+        let mut files = Vec::new();
         for install in std::mem::take(&mut self.plan.installs) {
             match install {
                 Install::Dir { path, mode } => {
@@ -179,26 +182,65 @@ impl Run<'_> {
                         .map_err(|e| SyncError::local(&path, e))?;
                     self.pulled(&path, "symlink");
                 }
-                Install::File(file) => self.file(remote, file, ways, &mut moves).await?,
+                Install::File(file) => files.push(file),
+            }
+        }
+        // Files in tree order: what has its content here first, then the
+        // small ones together, the others one by one.
+        let mut batched = Vec::new();
+        for file in files {
+            if self.left_lazy(&file, &moves) {
+                continue;
+            }
+            if !(ways.batch && batch::batched(&file)) {
+                self.by_ladder(remote, file, ways, &mut moves).await?;
+                continue;
+            }
+            let mut here = Here {
+                wc: self.wc,
+                local: &self.plan.local,
+                moves: &mut moves,
+            };
+            let want = batch::wanted(&file);
+            let local = fetch::fetch_locally(
+                &mut here,
+                remote,
+                &want,
+                file.copy_from.as_ref(),
+                self.report,
+            )?;
+            match local {
+                Some(version) => self.installed_as(file, Ok(version))?,
+                None => batched.push(file),
+            }
+        }
+        let mut here = Here {
+            wc: self.wc,
+            local: &self.plan.local,
+            moves: &mut moves,
+        };
+        let outcomes = batch::fetch(&mut here, remote, batched, ways.patches, self.report).await?;
+        for (file, outcome) in outcomes {
+            match outcome {
+                Outcome::Installed(version) => {
+                    fetch::keep(self.wc, &batch::wanted(&file), version);
+                    self.installed_as(file, Ok(version))?;
+                }
+                Outcome::Skipped => self.skipped.push(file.path),
+                Outcome::Ladder => self.by_ladder(remote, file, ways, &mut moves).await?,
             }
         }
         self.plan.moves = moves;
         Ok(())
     }
 
-    async fn file(
-        &mut self,
-        remote: &impl Remote,
-        file: FileInstall,
-        ways: Ways,
-        moves: &mut HashMap<Version, Vec<TreePath>>,
-    ) -> Result<(), SyncError> {
+    /// Lazy: a file with nothing here to build it from waits, as a
+    /// placeholder, until it is opened; unless the mount fetched it, or
+    /// the copy it could be built from, since the plan was made
+    /// (placeholders only go away meanwhile, so that is all that can
+    /// change). Whether it was left as a placeholder.
+    fn left_lazy(&self, file: &FileInstall, moves: &HashMap<Version, Vec<TreePath>>) -> bool {
         let placeholders = self.wc.placeholders();
-        // Lazy: a file with nothing here to build it from waits, as a
-        // placeholder, until it is opened; unless the mount fetched it, or
-        // the copy it could be built from, since the plan was made
-        // (placeholders only go away meanwhile, so that is all that can
-        // change).
         let still_nothing_here = placeholders.contains(&file.path) || file.local_missing;
         let still_no_copy = !moves.contains_key(&file.version)
             && file
@@ -207,14 +249,20 @@ impl Run<'_> {
                 .is_none_or(|q| placeholders.contains(q));
         if file.leave_lazy && still_nothing_here && still_no_copy {
             placeholders.insert(file.path.clone(), file.entry.clone());
-            return Ok(());
+            return true;
         }
-        let want = Wanted {
-            path: &file.path,
-            entry: &file.entry,
-            version: file.version,
-            size: file.size,
-        };
+        false
+    }
+
+    /// One file by the ladder (see `client::fetch`).
+    async fn by_ladder(
+        &mut self,
+        remote: &impl Remote,
+        file: FileInstall,
+        ways: Ways,
+        moves: &mut HashMap<Version, Vec<TreePath>>,
+    ) -> Result<(), SyncError> {
+        let want = batch::wanted(&file);
         let mut here = Here {
             wc: self.wc,
             local: &self.plan.local,
@@ -229,9 +277,19 @@ impl Run<'_> {
             self.report,
         )
         .await;
+        self.installed_as(file, got)
+    }
+
+    /// What a fetch of `file` came to: installed (its stat noted), or left
+    /// for the next round.
+    fn installed_as(
+        &mut self,
+        file: FileInstall,
+        got: Result<Version, SyncError>,
+    ) -> Result<(), SyncError> {
         match got {
             Ok(got) if got == file.version => {
-                placeholders.remove(&file.path, None);
+                self.wc.placeholders().remove(&file.path, None);
                 // The stat right after the install: if the file changes
                 // before the pull ends, it will not match.
                 if let Ok(meta) = fs::symlink_metadata(file.path.under(self.wc.root())) {

@@ -43,7 +43,10 @@ pub async fn watch(
     let state_dir = wc.root().join(STATE_DIR);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(e) => e.paths.iter().any(|p| !p.starts_with(&state_dir)),
+            Ok(e) => {
+                crate::export::watch::may_change(e)
+                    && e.paths.iter().any(|p| !p.starts_with(&state_dir))
+            }
             Err(_) => true,
         };
         if relevant {

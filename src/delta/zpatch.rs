@@ -41,6 +41,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 
+use intersync_protocol::varint;
 use thiserror::Error;
 
 /// Old and new content together may span at most this (a window log of 31).
@@ -104,16 +105,16 @@ pub fn encode<W: Write>(old: &[u8], new: &[u8], mut out: W) -> Result<W, PatchEr
     let literal_len = new_len - copied;
     let mut head = MAGIC.to_vec();
     for n in [new_len, copies.len() as u64, literal_len] {
-        put_varint(&mut head, n);
+        varint::put(&mut head, n);
     }
     // The literal coding goes here, once it is chosen.
     let coding_at = head.len();
     let mut old_end = 0u64;
     for c in &copies {
         let expected = old_end + c.literal_run;
-        put_varint(&mut head, c.literal_run);
-        put_varint(&mut head, zigzag(c.from as i64 - expected as i64));
-        put_varint(&mut head, c.len);
+        varint::put(&mut head, c.literal_run);
+        varint::put(&mut head, zigzag(c.from as i64 - expected as i64));
+        varint::put(&mut head, c.len);
         old_end = c.from + c.len;
     }
     let literals = || {
@@ -367,14 +368,6 @@ impl Anchors {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 fn zigzag(n: i64) -> u64 {
     ((n << 1) ^ (n >> 63)) as u64
 }
@@ -390,19 +383,13 @@ struct Header<'a> {
 
 impl Header<'_> {
     fn varint(&mut self, what: &'static str) -> Result<u64, PatchError> {
-        let mut n = 0u64;
-        for (i, &b) in self.rest.iter().enumerate().take(10) {
-            let bits = u64::from(b & 0x7f);
-            if i == 9 && b > 1 {
-                return Err(PatchError::Malformed(what));
+        match varint::get(self.rest) {
+            varint::Read::Done(n, len) => {
+                self.rest = &self.rest[len..];
+                Ok(n)
             }
-            n |= bits << (7 * i);
-            if b & 0x80 == 0 {
-                self.rest = &self.rest[i + 1..];
-                return Ok(n);
-            }
+            _ => Err(PatchError::Malformed(what)),
         }
-        Err(PatchError::Malformed(what))
     }
 }
 
@@ -719,7 +706,7 @@ mod tests {
     fn patch_of(fields: &[u64], frame: &[u8]) -> Vec<u8> {
         let mut patch = MAGIC.to_vec();
         for &f in fields {
-            put_varint(&mut patch, f);
+            varint::put(&mut patch, f);
         }
         patch.extend_from_slice(frame);
         patch
@@ -802,7 +789,7 @@ mod tests {
     fn varints_and_zigzag_round_trip() {
         for n in [0, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
             let mut bytes = Vec::new();
-            put_varint(&mut bytes, n);
+            varint::put(&mut bytes, n);
             assert_eq!(Header { rest: &bytes }.varint("n").unwrap(), n);
         }
         for n in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN] {

@@ -61,7 +61,10 @@ pub struct Export {
     /// An rsync module's `incoming chmod`, applied to modes clients write.
     incoming_chmod: Option<intersync_compat::chmod::Chmod>,
     /// Versions clients hold, kept for exact patches from them.
-    versions: Option<VersionStore>,
+    versions: Option<Arc<VersionStore>>,
+    /// Versions to keep in the background: a batch of many files is not
+    /// held up creating a copy of each.
+    keeper: Option<std::sync::mpsc::SyncSender<(Version, TreePath)>>,
 }
 
 pub struct Inner {
@@ -90,6 +93,9 @@ impl Inner {
         self.by_version.as_ref()?.1.get(&version)
     }
 }
+
+/// Versions waiting to be kept in the background, at most.
+const KEEP_QUEUE: usize = 16 * 1024;
 
 /// The static path's two signature levels of a version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +160,7 @@ impl Export {
             hide,
             incoming_chmod: None,
             versions: None,
+            keeper: None,
         };
         export.rescan()?;
         export.save_index();
@@ -164,12 +171,30 @@ impl Export {
     /// `.intersync/versions/`, to answer patches from them.
     pub fn with_versions(mut self, budget: Budget) -> Result<Export, ExportError> {
         let dir = self.state_dir.join("versions");
-        self.versions = Some(VersionStore::open(&dir, budget).map_err(io_err(&dir))?);
+        let store = Arc::new(VersionStore::open(&dir, budget).map_err(io_err(&dir))?);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Version, TreePath)>(KEEP_QUEUE);
+        let (keeper, root) = (store.clone(), self.root.clone());
+        std::thread::Builder::new()
+            .name("intersync-keeper".into())
+            .spawn(move || {
+                for (version, path) in rx {
+                    // Opened again by name (a queue of open files would use
+                    // up descriptors); kept only if it still is the version.
+                    if let Ok(file) = crate::beneath::open_file(&root, &path)
+                        && let Ok(meta) = file.metadata()
+                    {
+                        kept(version, keeper.put_file(version, &file, meta.len()));
+                    }
+                }
+            })
+            .map_err(io_err(&dir))?;
+        self.versions = Some(store);
+        self.keeper = Some(tx);
         Ok(self)
     }
 
     pub fn versions(&self) -> Option<&VersionStore> {
-        self.versions.as_ref()
+        self.versions.as_deref()
     }
 
     /// A client now holds `version`, the content of `file` (`len` bytes):
@@ -178,6 +203,16 @@ impl Export {
     pub fn keep(&self, version: Version, file: &File, len: u64) {
         if let Some(store) = &self.versions {
             kept(version, store.put_file(version, file, len));
+        }
+    }
+
+    /// [`Export::keep`] for the file at `path`, done in the background
+    /// (skipped when too many wait: a later patch is only an economy).
+    pub fn keep_soon(&self, version: Version, path: TreePath) {
+        if let Some(keeper) = &self.keeper
+            && keeper.try_send((version, path)).is_err()
+        {
+            tracing::debug!(%version, "too many versions waiting to be kept; not this one");
         }
     }
 
@@ -267,6 +302,40 @@ impl Export {
             Some(store) => store.get(&version).map_err(io_err(&self.state_dir)),
             None => Ok(None),
         }
+    }
+
+    /// The file that has `version` now, opened, with its metadata: only
+    /// while its stat still vouches for the journaled version, or after
+    /// hashing to it (what is read from it after that may still differ,
+    /// if another program writes it meanwhile; readers verify). `None`
+    /// when no file has it.
+    pub fn version_file(
+        &self,
+        version: Version,
+    ) -> Result<Option<(File, fs::Metadata, TreePath)>, ExportError> {
+        let (path, seen) = {
+            let mut inner = self.lock();
+            let Some(path) = inner.path_of(version).cloned() else {
+                return Ok(None);
+            };
+            let seen = inner.index.stats.get(&path).copied();
+            (path, seen)
+        };
+        let Ok(mut file) = crate::beneath::open_file(&self.root, &path) else {
+            return Ok(None);
+        };
+        let full = path.under(&self.root);
+        let meta = file.metadata().map_err(io_err(&full))?;
+        if !seen.is_some_and(|s| s.vouches_for(&StatKey::of(&meta))) {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(&mut file).map_err(io_err(&full))?;
+            if Version::from_hasher(&hasher) != version {
+                // Changed since it was journaled: the next scan records it.
+                return Ok(None);
+            }
+            io::Seek::rewind(&mut file).map_err(io_err(&full))?;
+        }
+        Ok(Some((file, meta, path)))
     }
 
     /// Applies `incoming chmod` to the modes clients write from now on.

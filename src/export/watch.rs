@@ -22,7 +22,7 @@ pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> 
     let tx = wake.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(e) => e.paths.iter().any(|p| !p.starts_with(&state_dir)),
+            Ok(e) => may_change(e) && e.paths.iter().any(|p| !p.starts_with(&state_dir)),
             Err(_) => true,
         };
         if relevant {
@@ -55,4 +55,17 @@ pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> 
         }
     });
     Ok(watcher)
+}
+
+/// Whether an event can mean that the tree changed. Reads can not: an open,
+/// a read or a close without writing (which a scan itself, or serving a
+/// file, causes) wakes nothing; a close after writing does.
+pub fn may_change(event: &notify::Event) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }

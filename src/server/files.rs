@@ -21,7 +21,6 @@ use tokio_util::io::ReaderStream;
 use super::{Body, Incoming, Refusal, full};
 use crate::export::Export;
 use crate::tree::EntryKind;
-use crate::tree::scan::StatKey;
 
 /// Most bytes a multi-range answer carries; past this, ask for fewer ranges.
 const MAX_MULTIRANGE_BYTES: u64 = 64 << 20;
@@ -99,26 +98,7 @@ pub async fn serve_version(
     let export = export.clone();
     let keeps = req.method() == Method::GET;
     let served = tokio::task::spawn_blocking(move || -> Result<Served, Refusal> {
-        let (path, seen) = {
-            let mut inner = export.lock();
-            let path = inner.path_of(version).cloned().ok_or_else(gone)?;
-            let seen = inner.index.stats.get(&path).copied();
-            (path, seen)
-        };
-        let mut file = crate::beneath::open_file(export.root(), &path)?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-        if !seen.is_some_and(|s| s.vouches_for(&StatKey::of(&meta))) {
-            let mut hasher = blake3::Hasher::new();
-            hasher
-                .update_reader(&mut file)
-                .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?;
-            if Version::from_hasher(&hasher) != version {
-                // Changed since it was journaled: the next scan records it.
-                return Err(gone());
-            }
-        }
+        let (file, meta, _) = export.version_file(version)?.ok_or_else(gone)?;
         if keeps {
             export.keep(version, &file, meta.len());
         }

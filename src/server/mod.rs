@@ -8,6 +8,7 @@
 
 mod conn;
 pub use conn::Limits;
+mod fetch;
 mod files;
 mod meta;
 pub mod modules;
@@ -583,6 +584,7 @@ impl Service {
                     let path = self.visible(tree_path(path)?)?;
                     meta::refine(&self.export, path, req).await
                 }
+                (&Method::POST, ("fetch", "")) => fetch::fetch(&self.export, req).await,
                 (&Method::POST, ("ops", "")) => {
                     self.may_write()?;
                     writes::ops(&self.export, req).await

@@ -257,7 +257,9 @@ fn reads_content(method: &Method, rest: &str) -> bool {
     match *method {
         Method::GET | Method::HEAD => !meta,
         Method::POST => {
-            rest.starts_with("/.intersync/delta/") || rest.starts_with("/.intersync/refine/")
+            rest.starts_with("/.intersync/delta/")
+                || rest.starts_with("/.intersync/refine/")
+                || rest.starts_with("/.intersync/fetch")
         }
         _ => false,
     }

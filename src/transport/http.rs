@@ -22,7 +22,8 @@ use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
 
 use super::{
-    DeltaFormat, Expect, FileMeta, Refined, Remote, RemoteDelta, Traffic, TransportError, Written,
+    DeltaFormat, Expect, FileMeta, Pieces, Refined, Remote, RemoteDelta, Traffic, TransportError,
+    Written,
 };
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -628,7 +629,98 @@ fn etag_version(headers: &HeaderMap, what: &str) -> Result<Version, TransportErr
         })
 }
 
+/// A fetch stream as it arrives, decompressed (see [`Remote::fetch_many`]).
+pub struct FetchPieces<'a> {
+    remote: &'a HttpRemote,
+    frames: BodyStream<hyper::body::Incoming>,
+    decoder: zstd::stream::raw::Decoder<'static>,
+    input: Bytes,
+    at: usize,
+    /// The last piece filled its buffer: the decoder may hold more.
+    full: bool,
+}
+
+/// Decompressed bytes handed on at a time.
+const PIECE: usize = 256 * 1024;
+
+impl Pieces for FetchPieces<'_> {
+    async fn next(&mut self) -> Result<Option<Bytes>, TransportError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let what = "the fetch stream";
+        loop {
+            if self.at < self.input.len() || self.full {
+                let mut out = vec![0u8; PIECE];
+                let mut input = InBuffer::around(&self.input[self.at..]);
+                let mut output = OutBuffer::around(&mut out[..]);
+                self.decoder.run(&mut input, &mut output).map_err(|e| {
+                    TransportError::Malformed {
+                        what: what.into(),
+                        source: Box::new(e),
+                    }
+                })?;
+                let (used, made) = (input.pos(), output.pos());
+                self.at += used;
+                self.full = made == PIECE;
+                if made > 0 {
+                    out.truncate(made);
+                    return Ok(Some(Bytes::from(out)));
+                }
+                if used > 0 {
+                    continue;
+                }
+            }
+            match self.frames.next().await {
+                Some(frame) => {
+                    let frame = frame.map_err(|e| HttpRemote::interrupted(what, e))?;
+                    if let Ok(data) = frame.into_data() {
+                        self.remote.received(data.len() as u64).await;
+                        self.input = data;
+                        self.at = 0;
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 impl Remote for HttpRemote {
+    type Pieces<'a> = FetchPieces<'a>;
+
+    async fn fetch_many(&self, request: Bytes) -> Result<Option<FetchPieces<'_>>, TransportError> {
+        let what = "many files";
+        let answer = self
+            .send(
+                Method::POST,
+                ".intersync/fetch",
+                &[(
+                    "content-type",
+                    intersync_protocol::fetch::MEDIA_FETCH.into(),
+                )],
+                request,
+                what,
+            )
+            .await;
+        let answer = match answer {
+            Err(TransportError::Refused {
+                status: 404 | 405, ..
+            }) => return Ok(None),
+            other => other?,
+        };
+        let decoder = zstd::stream::raw::Decoder::new().map_err(|e| TransportError::Local {
+            what: what.into(),
+            source: e,
+        })?;
+        Ok(Some(FetchPieces {
+            remote: self,
+            frames: BodyStream::new(answer.body),
+            decoder,
+            input: Bytes::new(),
+            at: 0,
+            full: false,
+        }))
+    }
+
     async fn head(
         &self,
         known_seq: Option<u64>,

@@ -128,9 +128,24 @@ pub enum Expect {
     Version(Version),
 }
 
+/// The answer to a fetch of many files, decompressed, a piece at a time.
+#[allow(async_fn_in_trait)]
+pub trait Pieces {
+    /// The next piece; `None` at the end of the answer.
+    async fn next(&mut self) -> Result<Option<Bytes>, TransportError>;
+}
+
 /// An InterSync source and destination.
 #[allow(async_fn_in_trait)]
 pub trait Remote {
+    /// What [`Remote::fetch_many`] answers with.
+    type Pieces<'a>: Pieces
+    where
+        Self: 'a;
+    /// Many files in one request (`intersync_protocol::fetch`): its
+    /// answer, a fetch stream. `None` from a server that has no such
+    /// request (a static export, an older server).
+    async fn fetch_many(&self, request: Bytes) -> Result<Option<Self::Pieces<'_>>, TransportError>;
     /// The head document; `None` when it has not moved past `known_seq`
     /// within `wait_secs` (a long-poll).
     async fn head(

@@ -13,10 +13,11 @@
 //! A way that fails for any reason but an unreachable server hands over to
 //! the next. Nothing is installed unless it hashes to the version wanted.
 
+pub mod batch;
 mod blocks;
 mod delta;
 mod levels;
-mod local;
+pub mod local;
 mod patch;
 mod ranges;
 mod refine;
@@ -56,6 +57,8 @@ pub struct Ways {
     /// The static path (the new version's signature and ranges) instead of
     /// a delta from the server.
     pub by_blocks: bool,
+    /// Small files many in one request (`POST /.intersync/fetch`).
+    pub batch: bool,
 }
 
 /// What the ladder builds on here.
@@ -88,15 +91,53 @@ pub async fn fetch(
     if let (Some(p), Ok(_)) = (progress, &got) {
         p.file_done();
     }
-    let wc = here.wc;
-    if let Ok(version) = &got
-        && wc.versions().is_some()
+    if let Ok(version) = &got {
+        keep(here.wc, want, *version);
+    }
+    got
+}
+
+/// Only the first rung: `want` moved or copied from here, if something
+/// here has its content; the version installed.
+pub fn fetch_locally(
+    here: &mut Here<'_>,
+    remote: &impl Remote,
+    want: &Wanted<'_>,
+    copy_from: Option<&TreePath>,
+    report: &mut SyncReport,
+) -> Result<Option<Version>, SyncError> {
+    let root = here.wc.root();
+    let dest = want.path.under(root);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| SyncError::local(want.path, e))?;
+    }
+    let Some(what) = local::fetch(root, here.moves, copy_from, &dest, want)? else {
+        return Ok(None);
+    };
+    report.full_fetch_bytes += want.size;
+    report.files_local += 1;
+    report.matched_bytes += want.size;
+    report.pulled.push(Change {
+        path: want.path.clone(),
+        what,
+    });
+    if let Some(p) = remote.progress() {
+        p.plan(want.size);
+        p.file_done();
+    }
+    keep(here.wc, want, want.version);
+    Ok(Some(want.version))
+}
+
+/// Keeps an installed version (of a file large enough) as the base of the
+/// next local edit, pushed as a patch from it.
+pub fn keep(wc: &WorkingCopy, want: &Wanted<'_>, version: Version) {
+    if wc.versions().is_some()
         && want.size >= MIN_KEPT_LEN
         && let Ok(data) = MappedFile::open(&want.path.under(wc.root()))
     {
-        wc.keep(*version, &data);
+        wc.keep(version, &data);
     }
-    got
 }
 
 async fn by_cheapest(
@@ -298,6 +339,13 @@ pub fn set_attrs(path: &Path, e: &Entry) -> std::io::Result<()> {
         File::options().write(true).open(path)?.set_modified(t)?;
     }
     Ok(())
+}
+
+/// [`set_attrs`] on an open file (one written here, not yet installed).
+pub fn set_file_attrs(file: &File, e: &Entry) -> std::io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    let t = UNIX_EPOCH + Duration::from_nanos(e.mtime_ns.max(0) as u64);
+    file.set_modified(t)
 }
 
 /// Writes into a pending file, hashing what it writes.

@@ -1,0 +1,240 @@
+//! Whole trees in few requests (`POST /.intersync/fetch`): a clone of many
+//! small files is a handful of requests, an update of some of them too,
+//! and a stream that breaks off or arrives damaged never leaves a file at
+//! its name that is not whole and verified; the next sync finishes.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread;
+
+use crate::client::{sync, tree};
+use crate::util::{Dir, Server, intersync, random_bytes, run};
+
+/// `intersync sync URL DIR` that is expected to fail: no figures to read.
+fn sync_broken(url: &str, dir: &Path) -> std::process::Output {
+    run(intersync().arg("sync").arg(url).arg(dir))
+}
+
+/// A tree of `files` small random files in ten folders.
+fn small_tree(dir: &Dir, files: usize, seed: u64) -> u64 {
+    let mut total = 0;
+    for i in 0..files {
+        let len = 1024 + (i * 7919) % (19 * 1024);
+        dir.write(
+            &format!("d{}/f{i:04}.bin", i % 10),
+            &random_bytes(seed + i as u64, len),
+        );
+        total += len as u64;
+    }
+    total
+}
+
+/// The files of `root` but InterSync's state.
+fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    tree(root)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".intersync"))
+        .collect()
+}
+
+/// A TCP proxy in front of a server that can cut every connection once
+/// the server has sent `cut` bytes in all (through every connection), or
+/// flip the byte at `flip` of that count.
+struct Faulty {
+    url: String,
+    cut: Arc<AtomicU64>,
+    flip: Arc<AtomicI64>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Faulty {
+    fn start(upstream: &str) -> Faulty {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let (cut, flip, sent) = (
+            Arc::new(AtomicU64::new(u64::MAX)),
+            Arc::new(AtomicI64::new(-1)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let shared = (cut.clone(), flip.clone(), sent.clone());
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(Shutdown::Write);
+                });
+                let (cut, flip, sent) = (shared.0.clone(), shared.1.clone(), shared.2.clone());
+                thread::spawn(move || {
+                    let (mut server, mut client) = (server, client);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let start = sent.fetch_add(n as u64, Ordering::SeqCst);
+                        let limit = cut.load(Ordering::SeqCst);
+                        let at = flip.load(Ordering::SeqCst);
+                        if at >= 0 && (start..start + n as u64).contains(&(at as u64)) {
+                            buf[(at as u64 - start) as usize] ^= 0x55;
+                        }
+                        if start + n as u64 > limit {
+                            let keep = limit.saturating_sub(start) as usize;
+                            let _ = client.write_all(&buf[..keep]);
+                            break;
+                        }
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(Shutdown::Both);
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Faulty {
+            url,
+            cut,
+            flip,
+            sent,
+        }
+    }
+
+    fn healthy(&self) {
+        self.cut.store(u64::MAX, Ordering::SeqCst);
+        self.flip.store(-1, Ordering::SeqCst);
+    }
+}
+
+/// The number of requests `sync --stats` made.
+fn requests(out: &std::process::Output) -> u64 {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("HTTP requests:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn a_clone_and_an_update_of_many_small_files_take_a_few_requests() {
+    let export = Dir::new();
+    let data = small_tree(&export, 1500, 1);
+    let server = Server::start(&export.path(""), &[]);
+    let wc = Dir::new();
+    let (out, sent, received) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&wc.path("")), files(&export.path("")));
+    // Head, checkpoint or journal, two batches of files.
+    assert!(requests(&out) <= 6, "{} requests", requests(&out));
+    assert!(
+        sent + received < data + data / 50 + 64 * 1024,
+        "{} bytes for {data}",
+        sent + received
+    );
+
+    // Edit 30 files and add 20: one more round of few requests.
+    for i in (0..1500).step_by(50) {
+        let name = format!("d{}/f{i:04}.bin", i % 10);
+        let mut bytes = std::fs::read(export.path(&name)).unwrap();
+        bytes[100] ^= 0xff;
+        export.write(&name, &bytes);
+    }
+    small_tree(&export, 20, 900_000);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (out, _, received) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&wc.path("")), files(&export.path("")));
+    assert!(requests(&out) <= 5, "{} requests", requests(&out));
+    // 30 patches of one byte, 20 new files (none over 20 KiB).
+    assert!(
+        received < 20 * 20 * 1024 + 40_000,
+        "{received} bytes received"
+    );
+}
+
+#[test]
+fn a_stream_cut_midway_leaves_only_whole_files_and_the_next_sync_finishes() {
+    let export = Dir::new();
+    let data = small_tree(&export, 600, 7);
+    let server = Server::start(&export.path(""), &[]);
+    let want = files(&export.path(""));
+    for cut in [data / 5, data / 2, data * 9 / 10] {
+        let proxy = Faulty::start(&server.url);
+        proxy.cut.store(cut, Ordering::SeqCst);
+        let wc = Dir::new();
+        let out = sync_broken(&proxy.url, &wc.path(""));
+        assert!(!out.status.success(), "a sync cut at {cut} bytes succeeded");
+        let got = files(&wc.path(""));
+        assert!(got.len() < want.len(), "cut at {cut}: everything arrived");
+        for (path, bytes) in &got {
+            assert!(!path.contains(".intersync-tmp-"), "{path} left behind");
+            assert_eq!(Some(bytes), want.get(path), "{path} is not the server's");
+        }
+        let had = proxy.sent.load(Ordering::SeqCst);
+        proxy.healthy();
+        let (out, _, received) = sync(&proxy.url, &wc.path(""), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(files(&wc.path("")), want);
+        // Only the rest came the second time.
+        assert!(
+            received
+                < data - got.values().map(|b| b.len() as u64).sum::<u64>() + data / 20 + 64 * 1024,
+            "cut at {cut} ({had} sent): {received} bytes the second time"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_stream_never_installs_a_damaged_file() {
+    let export = Dir::new();
+    let data = small_tree(&export, 300, 11);
+    let server = Server::start(&export.path(""), &[]);
+    let want = files(&export.path(""));
+    for at in [data / 3, data * 2 / 3] {
+        let proxy = Faulty::start(&server.url);
+        proxy.flip.store(at as i64, Ordering::SeqCst);
+        let wc = Dir::new();
+        let first = sync_broken(&proxy.url, &wc.path(""));
+        for (path, bytes) in files(&wc.path("")) {
+            assert_eq!(
+                Some(&bytes),
+                want.get(&path),
+                "{path} was installed damaged"
+            );
+        }
+        proxy.healthy();
+        if !first.status.success() {
+            let (out, _, _) = sync(&proxy.url, &wc.path(""), &[]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert_eq!(files(&wc.path("")), want);
+    }
+}
