@@ -761,6 +761,41 @@ fn checkpoints_let_new_clients_skip_history() {
         })
         .collect();
     assert_eq!(files.len() as u64, seq / 2, "{files:?}");
+    // Asked for zstd, it comes as one frame of the same bytes, with an
+    // ETag of its own; a range, or `q=0`, gets the bytes as they are.
+    let zstd = get(
+        &server.url(&format!(".intersync/checkpoints/{name}")),
+        &[("accept-encoding", "gzip, zstd")],
+    );
+    assert_eq!(zstd.header("content-encoding"), "zstd");
+    assert_eq!(zstd.header("vary"), "accept-encoding");
+    assert_ne!(zstd.header("etag"), reply.header("etag"));
+    assert_eq!(zstd::decode_all(&zstd.body[..]).unwrap(), reply.body);
+    assert!(
+        zstd.body.len() < reply.body.len() / 2,
+        "{} bytes",
+        zstd.body.len()
+    );
+    for headers in [
+        &[("accept-encoding", "zstd;q=0")][..],
+        &[("accept-encoding", "zstd"), ("range", "bytes=0-")][..],
+    ] {
+        let plain = get(
+            &server.url(&format!(".intersync/checkpoints/{name}")),
+            headers,
+        );
+        assert_eq!(plain.header("content-encoding"), "", "{headers:?}");
+        assert_eq!(plain.body, reply.body, "{headers:?}");
+    }
+    // A sealed segment too; the open one never (it grows).
+    let segments = head["segments"].as_array().unwrap();
+    for seg in segments {
+        let url = server.url(&format!(".intersync/kml/{}", seg["name"].as_str().unwrap()));
+        let answer = get(&url, &[("accept-encoding", "zstd")]);
+        let sealed = seg["sealed"].as_bool().unwrap();
+        assert_eq!(answer.header("content-encoding") == "zstd", sealed, "{seg}");
+    }
+    assert!(segments.iter().any(|s| s["sealed"] == true), "{head}");
 }
 
 #[test]

@@ -67,7 +67,7 @@ async fn tree_from(
         .as_ref()
         .filter(|c| c.seq > base.seq && (base.seq + 1 < first_kept || base.seq == 0));
     let (mut tree, mut cursor) = if let Some(cp) = checkpoint {
-        let bytes = remote.checkpoint(&cp.name).await?;
+        let bytes = remote.checkpoint(cp).await?;
         (
             read_checkpoint(&bytes, &cp.name, cp.seq)?,
             Cursor::default(),
@@ -91,7 +91,7 @@ async fn tree_from(
             Some(name) if *name == seg.name && cursor.offset <= seg.length => cursor.offset,
             _ => 0,
         };
-        let bytes = remote.segment(&seg.name, offset).await?;
+        let bytes = remote.segment(seg, offset).await?;
         let read = fold_records(&mut tree, &bytes, offset, &seg.name)?;
         cursor = Cursor {
             segment: Some(seg.name.clone()),

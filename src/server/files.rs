@@ -130,6 +130,13 @@ pub async fn serve_state_file(
         .len();
     let len = committed.map_or(on_disk, |c| c.min(on_disk));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kml");
+    if committed.is_none()
+        && req.method() == Method::GET
+        && !req.headers().contains_key(header::RANGE)
+        && accepts_zstd(req.headers())
+    {
+        return compressed_state_file(req, path, file, name).await;
+    }
     let (etag, cache_control) = if committed.is_some() {
         // The open segment only grows: a length names its content.
         (format!("\"{name}-{len}\""), "no-cache")
@@ -147,6 +154,89 @@ pub async fn serve_state_file(
         },
     )
     .await
+}
+
+/// The client takes `Content-Encoding: zstd` (`zstd;q=0` refuses it).
+pub(super) fn accepts_zstd(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            name.eq_ignore_ascii_case("zstd") && q > 0.0
+        })
+}
+
+/// The compressed forms of the journal files asked for last, shared by
+/// every export of the process (their paths differ): a checkpoint is read
+/// whole by every new client, and compressing it once is enough.
+static COMPRESSED: std::sync::Mutex<Vec<(std::path::PathBuf, Bytes)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Most bytes [`COMPRESSED`] keeps.
+const COMPRESSED_BUDGET: usize = 64 << 20;
+/// zstd's level for journal files: records compress about threefold.
+const STATE_LEVEL: i32 = 3;
+
+/// A sealed segment or checkpoint, whole, as one zstd frame
+/// (`Content-Encoding: zstd`, an ETag of its own).
+async fn compressed_state_file(
+    req: &Request<Incoming>,
+    path: &Path,
+    file: File,
+    name: &str,
+) -> Result<Response<Body>, Refusal> {
+    let etag = format!("\"{name}.zst\"");
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, super::IMMUTABLE)
+        .header(header::VARY, "accept-encoding");
+    if req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| etag_matches(inm, &etag))
+    {
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(full(Bytes::new()))
+            .expect("valid response"));
+    }
+    let path = path.to_owned();
+    let bytes = tokio::task::spawn_blocking(move || -> io::Result<Bytes> {
+        let cached = |cache: &Vec<(std::path::PathBuf, Bytes)>| {
+            cache
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, b)| b.clone())
+        };
+        if let Some(bytes) = cached(&COMPRESSED.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Ok(bytes);
+        }
+        let bytes = Bytes::from(zstd::stream::encode_all(file, STATE_LEVEL)?);
+        let mut cache = COMPRESSED.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes.len() <= COMPRESSED_BUDGET / 4 && cached(&cache).is_none() {
+            cache.push((path, bytes.clone()));
+            while cache.iter().map(|(_, b)| b.len()).sum::<usize>() > COMPRESSED_BUDGET {
+                cache.remove(0);
+            }
+        }
+        Ok(bytes)
+    })
+    .await
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(builder
+        .header(header::CONTENT_ENCODING, "zstd")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(full(bytes))
+        .expect("valid response"))
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {

@@ -263,14 +263,7 @@ async fn answer_signature(
 
 /// A signature from a request's body, and whether the client takes zstd.
 async fn read_signature(req: Request<Incoming>) -> Result<(Signature, bool), Refusal> {
-    let zstd_ok = req
-        .headers()
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|e| e.trim().split(';').next() == Some("zstd"))
-        });
+    let zstd_ok = super::files::accepts_zstd(req.headers());
     let body = Limited::new(req.into_body(), MAX_SIGNATURE_BYTES)
         .collect()
         .await

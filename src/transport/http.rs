@@ -15,8 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use intersync_protocol::api::{
-    HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head, MEDIA_DELTA,
-    MEDIA_PATCH, MEDIA_REFINE,
+    CheckpointRef, HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head,
+    MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, SegmentRef,
 };
 use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
@@ -540,6 +540,48 @@ impl HttpRemote {
         self.collect(answer.body, what).await
     }
 
+    /// A whole immutable file, taking zstd: decoded, it must be `length`
+    /// bytes (the head said so), and decoding stops past that.
+    async fn get_compressed(
+        &self,
+        path: &str,
+        length: u64,
+        what: &str,
+    ) -> Result<Bytes, TransportError> {
+        let answer = self
+            .send(
+                Method::GET,
+                path,
+                &[("accept-encoding", "zstd".into())],
+                Bytes::new(),
+                what,
+            )
+            .await?;
+        let zstd =
+            answer.headers.get(header::CONTENT_ENCODING) == Some(&HeaderValue::from_static("zstd"));
+        let bytes = self.collect(answer.body, what).await?;
+        if !zstd {
+            return Ok(bytes);
+        }
+        let malformed = |reason: String| TransportError::Malformed {
+            what: what.to_owned(),
+            source: reason.into(),
+        };
+        let mut out = Vec::with_capacity(length.min(256 << 20) as usize);
+        zstd::stream::read::Decoder::new(&bytes[..])
+            .and_then(|d| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(d, length + 1), &mut out)
+            })
+            .map_err(|e| malformed(format!("does not decompress: {e}")))?;
+        if out.len() as u64 != length {
+            return Err(malformed(format!(
+                "{} bytes decompressed, not the {length} the head gave",
+                out.len()
+            )));
+        }
+        Ok(Bytes::from(out))
+    }
+
     async fn collect(
         &self,
         body: hyper::body::Incoming,
@@ -751,9 +793,13 @@ impl Remote for HttpRemote {
         Ok(Some(head))
     }
 
-    async fn segment(&self, name: &str, offset: u64) -> Result<Bytes, TransportError> {
+    async fn segment(&self, seg: &SegmentRef, offset: u64) -> Result<Bytes, TransportError> {
+        let name = &seg.name;
         let what = format!("journal segment {name}");
         let path = format!(".intersync/kml/{name}");
+        if seg.sealed && offset == 0 {
+            return self.get_compressed(&path, seg.length, &what).await;
+        }
         let answer = self
             .send(
                 Method::GET,
@@ -790,9 +836,11 @@ impl Remote for HttpRemote {
         Ok(whole.slice((offset as usize).min(whole.len())..))
     }
 
-    async fn checkpoint(&self, name: &str) -> Result<Bytes, TransportError> {
-        self.get_all(
+    async fn checkpoint(&self, cp: &CheckpointRef) -> Result<Bytes, TransportError> {
+        let name = &cp.name;
+        self.get_compressed(
             &format!(".intersync/checkpoints/{name}"),
+            cp.length,
             &format!("checkpoint {name}"),
         )
         .await

@@ -7,7 +7,7 @@ pub mod get;
 pub mod http;
 
 use bytes::Bytes;
-use intersync_protocol::api::Head;
+use intersync_protocol::api::{CheckpointRef, Head, SegmentRef};
 use intersync_protocol::batch::{BatchOp, OpResult};
 use intersync_protocol::{TreePath, Version};
 use thiserror::Error;
@@ -153,9 +153,11 @@ pub trait Remote {
         known_seq: Option<u64>,
         wait_secs: u64,
     ) -> Result<Option<Head>, TransportError>;
-    /// Bytes of a journal segment from `offset` on.
-    async fn segment(&self, name: &str, offset: u64) -> Result<Bytes, TransportError>;
-    async fn checkpoint(&self, name: &str) -> Result<Bytes, TransportError>;
+    /// Bytes of a journal segment from `offset` on (a sealed one read
+    /// whole comes compressed, when the server can).
+    async fn segment(&self, seg: &SegmentRef, offset: u64) -> Result<Bytes, TransportError>;
+    /// A checkpoint, whole (compressed on the way, when the server can).
+    async fn checkpoint(&self, cp: &CheckpointRef) -> Result<Bytes, TransportError>;
     /// Appends the file's bytes from `out`'s current length on (a resume),
     /// as long as the file still has `version`; a server that cannot resume
     /// sends it all again, and `out` is rewritten. Returns the bytes received.
