@@ -107,6 +107,18 @@ impl Staged {
     pub fn dest(&self) -> &Path {
         &self.dest
     }
+
+    /// Closes the file (its temporary stays, removed when the path is
+    /// dropped), for a caller that renames it into place itself between
+    /// two [`sync_fs`].
+    pub fn close(self) -> tempfile::TempPath {
+        self.temp.into_temp_path()
+    }
+}
+
+/// Makes everything written on the file system that holds `root` durable.
+pub fn sync_fs(root: &Path) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(&File::open(root)?)?)
 }
 
 impl StagedInstalls {

@@ -1,7 +1,9 @@
 //! Whole trees in few requests (`POST /.intersync/fetch`): a clone of many
 //! small files is a handful of requests, an update of some of them too,
 //! and a stream that breaks off or arrives damaged never leaves a file at
-//! its name that is not whole and verified; the next sync finishes.
+//! its name that is not whole and verified; the next sync finishes. Pushes
+//! too: many files in one request (`POST /.intersync/push`), each with its
+//! own precondition and result.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,8 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread;
 
+use intersync_protocol::{TreePath, Version, push};
+
 use crate::client::{sync, tree};
-use crate::util::{Dir, Server, intersync, random_bytes, run};
+use crate::util::{Dir, Server, http, intersync, random_bytes, run};
 
 /// `intersync sync URL DIR` that is expected to fail: no figures to read.
 fn sync_broken(url: &str, dir: &Path) -> std::process::Output {
@@ -237,4 +241,158 @@ fn a_damaged_stream_never_installs_a_damaged_file() {
         }
         assert_eq!(files(&wc.path("")), want);
     }
+}
+
+#[test]
+fn a_thousand_new_files_then_some_edits_go_up_in_a_few_requests() {
+    let export = Dir::new();
+    small_tree(&export, 50, 3);
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let wc = Dir::new();
+    let (out, _, _) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 1,000 new files in new folders (some nested).
+    let mut data = 0;
+    for i in 0..1000 {
+        let text = format!("file {i}: {}\n", "some text that repeats ".repeat(i % 40));
+        data += text.len() as u64;
+        wc.write(
+            &format!("new{}/sub{}/n{i}.txt", i % 4, i % 3),
+            text.as_bytes(),
+        );
+    }
+    let (out, sent, _) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&export.path("")), files(&wc.path("")));
+    // Head, the folders, the files, the journal's new records.
+    assert!(requests(&out) <= 5, "{} requests", requests(&out));
+    // The text went compressed.
+    assert!(sent < data / 2, "{sent} bytes sent for {data} of text");
+    // 20 small files edited (by a byte: each goes as a delta against the
+    // server's signature, all signatures in one request), 5 deleted.
+    let mut edited = 0;
+    for i in 0..20 {
+        let name = format!("d{}/f{i:04}.bin", i % 10);
+        let mut bytes = wc.read(&name);
+        bytes[7] ^= 0x55;
+        edited += bytes.len() as u64;
+        wc.write(&name, &bytes);
+    }
+    for i in 20..25 {
+        std::fs::remove_file(wc.path(&format!("d{}/f{i:04}.bin", i % 10))).unwrap();
+    }
+    let (out, sent, _) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&export.path("")), files(&wc.path("")));
+    assert!(requests(&out) <= 6, "{} requests", requests(&out));
+    assert!(sent < edited / 4, "{sent} bytes sent for {edited} edited");
+    // Another working copy sees them all.
+    let other = Dir::new();
+    let (out, _, _) = sync(&server.url, &other.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&other.path("")), files(&wc.path("")));
+}
+
+/// A push body of `entries`, compressed.
+fn push_body(entries: &[(push::Entry, &[u8])]) -> Vec<u8> {
+    let mut w = push::PushWriter::new(Vec::new()).unwrap();
+    for (entry, data) in entries {
+        w.entry(entry).unwrap();
+        w.data(data).unwrap();
+    }
+    zstd::encode_all(&w.finish().unwrap()[..], 1).unwrap()
+}
+
+fn entry(path: &str, precondition: push::Precondition, content: &[u8]) -> push::Entry {
+    push::Entry {
+        path: TreePath::new(path).unwrap(),
+        precondition,
+        form: push::Form::Whole,
+        version: Version::of(content),
+        size: content.len() as u64,
+        mode: Some(0o600),
+        mtime_ns: None,
+    }
+}
+
+#[test]
+fn each_file_of_a_push_has_its_own_precondition_and_result() {
+    let export = Dir::new();
+    export.write("kept", b"the server's");
+    export.write("edit", b"old");
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let old = push::Precondition::Version(Version::of(b"old"));
+    let mut lie = entry("lie", push::Precondition::Absent, b"announced");
+    lie.size = 4;
+    let entries: Vec<(push::Entry, &[u8])> = vec![
+        (entry("new", push::Precondition::Absent, b"new"), b"new"),
+        (entry("kept", push::Precondition::Absent, b"mine"), b"mine"),
+        (entry("edit", old, b"newer"), b"newer"),
+        (entry("kept2", old, b"x"), b"x"),
+        (lie, b"what"),
+        (entry("no/folder", push::Precondition::None, b"y"), b"y"),
+        (entry("new", push::Precondition::None, b"again"), b"again"),
+    ];
+    let body = push_body(&entries);
+    let headers = [
+        ("content-type", push::MEDIA_PUSH),
+        ("content-encoding", "zstd"),
+    ];
+    // Cut anywhere, the body changes nothing.
+    for cut in [body.len() / 3, body.len() - 1] {
+        let reply = http(
+            "POST",
+            &server.url(".intersync/push"),
+            &headers,
+            body[..cut].to_vec(),
+            None,
+        );
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        assert!(!export.path("new").exists());
+    }
+    let reply = http("POST", &server.url(".intersync/push"), &headers, body, None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let answer: intersync_protocol::BatchResult = serde_json::from_slice(&reply.body).unwrap();
+    let statuses: Vec<u16> = answer.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 412, 204, 412, 422, 404, 400], "{answer:?}");
+    assert_eq!(export.read("new"), b"new");
+    assert_eq!(export.read("kept"), b"the server's");
+    assert_eq!(export.read("edit"), b"newer");
+    assert!(!export.path("lie").exists() && !export.path("kept2").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(export.path("new"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // What was written is journaled: a new working copy gets it.
+    let wc = Dir::new();
+    let (out, _, _) = sync(&server.url, &wc.path(""), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&wc.path("")), files(&export.path("")));
+    // A read-only export refuses the whole.
+    let ro = Server::start(&export.path(""), &[]);
+    let body = push_body(&entries[..1]);
+    let reply = http("POST", &ro.url(".intersync/push"), &headers, body, None);
+    assert_eq!(reply.status, 403);
 }

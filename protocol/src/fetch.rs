@@ -56,13 +56,19 @@ pub enum Want<'a> {
         version: Version,
         signature: &'a [u8],
     },
+    /// The server's librsync signature of `version` (InterSync's block
+    /// size policy): what a client needs to push an edit of it as a delta.
+    Signature(Version),
 }
 
 impl Want<'_> {
     /// The version wanted.
     pub fn version(&self) -> Version {
         match self {
-            Want::Whole(v) | Want::Patch { version: v, .. } | Want::Delta { version: v, .. } => *v,
+            Want::Whole(v)
+            | Want::Signature(v)
+            | Want::Patch { version: v, .. }
+            | Want::Delta { version: v, .. } => *v,
         }
     }
 }
@@ -82,6 +88,8 @@ pub enum Form {
     /// No patch could be made (the server does not keep the version the
     /// client holds): ask another way.
     NoPatch = 4,
+    /// A librsync signature of the version asked for.
+    Signature = 5,
 }
 
 impl Form {
@@ -92,13 +100,17 @@ impl Form {
             2 => Form::Delta,
             3 => Form::Gone,
             4 => Form::NoPatch,
+            5 => Form::Signature,
             _ => return None,
         })
     }
 
     /// The answer carries bytes.
     pub fn has_data(self) -> bool {
-        matches!(self, Form::Whole | Form::Patch | Form::Delta)
+        matches!(
+            self,
+            Form::Whole | Form::Patch | Form::Delta | Form::Signature
+        )
     }
 }
 
@@ -169,6 +181,10 @@ pub fn encode_request(wants: &[Want<'_>], out: &mut Vec<u8>) {
                 varint::put(out, signature.len() as u64);
                 out.extend_from_slice(signature);
             }
+            Want::Signature(v) => {
+                out.push(4);
+                out.extend_from_slice(&v.0);
+            }
         }
     }
 }
@@ -211,6 +227,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Vec<Want<'_>>, FetchError> {
                     signature: r.take(len, "signature")?,
                 }
             }
+            4 => Want::Signature(version),
             value => {
                 return Err(FetchError::Unknown {
                     what: "entry kind",
@@ -582,6 +599,7 @@ mod tests {
                 version: v(6),
                 signature: &sig,
             },
+            Want::Signature(v(7)),
         ];
         let mut bytes = Vec::new();
         encode_request(&wants, &mut bytes);

@@ -1,5 +1,5 @@
-//! Wire and on-disk formats of InterSync, with no I/O beyond byte slices and
-//! `std::io::Write`.
+//! Wire and on-disk formats of InterSync, with no I/O beyond byte slices,
+//! `std::io::Read` and `std::io::Write`.
 //!
 //! - [`signature`]: librsync signature files (four formats, as `rdiff` writes them).
 //! - [`delta`]: librsync delta files, decoded command by command and encoded.
@@ -13,6 +13,7 @@
 //! - [`batch`]: `POST /.intersync/ops`, batches of writes without content.
 //! - [`fetch`]: `POST /.intersync/fetch`, many files in one request and
 //!   their contents in one stream.
+//! - [`push`]: `POST /.intersync/push`, many files written in one request.
 //! - [`varint`]: the LEB128 integers of the patch and fetch formats.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
@@ -26,6 +27,7 @@ pub mod delta;
 pub mod fetch;
 pub mod kml;
 pub mod path;
+pub mod push;
 pub mod refine;
 pub mod signature;
 pub mod varint;

@@ -1,15 +1,27 @@
 //! Push: turn what a scan finds against the base into requests, each with
-//! its precondition: a whole PUT for a new file, a delta PUT against the
-//! server's signature of the base version for an edited one, and batches of
-//! operations for the rest. A write the server refuses because its copy
-//! moved on waits for the next round, after a pull.
+//! its precondition: small files many to a request (`POST
+//! /.intersync/push`: whole when new, an exact patch from the kept base
+//! when edited), larger ones one by one (a patch, or a delta against the
+//! server's signature of the base version), and batches of operations for
+//! the rest. A write the server refuses because its copy moved on waits
+//! for the next round, after a pull.
+//!
+//! Files and operations are sent in the order the scan found them, but a
+//! small file waits for its batch, and the operations waiting always go
+//! before the files waiting: an operation that touches a file waiting (its
+//! path, or a folder above it) first sends both batches. So a file goes
+//! after every operation before it, and ahead of no operation that touches
+//! it; the result on the server is the one the order gives, and a tree of
+//! new folders and files costs two requests.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use intersync_protocol::batch::BatchOp;
 use intersync_protocol::kml::Op;
 use intersync_protocol::{TreePath, Version};
 
-use super::upload::{self, Upload};
+use super::upload::{self, Outgoing, Upload};
 use super::{Change, SyncError, SyncReport, WorkingCopy};
 use crate::delta::MappedFile;
 use crate::transport::{FileMeta, Remote, TransportError};
@@ -121,20 +133,65 @@ pub async fn push(
         local: &scratch.state,
         report,
         batch: Vec::new(),
+        batch_paths: HashSet::new(),
+        files: Vec::new(),
+        file_paths: HashSet::new(),
+        file_folders: HashSet::new(),
+        files_bytes: 0,
+        many: true,
         pushed: false,
     };
     for step in steps {
         match step {
             Step::Put { path, is_new } => {
-                pusher.flush().await?;
-                pusher.put_file(&path, is_new).await?;
+                let size = match pusher.local.get(&path).map(|e| &e.kind) {
+                    Some(EntryKind::File { size, .. }) => *size,
+                    _ => continue,
+                };
+                if size < upload::MAX_BATCHED && pusher.many {
+                    pusher.files_bytes += size;
+                    pusher
+                        .file_folders
+                        .extend(with_folders(&path).into_iter().skip(1));
+                    pusher.file_paths.insert(path.clone());
+                    pusher.files.push((path, is_new));
+                    if pusher.files.len() >= upload::FILES_A_BATCH
+                        || pusher.files_bytes >= upload::BYTES_A_BATCH
+                    {
+                        pusher.flush_files().await?;
+                    }
+                } else {
+                    if touches(&pusher.batch_paths, &path) {
+                        pusher.flush().await?;
+                    }
+                    pusher.put_file(&path, is_new).await?;
+                }
             }
-            Step::Batch(op, change) => pusher.batch.push((op, change)),
+            Step::Batch(op, change) => {
+                let touched = |p: &TreePath| {
+                    pusher.file_folders.contains(p) || touches(&pusher.file_paths, p)
+                };
+                if op.paths().into_iter().any(touched) {
+                    pusher.flush_files().await?;
+                }
+                pusher.batch_paths.extend(op.paths().into_iter().cloned());
+                pusher.batch.push((op, change));
+            }
             Step::Defer(change) => pusher.report.deferred.push(change),
         }
     }
-    pusher.flush().await?;
+    pusher.flush_files().await?;
     Ok(pusher.pushed)
+}
+
+/// `path` and every folder above it.
+fn with_folders(path: &TreePath) -> Vec<TreePath> {
+    std::iter::successors(Some(path.clone()), TreePath::parent).collect()
+}
+
+/// Whether `path`, or a folder above it, is in `paths`.
+fn touches(paths: &HashSet<TreePath>, path: &TreePath) -> bool {
+    !paths.is_empty() && with_folders(path).iter().any(|p| paths.contains(p))
 }
 
 /// A push under way.
@@ -144,8 +201,17 @@ struct Pusher<'a, R> {
     /// The disk's tree, as the scan found it.
     local: &'a TreeState,
     report: &'a mut SyncReport,
-    /// Operations waiting for the next batch.
+    /// Operations waiting for the next batch, and the paths they touch.
     batch: Vec<(BatchOp, Change)>,
+    batch_paths: HashSet<TreePath>,
+    /// Small files waiting for theirs (`is_new`), their paths, the
+    /// folders above them, and their bytes.
+    files: Vec<(TreePath, bool)>,
+    file_paths: HashSet<TreePath>,
+    file_folders: HashSet<TreePath>,
+    files_bytes: u64,
+    /// The server takes batched writes (until it says it does not).
+    many: bool,
     /// Something reached the server.
     pushed: bool,
 }
@@ -156,6 +222,7 @@ impl<R: Remote> Pusher<'_, R> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.batch_paths.clear();
         let (ops, changes): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch).into_iter().unzip();
         let results = self.remote.ops(ops).await?;
         for (result, change) in results.into_iter().zip(changes) {
@@ -174,63 +241,147 @@ impl<R: Remote> Pusher<'_, R> {
         Ok(())
     }
 
-    /// Sends the file at `path` (see `upload`); a write the server refuses
-    /// because its copy moved on waits for the next round.
-    async fn put_file(&mut self, path: &TreePath, is_new: bool) -> Result<(), SyncError> {
-        let (wc, report) = (self.wc, &mut *self.report);
-        let (root, base, local) = (wc.root(), &wc.saved.base.state, self.local);
-        let Some(entry) = local.get(path) else {
-            return Ok(());
+    /// The file at `path` ready to send, or `None` when it is not (gone,
+    /// or changed again since the scan: the next round sends the newest).
+    fn prepare<'p>(
+        &mut self,
+        path: &'p TreePath,
+        is_new: bool,
+    ) -> Result<Option<Outgoing<'p>>, SyncError> {
+        let wc = self.wc;
+        let Some(entry) = self.local.get(path) else {
+            return Ok(None);
         };
         let EntryKind::File { version, size } = entry.kind else {
-            return Ok(());
+            return Ok(None);
         };
         let meta = FileMeta {
             mode: Some(entry.mode),
             mtime_ns: Some(entry.mtime_ns),
         };
-        let full = path.under(root);
+        let full = path.under(wc.root());
         // Mapped, and handed to the transport without a copy.
         let data =
             Bytes::from_owner(MappedFile::open(&full).map_err(|e| SyncError::local(path, e))?);
         if Version::of(&data) != version {
-            // Changed again since the scan: the next round sends the newest.
-            report.deferred.push(Change {
+            self.report.deferred.push(Change {
                 path: path.clone(),
                 what: "changed while syncing".into(),
             });
-            return Ok(());
+            return Ok(None);
         }
-        report.full_fetch_bytes += size;
-        let base_version = if is_new {
+        self.report.full_fetch_bytes += size;
+        let base = if is_new {
             None
         } else {
-            base.get(path).and_then(|e| e.version())
+            wc.saved.base.state.get(path).and_then(|e| e.version())
         };
-        let kept = base_version.and_then(|b| wc.versions()?.get(&b).ok()?);
-        let file = Upload {
-            path,
-            data,
-            version,
-            meta,
+        Ok(Some(Outgoing {
+            kept_base: base.and_then(|b| wc.versions()?.get(&b).ok()?),
+            base,
+            file: Upload {
+                path,
+                data,
+                version,
+                meta,
+            },
+        }))
+    }
+
+    /// Sends the file at `path` by itself (see `upload`).
+    async fn put_file(&mut self, path: &TreePath, is_new: bool) -> Result<(), SyncError> {
+        match self.prepare(path, is_new)? {
+            Some(out) => self.send_alone(&out).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn send_alone(&mut self, out: &Outgoing<'_>) -> Result<(), SyncError> {
+        let sent = upload::send(self.remote, &out.file, out.base, out.kept_base.as_deref()).await;
+        self.record(&out.file, sent)
+    }
+
+    /// Sends the operations waiting, then the small files waiting, in one
+    /// request, or one by one to a server without batched writes.
+    async fn flush_files(&mut self) -> Result<(), SyncError> {
+        self.flush().await?;
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let files = std::mem::take(&mut self.files);
+        self.file_paths.clear();
+        self.file_folders.clear();
+        self.files_bytes = 0;
+        let mut outgoing = Vec::with_capacity(files.len());
+        for (path, is_new) in &files {
+            if let Some(out) = self.prepare(path, *is_new)? {
+                outgoing.push(out);
+            }
+        }
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let results = match upload::send_many(self.remote, &outgoing).await {
+            Ok(Some(results)) => results,
+            Ok(None) => {
+                self.many = false;
+                for out in &outgoing {
+                    self.send_alone(out).await?;
+                }
+                return Ok(());
+            }
+            // Refused as a whole (a read-only module, say): each file waits.
+            Err(e) if e.waits() => {
+                let why = crate::monitor::Chain(&e).to_string();
+                for out in &outgoing {
+                    self.report.deferred.push(Change {
+                        path: out.file.path.clone(),
+                        what: why.clone(),
+                    });
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         };
-        match upload::send(self.remote, &file, base_version, kept.as_deref()).await {
+        for (out, result) in outgoing.iter().zip(results) {
+            let what = out.file.path.to_string();
+            let sent = result.map_err(|refused| match refused.status {
+                412 => TransportError::Changed { what },
+                status => TransportError::Refused {
+                    what,
+                    status,
+                    reason: refused.reason().to_owned(),
+                },
+            });
+            self.record(&out.file, sent)?;
+        }
+        Ok(())
+    }
+
+    /// Notes what became of a file sent: a write the server refused
+    /// because its copy moved on (or any refusal but of authority) waits
+    /// for the next round.
+    fn record(
+        &mut self,
+        file: &Upload<'_>,
+        sent: Result<upload::Sent, TransportError>,
+    ) -> Result<(), SyncError> {
+        let report = &mut *self.report;
+        match sent {
             Ok(sent) => {
                 self.pushed = true;
                 report.literal_bytes += sent.literal_bytes;
                 report.matched_bytes += sent.matched_bytes;
-                wc.keep(version, &file.data);
+                self.wc.keep(file.version, &file.data);
                 report.pushed.push(Change {
-                    path: path.clone(),
+                    path: file.path.clone(),
                     what: sent.way.describe().into(),
                 });
                 Ok(())
             }
-            Err(e @ (TransportError::Changed { .. } | TransportError::Refused { .. }))
-                if !e.is_auth() =>
-            {
+            Err(e) if e.waits() => {
                 report.deferred.push(Change {
-                    path: path.clone(),
+                    path: file.path.clone(),
                     what: crate::monitor::Chain(&e).to_string(),
                 });
                 Ok(())

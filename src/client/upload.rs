@@ -8,10 +8,20 @@
 //! never overwritten.
 
 use bytes::Bytes;
-use intersync_protocol::{TreePath, Version};
+use intersync_protocol::push::{self, Precondition, PushWriter};
+use intersync_protocol::{OpResult, TreePath, Version};
 
 use crate::delta::{Signature, write_delta, zpatch};
 use crate::transport::{DeltaFormat, Expect, FileMeta, Remote, TransportError};
+
+/// Files smaller than this may go in a batch ([`send_many`]); larger ones
+/// one by one (resumable, and a delta against the server's signature).
+pub const MAX_BATCHED: u64 = crate::delta::refine::MIN_LEN;
+/// Files in one batch, and bytes of them.
+pub const FILES_A_BATCH: usize = 1024;
+pub const BYTES_A_BATCH: u64 = 64 << 20;
+/// zstd's level for a push body.
+const LEVEL: i32 = 3;
 
 /// How a file reached the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,5 +181,179 @@ async fn send_patch(
             status: 400 | 415, ..
         }) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// One file of a batch: what [`send`] takes.
+pub struct Outgoing<'a> {
+    pub file: Upload<'a>,
+    pub base: Option<Version>,
+    pub kept_base: Option<crate::delta::MappedFile>,
+}
+
+/// Sends `files` in one request (`POST /.intersync/push`), each as an
+/// exact patch from its kept base when that is smaller, else as a delta
+/// against the server's signature of its base when that is smaller (the
+/// signatures of every such file asked for in one request first), else
+/// whole (the stream is compressed, so small similar files cost little):
+/// the result of each, in order (an `Err` is the server's refusal of that
+/// file). `None` from a server without batched writes: send them one by
+/// one.
+pub async fn send_many(
+    remote: &impl Remote,
+    files: &[Outgoing<'_>],
+) -> Result<Option<Vec<Result<Sent, OpResult>>>, TransportError> {
+    let encoder = zstd::stream::write::Encoder::new(Vec::new(), LEVEL).map_err(local)?;
+    let mut stream = PushWriter::new(encoder).map_err(local)?;
+    let mut sent = Vec::with_capacity(files.len());
+    let mut deltas = deltas_for(remote, files).await?.into_iter();
+    for out in files {
+        let file = &out.file;
+        let size = file.data.len() as u64;
+        let patch = match (out.base, &out.kept_base) {
+            (Some(_), Some(old)) => zpatch::encode(&old[..], &file.data, Vec::new())
+                .ok()
+                .filter(|p| (p.len() as u64) < size),
+            _ => None,
+        };
+        let delta = match (out.base, &out.kept_base) {
+            (Some(_), None) => deltas.next().flatten(),
+            _ => None,
+        };
+        let (form, bytes, way, matched) = match (&patch, &delta, out.base) {
+            (Some(patch), _, _) => (
+                push::Form::Patch,
+                &patch[..],
+                Way::Patch,
+                size.saturating_sub(patch.len() as u64),
+            ),
+            (None, Some((delta, stats)), _) => (
+                push::Form::Delta,
+                &delta[..],
+                Way::Delta,
+                stats.matched_bytes,
+            ),
+            (None, None, None) => (push::Form::Whole, &file.data[..], Way::Created, 0),
+            (None, None, Some(_)) => (push::Form::Whole, &file.data[..], Way::Whole, 0),
+        };
+        stream
+            .entry(&push::Entry {
+                path: file.path.clone(),
+                precondition: out.base.map_or(Precondition::Absent, Precondition::Version),
+                form,
+                version: file.version,
+                size,
+                mode: file.meta.mode,
+                mtime_ns: file.meta.mtime_ns,
+            })
+            .map_err(local)?;
+        stream.data(bytes).map_err(local)?;
+        sent.push(Sent {
+            way,
+            literal_bytes: size - matched,
+            matched_bytes: matched,
+        });
+    }
+    let body = stream
+        .finish()
+        .and_then(|encoder| encoder.finish())
+        .map_err(local)?;
+    let Some(results) = remote.push_many(Bytes::from(body)).await? else {
+        return Ok(None);
+    };
+    if results.len() != files.len() {
+        return Err(TransportError::BadAnswer {
+            what: "many files written".into(),
+            reason: format!("{} results for {} files", results.len(), files.len()),
+        });
+    }
+    Ok(Some(
+        results
+            .into_iter()
+            .zip(sent)
+            .map(|(result, sent)| match result.status {
+                201 | 204 => Ok(sent),
+                _ => Err(result),
+            })
+            .collect(),
+    ))
+}
+
+/// For each file of `files` that is an edit whose base this side did not
+/// keep, in order: a delta against the server's signature of the base,
+/// when smaller than the file. The signatures come in one fetch request;
+/// a server without it, or a base it no longer has, gives `None`.
+async fn deltas_for(
+    remote: &impl Remote,
+    files: &[Outgoing<'_>],
+) -> Result<Vec<Option<(Vec<u8>, crate::delta::DeltaStats)>>, TransportError> {
+    use intersync_protocol::fetch::{Event, FetchError, Form, StreamParser, Want};
+
+    use crate::transport::Pieces;
+    let unkept = || {
+        files
+            .iter()
+            .filter(|out| out.kept_base.is_none() && out.base.is_some())
+    };
+    let bases: Vec<Version> = unkept().filter_map(|out| out.base).collect();
+    if bases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut signatures: Vec<Option<Vec<u8>>> = vec![None; bases.len()];
+    let wants: Vec<Want<'_>> = bases.iter().map(|v| Want::Signature(*v)).collect();
+    let mut request = Vec::new();
+    intersync_protocol::fetch::encode_request(&wants, &mut request);
+    if let Some(mut pieces) = remote.fetch_many(Bytes::from(request)).await? {
+        let mut parser = StreamParser::new(bases.len());
+        let mut open: Option<(usize, Vec<u8>)> = None;
+        let mut on = |event: Event<'_>| -> Result<(), FetchError> {
+            match event {
+                Event::Start {
+                    index,
+                    form: Form::Signature,
+                    ..
+                } => open = Some((index, Vec::new())),
+                Event::Start { .. } => open = None,
+                Event::Data(bytes) => {
+                    if let Some((_, sig)) = &mut open {
+                        sig.extend_from_slice(bytes);
+                    }
+                }
+                Event::End { .. } => {
+                    if let Some((index, sig)) = open.take() {
+                        signatures[index] = Some(sig);
+                    }
+                }
+            }
+            Ok(())
+        };
+        while let Some(piece) = pieces.next().await? {
+            parser.feed(&piece, &mut on).map_err(malformed_signatures)?;
+        }
+        parser.finish().map_err(malformed_signatures)?;
+    }
+    Ok(unkept()
+        .zip(signatures)
+        .map(|(out, sig)| {
+            let sig = Signature::from_bytes(sig?).ok()?;
+            let mut delta = Vec::new();
+            let stats =
+                write_delta(sig.view(), &out.file.data, &mut delta).expect("writing to memory");
+            ((delta.len() as u64) < out.file.data.len() as u64).then_some((delta, stats))
+        })
+        .collect())
+}
+
+fn malformed_signatures(e: intersync_protocol::fetch::FetchError) -> TransportError {
+    TransportError::Malformed {
+        what: "the signatures of the bases".into(),
+        source: Box::new(e),
+    }
+}
+
+fn local(source: std::io::Error) -> TransportError {
+    TransportError::Local {
+        what: "a push body".into(),
+        source,
     }
 }

@@ -117,6 +117,17 @@ fn answer_one<W: Write>(
             }
         },
         Want::Delta { version, signature } => delta(export, version, signature, out),
+        Want::Signature(version) => match export.signature(version).map_err(io::Error::other)? {
+            Some(signature) => {
+                out.start(Form::Signature, None)?;
+                out.data(&signature)?;
+                out.end()
+            }
+            None => {
+                out.start(Form::Gone, None)?;
+                out.end()
+            }
+        },
     }
 }
 

@@ -12,6 +12,7 @@ mod fetch;
 mod files;
 mod meta;
 pub mod modules;
+mod push;
 mod writes;
 
 use std::convert::Infallible;
@@ -585,6 +586,10 @@ impl Service {
                     meta::refine(&self.export, path, req).await
                 }
                 (&Method::POST, ("fetch", "")) => fetch::fetch(&self.export, req).await,
+                (&Method::POST, ("push", "")) => {
+                    self.may_write()?;
+                    push::push(&self.export, req).await
+                }
                 (&Method::POST, ("ops", "")) => {
                     self.may_write()?;
                     writes::ops(&self.export, req).await
@@ -711,6 +716,14 @@ impl Refusal {
             self.headers.push((name, v));
         }
         self
+    }
+
+    /// As one result of a batch.
+    pub(crate) fn into_result(self) -> intersync_protocol::OpResult {
+        intersync_protocol::OpResult {
+            status: self.status.as_u16(),
+            reason: Some(self.reason),
+        }
     }
 
     pub(crate) fn into_response(self) -> Response<Body> {

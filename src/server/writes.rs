@@ -20,6 +20,7 @@ use intersync_protocol::api::{
 };
 use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::kml::{Attrs, Op};
+use intersync_protocol::push::Precondition;
 use intersync_protocol::{TreePath, Version};
 
 use super::{Body, Incoming, Refusal, full};
@@ -31,57 +32,47 @@ use crate::tree::{Entry, EntryKind};
 /// Largest delta body accepted.
 const MAX_DELTA_BYTES: u64 = 1 << 30;
 
-/// What a write requires of the current state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Precondition {
-    /// `If-None-Match: *`: the path must not exist.
-    Absent,
-    /// `If-Match: "b3-…"`: the file must have this version.
-    Version(Version),
-    None,
+/// What a write requires of the current state: from `If-None-Match: *`
+/// (the path must be free) or `If-Match: "b3-…"` (the file must have that
+/// version), or nothing.
+fn precondition(req: &Request<Incoming>) -> Result<Precondition, Refusal> {
+    let h = req.headers();
+    if let Some(v) = h.get(header::IF_NONE_MATCH) {
+        return match v.to_str() {
+            Ok("*") => Ok(Precondition::Absent),
+            _ => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "a write takes If-None-Match: * only",
+            )),
+        };
+    }
+    match h.get(header::IF_MATCH).map(|v| v.to_str()) {
+        None => Ok(Precondition::None),
+        Some(Ok(tag)) => Version::from_etag(tag)
+            .map(Precondition::Version)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("If-Match: {e}"))),
+        Some(Err(_)) => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match is not text",
+        )),
+    }
 }
 
-impl Precondition {
-    fn from_request(req: &Request<Incoming>) -> Result<Precondition, Refusal> {
-        let h = req.headers();
-        if let Some(v) = h.get(header::IF_NONE_MATCH) {
-            return match v.to_str() {
-                Ok("*") => Ok(Precondition::Absent),
-                _ => Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "a write takes If-None-Match: * only",
-                )),
-            };
-        }
-        match h.get(header::IF_MATCH).map(|v| v.to_str()) {
-            None => Ok(Precondition::None),
-            Some(Ok(tag)) => Version::from_etag(tag)
-                .map(Precondition::Version)
-                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("If-Match: {e}"))),
-            Some(Err(_)) => Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "If-Match is not text",
-            )),
-        }
-    }
-
-    fn check(self, current: Option<&Entry>) -> Result<(), Refusal> {
-        let failed = |why: &str| Err(Refusal::new(StatusCode::PRECONDITION_FAILED, why));
-        match (self, current) {
-            (_, Some(e)) if e.is_dir() => {
-                Err(Refusal::new(StatusCode::CONFLICT, "a folder is there"))
-            }
-            (_, Some(e)) if matches!(e.kind, EntryKind::Symlink { .. }) => Err(Refusal::new(
-                StatusCode::CONFLICT,
-                "a symbolic link is there",
-            )),
-            (Precondition::None, _) => Ok(()),
-            (Precondition::Absent, None) => Ok(()),
-            (Precondition::Absent, Some(_)) => failed("the path exists"),
-            (Precondition::Version(v), Some(e)) if e.version() == Some(v) => Ok(()),
-            (Precondition::Version(_), Some(_)) => failed("the file has changed"),
-            (Precondition::Version(_), None) => failed("the file does not exist"),
-        }
+/// Whether `current` allows a write that requires `precondition`.
+pub(super) fn check(precondition: Precondition, current: Option<&Entry>) -> Result<(), Refusal> {
+    let failed = |why: &str| Err(Refusal::new(StatusCode::PRECONDITION_FAILED, why));
+    match (precondition, current) {
+        (_, Some(e)) if e.is_dir() => Err(Refusal::new(StatusCode::CONFLICT, "a folder is there")),
+        (_, Some(e)) if matches!(e.kind, EntryKind::Symlink { .. }) => Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "a symbolic link is there",
+        )),
+        (Precondition::None, _) => Ok(()),
+        (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => failed("the path exists"),
+        (Precondition::Version(v), Some(e)) if e.version() == Some(v) => Ok(()),
+        (Precondition::Version(_), Some(_)) => failed("the file has changed"),
+        (Precondition::Version(_), None) => failed("the file does not exist"),
     }
 }
 
@@ -89,19 +80,25 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn internal(e: impl std::error::Error + 'static) -> Refusal {
+pub(super) fn internal(e: impl std::error::Error + 'static) -> Refusal {
     Refusal::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         crate::monitor::Chain(&e).to_string(),
     )
 }
 
+/// What a written file requires of the current state, and the attributes
+/// it takes.
+pub(super) struct Landing {
+    pub precondition: Precondition,
+    /// The mode the file takes (a module's `incoming chmod` applied).
+    pub mode: Option<u32>,
+    pub mtime_ns: Option<i64>,
+}
+
 /// What a PUT's headers ask for.
 struct PutHeaders {
-    precondition: Precondition,
-    /// The mode the file takes (a module's `incoming chmod` applied).
-    mode: Option<u32>,
-    mtime_ns: Option<i64>,
+    landing: Landing,
     /// The body is a delta (or patch) in this format, giving this many bytes.
     delta: Option<(DeltaFormat, u64)>,
     /// The version the result must have.
@@ -110,7 +107,7 @@ struct PutHeaders {
 
 impl PutHeaders {
     fn parse(req: &Request<Incoming>, export: &Export) -> Result<PutHeaders, Refusal> {
-        let precondition = Precondition::from_request(req)?;
+        let precondition = precondition(req)?;
         let mtime_ns = parse_header(req, HEADER_MTIME, "nanoseconds", |v| v.parse::<i64>().ok())?;
         let mode = parse_header(req, HEADER_MODE, "octal permission bits", |v| {
             u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o7777)
@@ -154,10 +151,12 @@ impl PutHeaders {
             }
         };
         Ok(PutHeaders {
-            precondition,
-            // A module's `incoming chmod` applies to what clients write.
-            mode: export.incoming_mode(mode, false),
-            mtime_ns,
+            landing: Landing {
+                precondition,
+                // A module's `incoming chmod` applies to what clients write.
+                mode: export.incoming_mode(mode, false),
+                mtime_ns,
+            },
             delta,
             expected,
         })
@@ -191,7 +190,7 @@ pub async fn put(
         tokio::task::spawn_blocking(move || -> Result<(), Refusal> {
             let mut inner = export.lock();
             let current = export.current(&mut inner, &path)?;
-            put.precondition.check(current.as_ref())?;
+            check(put.landing.precondition, current.as_ref())?;
             need_folder(&inner, export.root(), &path)
         })
         .await
@@ -207,7 +206,10 @@ pub async fn put(
             let (export, base_path) = (export.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
                 let delta = MappedFile::map(&spool).map_err(internal)?;
-                apply_delta(&export, &base_path, &delta, format, pending, limit)
+                let mut pending = pending;
+                let (version, size) =
+                    apply_delta(&export, &base_path, &delta, format, &mut pending, limit)?;
+                Ok::<_, Refusal>((pending, version, size))
             })
             .await
             .map_err(internal)??
@@ -226,7 +228,23 @@ pub async fn put(
     }
     let export = export.clone();
     let created = tokio::task::spawn_blocking(move || {
-        install_written(&export, &path, pending, &put, (version, size))
+        let mut inner = export.lock();
+        let (created, ops) = land(
+            &export,
+            &mut inner,
+            &path,
+            || pending.install(),
+            &put.landing,
+            (version, size),
+        )?;
+        export.journal_ops(&mut inner, ops)?;
+        export.remember_stat(&mut inner, &path);
+        drop(inner);
+        // The writer holds this version now: keep it for patches.
+        if let Ok(file) = crate::beneath::open_file(export.root(), &path) {
+            export.keep(version, &file, size);
+        }
+        Ok::<_, Refusal>(created)
     })
     .await
     .map_err(internal)??;
@@ -241,26 +259,27 @@ pub async fn put(
         .expect("valid response"))
 }
 
-/// Installs a verified write at `path` if its precondition still holds,
-/// under the export's lock, with its attributes, and journals it; whether
-/// the file is new.
-fn install_written(
+/// Installs a verified write at `path` (by `install`) if its precondition
+/// still holds, under the export's lock, with its attributes: whether the
+/// file is new, and the records that say so, for the caller to journal
+/// (with `remember_stat` after).
+pub(super) fn land(
     export: &Export,
+    inner: &mut Inner,
     path: &TreePath,
-    pending: PendingFile,
-    put: &PutHeaders,
+    install: impl FnOnce() -> std::io::Result<()>,
+    landing: &Landing,
     (version, size): (Version, u64),
-) -> Result<bool, Refusal> {
-    let mut inner = export.lock();
-    let current = export.current(&mut inner, path)?;
-    put.precondition.check(current.as_ref())?;
-    need_folder(&inner, export.root(), path)?;
-    pending.install().map_err(internal)?;
+) -> Result<(bool, Vec<Op>), Refusal> {
+    let current = export.current(inner, path)?;
+    check(landing.precondition, current.as_ref())?;
+    need_folder(inner, export.root(), path)?;
+    install().map_err(internal)?;
     let full_path = path.under(export.root());
-    if let Some(mode) = put.mode {
+    if let Some(mode) = landing.mode {
         fs::set_permissions(&full_path, fs::Permissions::from_mode(mode)).map_err(internal)?;
     }
-    if let Some(ns) = put.mtime_ns {
+    if let Some(ns) = landing.mtime_ns {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
         fs::File::open(&full_path)
             .and_then(|f| f.set_modified(t))
@@ -281,19 +300,16 @@ fn install_written(
         size,
         mtime_ns: crate::tree::scan::mtime_ns(&meta),
     });
-    export.journal_ops(&mut inner, ops)?;
-    export.remember_stat(&mut inner, path);
-    drop(inner);
-    // The writer holds this version now: keep it for patches.
-    if let Ok(file) = crate::beneath::open_file(export.root(), path) {
-        export.keep(version, &file, size);
-    }
-    Ok(created)
+    Ok((created, ops))
 }
 
 /// The folder that will hold `path` must exist, as the journal knows it
 /// and on disk, and be reached through no symbolic link.
-fn need_folder(inner: &Inner, root: &std::path::Path, path: &TreePath) -> Result<(), Refusal> {
+pub(super) fn need_folder(
+    inner: &Inner,
+    root: &std::path::Path,
+    path: &TreePath,
+) -> Result<(), Refusal> {
     match path.parent() {
         None => Ok(()),
         Some(p) if inner.index.state.get(&p).is_some_and(Entry::is_dir) => {
@@ -304,7 +320,7 @@ fn need_folder(inner: &Inner, root: &std::path::Path, path: &TreePath) -> Result
 }
 
 /// Streams a request body of at most `max` bytes into an unnamed temporary file.
-async fn spool_body(body: Incoming, max: u64) -> Result<std::fs::File, Refusal> {
+pub(super) async fn spool_body(body: Incoming, max: u64) -> Result<std::fs::File, Refusal> {
     let mut file = tempfile::tempfile().map_err(internal)?;
     let mut size = 0u64;
     let mut frames = BodyStream::new(body);
@@ -348,23 +364,25 @@ async fn receive_whole(
 
 /// How a delta write's body gives the result from the current file.
 #[derive(Clone, Copy)]
-enum DeltaFormat {
+pub(super) enum DeltaFormat {
     Librsync,
     Patch,
 }
 
-fn apply_delta(
+/// Applies `delta` to the file at `path` into `out`: the result's version
+/// and size.
+pub(super) fn apply_delta(
     export: &Export,
     path: &TreePath,
     delta: &[u8],
     format: DeltaFormat,
-    mut pending: PendingFile,
+    out: &mut impl Write,
     limit: u64,
-) -> Result<(PendingFile, Version, u64), Refusal> {
+) -> Result<(Version, u64), Refusal> {
     let file = crate::beneath::open_file(export.root(), path)?;
     let base = MappedFile::map(&file).map_err(internal)?;
     let mut hashing = HashWriter {
-        inner: &mut pending,
+        inner: out,
         hasher: blake3::Hasher::new(),
         size: 0,
     };
@@ -396,16 +414,16 @@ fn apply_delta(
             "the file changed while the delta was applied to it",
         ));
     }
-    Ok((pending, version, size))
+    Ok((version, size))
 }
 
-struct HashWriter<'a> {
-    inner: &'a mut PendingFile,
+struct HashWriter<'a, W: Write> {
+    inner: &'a mut W,
     hasher: blake3::Hasher,
     size: u64,
 }
 
-impl Write for HashWriter<'_> {
+impl<W: Write> Write for HashWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -439,10 +457,7 @@ pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respons
             .into_iter()
             .map(|op| match apply_op(&export, &mut inner, op) {
                 Ok(()) => OpResult::ok(),
-                Err(r) => OpResult {
-                    status: r.status.as_u16(),
-                    reason: Some(r.reason),
-                },
+                Err(r) => r.into_result(),
             })
             .collect();
         Ok(BatchResult {

@@ -1137,6 +1137,35 @@ impl Remote for HttpRemote {
         Ok(answer.results)
     }
 
+    async fn push_many(&self, body: Bytes) -> Result<Option<Vec<OpResult>>, TransportError> {
+        let what = "many files written";
+        let answer = self
+            .send(
+                Method::POST,
+                ".intersync/push",
+                &[
+                    ("content-type", intersync_protocol::push::MEDIA_PUSH.into()),
+                    ("content-encoding", "zstd".into()),
+                ],
+                body,
+                what,
+            )
+            .await;
+        let answer = match answer {
+            Err(TransportError::Refused {
+                status: 404 | 405, ..
+            }) => return Ok(None),
+            other => other?,
+        };
+        let bytes = self.collect(answer.body, what).await?;
+        let answer: BatchResult =
+            serde_json::from_slice(&bytes).map_err(|e| TransportError::Malformed {
+                what: what.into(),
+                source: Box::new(e),
+            })?;
+        Ok(Some(answer.results))
+    }
+
     fn progress(&self) -> Option<&crate::monitor::Progress> {
         self.progress.as_deref()
     }

@@ -60,6 +60,16 @@ impl TransportError {
         matches!(self, TransportError::Unreachable { .. })
     }
 
+    /// The server would not take a write now (its copy moved on, or it
+    /// refused for a reason other than authority): the write waits for
+    /// the next round.
+    pub fn waits(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Changed { .. } | TransportError::Refused { .. }
+        ) && !self.is_auth()
+    }
+
     pub fn is_auth(&self) -> bool {
         matches!(
             self,
@@ -249,6 +259,10 @@ pub trait Remote {
     /// A batch of operations without content, applied in order; the
     /// result of each.
     async fn ops(&self, ops: Vec<BatchOp>) -> Result<Vec<OpResult>, TransportError>;
+    /// Many files written in one request (`intersync_protocol::push`; the
+    /// body a zstd-compressed push stream): the result of each. `None`
+    /// from a server that has no such request.
+    async fn push_many(&self, body: Bytes) -> Result<Option<Vec<OpResult>>, TransportError>;
     fn traffic(&self) -> Traffic;
     /// Where to count content progress, if anyone is watching.
     fn progress(&self) -> Option<&crate::monitor::Progress> {

@@ -383,6 +383,11 @@ impl Receiver<'_> {
             }
             // No outcome yet: asked again by delta, or by the ladder.
             Form::NoPatch => Receiving::Nothing,
+            // Not asked for: the ladder, then.
+            Form::Signature => {
+                job.outcome = Some(Outcome::Ladder);
+                Receiving::Nothing
+            }
         };
         Ok(())
     }
