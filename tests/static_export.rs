@@ -276,3 +276,40 @@ fn get_is_conditional_and_resumable() {
     ok(intersync().arg("get").arg(&url).arg(&dest));
     assert_eq!(fs::read(&dest).unwrap(), b"a new release");
 }
+
+#[test]
+fn a_clone_of_many_small_files_from_nginx_keeps_several_requests_in_flight() {
+    let site = Dir::new();
+    let mut want = Vec::new();
+    for i in 0..400 {
+        let name = format!("d{}/f{i:03}.bin", i % 8);
+        let bytes = random_bytes(100 + i as u64, 500 + i * 13);
+        site.write(&name, &bytes);
+        want.push((name, bytes));
+    }
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "");
+    let clients = Dir::new();
+    // Eight requests at a time by default, over several connections; one
+    // at a time when asked.
+    for (connections, used) in [(None, 4..=8), (Some("1"), 1..=2)] {
+        let wc = clients.path(&format!("wc{}", connections.unwrap_or("")));
+        let before = nginx.requests().len();
+        let mut sync = intersync();
+        sync.args(["sync", "--stats"]);
+        if let Some(n) = connections {
+            sync.args(["--connections", n]);
+        }
+        ok(sync.arg(&nginx.url).arg(&wc));
+        for (name, bytes) in &want {
+            assert_eq!(&fs::read(wc.join(name)).unwrap(), bytes, "{name}");
+        }
+        let files = nginx.requests()[before..]
+            .iter()
+            .filter(|r| r.contains(".bin ") && r.contains(" 200 "))
+            .count();
+        assert_eq!(files, want.len(), "one GET a file");
+        let n = nginx.connections_since(before);
+        assert!(used.contains(&n), "{connections:?}: {n} connections");
+    }
+}

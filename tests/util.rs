@@ -280,4 +280,12 @@ impl Nginx {
             .map(|r| format!("{} {} {}", r.request, r.status, r.cache))
             .collect()
     }
+
+    /// How many connections the requests after the first `skip` came on.
+    pub fn connections_since(&self, skip: usize) -> usize {
+        let requests = self.inner.requests();
+        let ids: std::collections::HashSet<u64> =
+            requests.iter().skip(skip).map(|r| r.connection).collect();
+        ids.len()
+    }
 }

@@ -39,6 +39,8 @@ pub struct LoggedRequest {
     pub received: u64,
     /// Status line, headers and body.
     pub sent: u64,
+    /// nginx's serial number of the connection it came on.
+    pub connection: u64,
 }
 
 /// A real nginx on 127.0.0.1, stopped when dropped.
@@ -82,7 +84,7 @@ impl Nginx {
         let d = dir.path().display().to_string();
         let conf = format!(
             "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\n\
-             http {{\n  log_format counted '$request|$status|$upstream_cache_status|$request_length|$bytes_sent';\n  \
+             http {{\n  log_format counted '$connection|$request|$status|$upstream_cache_status|$request_length|$bytes_sent';\n  \
              access_log {d}/access.log counted;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  {}\n  \
              server {{\n    listen 127.0.0.1:{port};\n    {}\n  }}\n}}\n",
@@ -161,8 +163,10 @@ impl Nginx {
                 let received = f.next()?.parse().ok()?;
                 let cache = f.next()?.to_owned();
                 let status = f.next()?.parse().ok()?;
-                let request = f.next()?.to_owned();
+                let (connection, request) = f.next()?.split_once('|')?;
+                let (connection, request) = (connection.parse().ok()?, request.to_owned());
                 Some(LoggedRequest {
+                    connection,
                     request,
                     status,
                     cache,

@@ -43,6 +43,11 @@ pub struct SyncArgs {
     /// server's signature).
     #[arg(long, default_value_t = 1 << 30)]
     pub version_budget: u64,
+    /// Requests in flight at once where the server cannot batch (a static
+    /// export behind a plain web server, a cache with --via-cache): small
+    /// files come by so many GETs over as many keep-alive connections.
+    #[arg(long, default_value_t = intersync::client::CONNECTIONS as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
 }
 
 /// The remote, the working copy and the options a `sync` or `watch` needs.
@@ -69,6 +74,7 @@ fn open_sync(
             bytes: args.version_budget,
             ..Default::default()
         }),
+        connections: args.connections.into(),
     };
     Ok((remote, wc, options))
 }

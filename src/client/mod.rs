@@ -63,7 +63,14 @@ pub struct SyncOptions {
     /// `.intersync/versions/`, within this budget, so that edits made here
     /// are pushed as exact patches from them (`None`: keep none).
     pub keep_versions: Option<crate::versions::Budget>,
+    /// Requests in flight at once where the source cannot batch (a static
+    /// export, reads through a cache): small whole files by so many GETs
+    /// over as many keep-alive connections.
+    pub connections: usize,
 }
+
+/// Requests in flight at once by default, where the source cannot batch.
+pub const CONNECTIONS: usize = 8;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -73,6 +80,7 @@ impl Default for SyncOptions {
             cacheable_reads: false,
             lazy: false,
             keep_versions: Some(Default::default()),
+            connections: CONNECTIONS,
         }
     }
 }

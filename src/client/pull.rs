@@ -54,6 +54,7 @@ pub async fn pull(
         patches: head.patches && !head.static_export,
         by_blocks: head.static_export || options.cacheable_reads,
         batch: !head.static_export && !options.cacheable_reads,
+        parallel: options.connections,
     };
     // The disk as it is, against the base.
     let mut scanned = wc.saved.base.clone();
@@ -192,7 +193,7 @@ impl Run<'_> {
             if self.left_lazy(&file, &moves) {
                 continue;
             }
-            if !(ways.batch && batch::batched(&file)) {
+            if !batch::batched(&file) {
                 self.by_ladder(remote, file, ways, &mut moves).await?;
                 continue;
             }
@@ -219,7 +220,7 @@ impl Run<'_> {
             local: &self.plan.local,
             moves: &mut moves,
         };
-        let outcomes = batch::fetch(&mut here, remote, batched, ways.patches, self.report).await?;
+        let outcomes = batch::fetch(&mut here, remote, batched, ways, self.report).await?;
         for (file, outcome) in outcomes {
             match outcome {
                 Outcome::Installed(version) => {

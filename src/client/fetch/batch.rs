@@ -22,7 +22,7 @@ use intersync_protocol::Version;
 use intersync_protocol::fetch::{Event, FetchError, Form, StreamParser, Want, encode_request};
 use intersync_protocol::signature::SignatureFormat;
 
-use super::{Here, Wanted, set_file_attrs};
+use super::{Here, Wanted, Ways, set_file_attrs};
 use crate::client::reconcile::FileInstall;
 use crate::client::{Change, SyncError, SyncReport};
 use crate::delta::{self, DeltaStats, MappedFile, Signature, SignatureOptions};
@@ -57,21 +57,24 @@ pub enum Outcome {
 }
 
 /// One file of a batch: what was asked for it, and what happened.
-struct Job {
-    file: FileInstall,
-    dest: PathBuf,
+pub(super) struct Job {
+    pub(super) file: FileInstall,
+    pub(super) dest: PathBuf,
     /// The copy here, when the request builds on it.
     base: Option<PathBuf>,
-    outcome: Option<Outcome>,
+    pub(super) outcome: Option<Outcome>,
 }
 
 /// Brings `files` in (see the module documentation); an outcome for each,
-/// in the order given.
+/// in the order given. From a source without batched fetches (a static
+/// export, reads through a cache, an older server), the files with nothing
+/// here to build them from come whole, many GETs at once
+/// (`fetch::parallel`), and the others go to the ladder.
 pub async fn fetch(
     here: &mut Here<'_>,
     remote: &impl Remote,
     files: Vec<FileInstall>,
-    patches: bool,
+    ways: Ways,
     report: &mut SyncReport,
 ) -> Result<Vec<(FileInstall, Outcome)>, SyncError> {
     let root = here.wc.root().to_owned();
@@ -84,18 +87,38 @@ pub async fn fetch(
             outcome: None,
         })
         .collect();
+    if !(ways.batch && batches(here, remote, &mut jobs, ways.patches, report).await?) {
+        let whole: Vec<usize> = (0..jobs.len())
+            .filter(|&i| jobs[i].outcome.is_none() && base_here(here, &jobs[i]).is_none())
+            .collect();
+        super::parallel::fetch_whole(here, remote, &mut jobs, &whole, ways.parallel, report)
+            .await?;
+    }
+    Ok(jobs
+        .into_iter()
+        .map(|j| {
+            let outcome = j.outcome.unwrap_or(Outcome::Ladder);
+            (j.file, outcome)
+        })
+        .collect())
+}
+
+/// The two rounds of batches; false when the server has no fetch request.
+async fn batches(
+    here: &mut Here<'_>,
+    remote: &impl Remote,
+    jobs: &mut [Job],
+    patches: bool,
+    report: &mut SyncReport,
+) -> Result<bool, SyncError> {
     // First round: patches, deltas against the copy here, whole files.
     let first: Vec<usize> = (0..jobs.len()).collect();
     let mut wants = Vec::new();
     for &i in &first {
         wants.push(first_want(here, &mut jobs[i], patches)?);
     }
-    let served = run_batches(here, remote, &mut jobs, &first, wants, report).await?;
-    if !served {
-        return Ok(jobs
-            .into_iter()
-            .map(|j| (j.file, Outcome::Ladder))
-            .collect());
+    if !run_batches(here, remote, jobs, &first, wants, report).await? {
+        return Ok(false);
     }
     // Second round: a delta for what the server could not patch.
     let second: Vec<usize> = (0..jobs.len())
@@ -106,14 +129,17 @@ pub async fn fetch(
         let base = jobs[i].base.clone().expect("filtered");
         wants.push(WantOwned::Delta(jobs[i].file.version, signature_of(&base)?));
     }
-    run_batches(here, remote, &mut jobs, &second, wants, report).await?;
-    Ok(jobs
-        .into_iter()
-        .map(|j| {
-            let outcome = j.outcome.unwrap_or(Outcome::Ladder);
-            (j.file, outcome)
-        })
-        .collect())
+    run_batches(here, remote, jobs, &second, wants, report).await?;
+    Ok(true)
+}
+
+/// The copy here a request could build on: a regular file at the path,
+/// as the pull left the tree, small enough to be batched.
+fn base_here(here: &Here<'_>, job: &Job) -> Option<PathBuf> {
+    let local = here.local.get(&job.file.path);
+    let is_file = matches!(local.map(|e| &e.kind), Some(EntryKind::File { .. }))
+        && fs::metadata(&job.dest).is_ok_and(|m| m.is_file() && m.len() < MAX_BATCHED);
+    is_file.then(|| job.dest.clone())
 }
 
 /// A request entry, owning its signature.
@@ -144,15 +170,12 @@ impl WantOwned {
 /// when the copy here still is it and the server keeps versions, a delta
 /// against the copy here otherwise, the whole content when there is none.
 fn first_want(here: &Here<'_>, job: &mut Job, patches: bool) -> Result<WantOwned, SyncError> {
+    job.base = base_here(here, job);
     let file = &job.file;
-    let local = here.local.get(&file.path);
-    let is_file = matches!(local.map(|e| &e.kind), Some(EntryKind::File { .. }))
-        && fs::metadata(&job.dest).is_ok_and(|m| m.is_file() && m.len() < MAX_BATCHED);
-    if !is_file {
+    if job.base.is_none() {
         return Ok(WantOwned::Whole(file.version));
     }
-    job.base = Some(job.dest.clone());
-    let here_version = local.and_then(|e| e.version());
+    let here_version = here.local.get(&file.path).and_then(|e| e.version());
     let synced = here
         .wc
         .saved

@@ -18,6 +18,7 @@ mod blocks;
 mod delta;
 mod levels;
 pub mod local;
+mod parallel;
 mod patch;
 mod ranges;
 mod refine;
@@ -59,6 +60,8 @@ pub struct Ways {
     pub by_blocks: bool,
     /// Small files many in one request (`POST /.intersync/fetch`).
     pub batch: bool,
+    /// Otherwise, small whole files by so many GETs at once.
+    pub parallel: usize,
 }
 
 /// What the ladder builds on here.
