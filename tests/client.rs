@@ -646,3 +646,135 @@ fn symlink_targets_that_are_not_utf8_are_pushed_unaltered() {
         );
     }
 }
+
+#[test]
+fn a_working_copy_follows_its_export_to_a_new_url_but_not_to_another_export() {
+    let export = Dir::new();
+    fs::write(export.path("a.txt"), b"a").unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let wc = Dir::new();
+    sync_ok(&server.url, &wc.path(""));
+    server.kill();
+    // The same export on another port, reached by another name.
+    fs::write(export.path("b.txt"), b"b").unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let moved = server.url.replace("127.0.0.1", "localhost");
+    fs::write(wc.path("mine.txt"), b"mine").unwrap();
+    let (out, _, _) = sync(&moved, &wc.path(""), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("is now reached at"), "{stderr}");
+    assert_eq!(fs::read(wc.path("b.txt")).unwrap(), b"b");
+    assert_eq!(fs::read(export.path("mine.txt")).unwrap(), b"mine");
+    // Said once: the new URL is remembered.
+    let (out, _, _) = sync(&moved, &wc.path(""), &[]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("is now reached at"));
+    let status = run(intersync().arg("status").arg(wc.path("")));
+    assert!(String::from_utf8_lossy(&status.stdout).contains(&moved));
+    server.kill();
+    // The export's state made anew: another export, refused with a hint,
+    // and nothing here or there is touched.
+    fs::remove_dir_all(export.path(".intersync")).unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    fs::write(wc.path("later.txt"), b"later").unwrap();
+    let before = tree(&wc.path(""));
+    for extra in [&[][..], &["--push-only"][..]] {
+        let out = run(intersync()
+            .arg("sync")
+            .args(extra)
+            .arg(&server.url)
+            .arg(wc.path("")));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: {stderr}");
+        assert!(stderr.contains("made anew"), "{stderr}");
+        assert!(stderr.contains("new folder"), "{stderr}");
+        assert_eq!(tree(&wc.path("")), before);
+        assert!(!export.path("later.txt").exists(), "{extra:?}");
+    }
+}
+
+#[test]
+fn an_idle_server_and_an_idle_watch_do_no_work() {
+    let export = Dir::new();
+    for i in 0..300 {
+        export.write(
+            &format!("d{}/f{i}.txt", i % 10),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let logs = Dir::new();
+    let server_log = fs::File::create(logs.path("server.log")).unwrap();
+    let mut serve = intersync();
+    serve
+        .env("INTERSYNC_LOG", "intersync=debug")
+        .arg("serve")
+        .stderr(server_log);
+    let export_dir = export.path("");
+    let server = Server::spawn(
+        serve,
+        &[export_dir.as_os_str(), "--allow-anonymous-writes".as_ref()],
+    );
+    let wc = Dir::new();
+    let watch_log = fs::File::create(logs.path("watch.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _watcher = Kill(
+        intersync()
+            .env("INTERSYNC_LOG", "intersync=debug")
+            .arg("watch")
+            .arg(&server.url)
+            .arg(wc.path(""))
+            .stdout(std::process::Stdio::null())
+            .stderr(watch_log)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        eventually(30, || wc.path("d9/f299.txt").exists()),
+        "the first round never ran"
+    );
+    // Settled: whatever the first rounds woke has run.
+    std::thread::sleep(Duration::from_secs(3));
+    let count = |name: &str, what: &str| {
+        fs::read_to_string(logs.path(name))
+            .unwrap()
+            .matches(what)
+            .count()
+    };
+    let (scans, rounds) = (
+        count("server.log", "rescanning the folder"),
+        count("watch.log", "a sync round"),
+    );
+    // Files read, from the server and in the working copy, wake nothing.
+    for i in 0..300 {
+        let _ = fs::read(wc.path(&format!("d{}/f{i}.txt", i % 10))).unwrap();
+    }
+    let other = Dir::new();
+    sync_ok(&server.url, &other.path(""));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        count("server.log", "rescanning the folder"),
+        scans,
+        "an idle server scanned"
+    );
+    assert_eq!(
+        count("watch.log", "a sync round"),
+        rounds,
+        "an idle watch synced"
+    );
+    // A change still wakes both, once.
+    fs::write(export.path("new.txt"), b"new").unwrap();
+    assert!(eventually(10, || wc.path("new.txt").exists()));
+    std::thread::sleep(Duration::from_secs(3));
+    let scans_after = count("server.log", "rescanning the folder");
+    assert!(
+        (scans + 1..=scans + 2).contains(&scans_after),
+        "{scans} then {scans_after} scans"
+    );
+}

@@ -93,6 +93,13 @@ pub fn sync(args: SyncArgs) -> anyhow::Result<()> {
         let _ = bar.join();
     }
     let report = report?;
+    if let Some(was) = &wc.moved_from {
+        eprintln!(
+            "intersync: the export of {} is now reached at {} (was {was})",
+            args.dir.display(),
+            wc.saved.url
+        );
+    }
     print_report(&report, args.verbose);
     if args.stats {
         print!("{}", report.rsync_stats(started.elapsed()));

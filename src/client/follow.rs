@@ -23,19 +23,24 @@ pub struct Followed {
 /// from its cursor (or a checkpoint). The server must be the export the
 /// working copy was made from.
 pub async fn server_tree(wc: &WorkingCopy, remote: &impl Remote) -> Result<Followed, SyncError> {
+    let head = same_export(wc, remote).await?;
+    tree_from(remote, head, &wc.saved.base.state, &wc.saved.cursor).await
+}
+
+/// The head, if it is the export the working copy was synced with (by
+/// its id, whatever the URL).
+pub async fn same_export(wc: &WorkingCopy, remote: &impl Remote) -> Result<Head, SyncError> {
     let head = head(remote).await?;
     match &wc.saved.server_id {
-        Some(id) if *id != head.server_id => {
-            return Err(WorkingCopyError::OtherServer {
-                url: wc.saved.url.clone(),
-                expected: id.clone(),
-                found: head.server_id,
-            }
-            .into());
+        Some(id) if *id != head.server_id => Err(WorkingCopyError::OtherServer {
+            url: wc.saved.url.clone(),
+            synced_at: wc.moved_from.clone(),
+            expected: id.clone(),
+            found: head.server_id,
         }
-        _ => {}
+        .into()),
+        _ => Ok(head),
     }
-    tree_from(remote, head, &wc.saved.base.state, &wc.saved.cursor).await
 }
 
 /// The export's tree as it stands now, read from nothing (a checkpoint and

@@ -17,6 +17,11 @@ pub async fn sync(
     options: SyncOptions,
 ) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
+    if wc.moved_from.is_some() && !options.pull {
+        // A push alone reads no head: make sure the new URL is the same
+        // export before anything is written there.
+        super::follow::same_export(wc, remote).await?;
+    }
     if wc.versions().is_none() {
         wc.keep_versions(options.keep_versions);
     }

@@ -16,6 +16,9 @@ use crate::transport::Remote;
 
 /// Quiet time after the last local change before a round starts.
 const LOCAL_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Longest a round waits for local quiet (a file written without pause
+/// must not hold every other change back).
+const MAX_LOCAL_DEBOUNCE: Duration = Duration::from_secs(5);
 /// How long one head long-poll is held.
 const LONG_POLL_SECS: u64 = 25;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -76,6 +79,7 @@ pub async fn follow(
     let mut need_round = true;
     loop {
         if need_round {
+            tracing::debug!("a sync round");
             match super::sync(wc, remote, options).await {
                 Ok(report) => {
                     backoff = Duration::from_secs(1);
@@ -107,7 +111,10 @@ pub async fn follow(
                 Err(e) => return Err(e.into()),
             },
             Some(()) = local_changes.recv() => {
-                while tokio::time::timeout(LOCAL_DEBOUNCE, local_changes.recv()).await.is_ok() {}
+                let woken = tokio::time::Instant::now();
+                while woken.elapsed() < MAX_LOCAL_DEBOUNCE
+                    && tokio::time::timeout(LOCAL_DEBOUNCE, local_changes.recv()).await.is_ok()
+                {}
                 need_round = true;
             }
         }

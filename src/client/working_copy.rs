@@ -27,17 +27,16 @@ pub enum WorkingCopyError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: not a working copy state file: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
-    #[error("{} is a working copy of {theirs}, not {ours}", dir.display())]
-    OtherExport {
-        dir: PathBuf,
-        theirs: String,
-        ours: String,
-    },
     #[error(
-        "the server at {url} is another export (id {found}) than this working copy's ({expected})"
+        "{url} serves export {found}, not export {expected} that this working copy was synced \
+         with{}: it is another export, or one whose .intersync/ was made anew (its history is \
+         gone); sync it into a new folder, and copy over what you changed here",
+        match synced_at { Some(at) if at != url => format!(" at {at}"), _ => String::new() }
     )]
     OtherServer {
         url: String,
+        /// Where the working copy last synced, when that was elsewhere.
+        synced_at: Option<String>,
         expected: String,
         found: String,
     },
@@ -203,6 +202,9 @@ pub struct WorkingCopy {
     placeholders: Arc<Placeholders>,
     /// The versions synced, to push edits as patches from.
     versions: Option<VersionStore>,
+    /// The URL it last synced with, when it was opened with another: kept
+    /// (the new one saved) once the head there names the same export.
+    pub moved_from: Option<String>,
 }
 
 /// Smaller files are not kept: pushing them whole or by a delta costs
@@ -217,13 +219,12 @@ impl WorkingCopy {
         let state_dir = root.join(STATE_DIR);
         let state_file = state_dir.join("state.json");
         if state_file.exists() {
-            let wc = WorkingCopy::open(&root)?;
+            // A working copy follows its export's id, not a URL: the same
+            // export at a new address (another port, another name, a cache
+            // in front) is taken, once its head says it is the same one.
+            let mut wc = WorkingCopy::open(&root)?;
             if normalise(&wc.saved.url) != normalise(url) {
-                return Err(WorkingCopyError::OtherExport {
-                    dir: root,
-                    theirs: wc.saved.url,
-                    ours: url.to_owned(),
-                });
+                wc.moved_from = Some(std::mem::replace(&mut wc.saved.url, url.to_owned()));
             }
             return Ok(wc);
         }
@@ -238,6 +239,7 @@ impl WorkingCopy {
             },
             placeholders: Arc::default(),
             versions: None,
+            moved_from: None,
         };
         wc.save()?;
         Ok(wc)
@@ -267,6 +269,7 @@ impl WorkingCopy {
             saved,
             placeholders: Arc::new(placeholders),
             versions: None,
+            moved_from: None,
         })
     }
 

@@ -14,6 +14,9 @@ use super::Export;
 
 /// Quiet time after the last event before scanning.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// Longest a scan waits for quiet: a file written without pause (a log)
+/// must not keep every other change from being journaled.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// Watches the export's folder until the returned watcher is dropped.
 pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> {
@@ -33,11 +36,14 @@ pub fn watch(export: Arc<Export>) -> notify::Result<notify::RecommendedWatcher> 
     tokio::spawn(async move {
         loop {
             wake.notified().await;
-            // Let the burst finish.
-            while tokio::time::timeout(DEBOUNCE, wake.notified())
-                .await
-                .is_ok()
+            // Let the burst finish, up to a point.
+            let woken = tokio::time::Instant::now();
+            while woken.elapsed() < MAX_DEBOUNCE
+                && tokio::time::timeout(DEBOUNCE, wake.notified())
+                    .await
+                    .is_ok()
             {}
+            tracing::debug!("rescanning the folder");
             let export = export.clone();
             let scanned = tokio::task::spawn_blocking(move || export.rescan()).await;
             match scanned {
