@@ -1,4 +1,4 @@
-//! The scenario benchmark: S0 to S7 with InterSync (smart server and static
+//! The scenario benchmark: S0 to S8 with InterSync (smart server and static
 //! export behind nginx), a full fetch with curl, rsync (plain and `-z`) and
 //! zsync, side by side, every byte counted at the socket, over loopback and
 //! two slow links.
@@ -41,7 +41,7 @@ fn parse() -> Args {
             scale: 1.0,
             runs: 3,
             tools: Tool::ALL.to_vec(),
-            scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+            scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S8u"]
                 .map(String::from)
                 .to_vec(),
             intersync: PathBuf::from(env!("CARGO_BIN_EXE_intersync")),

@@ -21,7 +21,7 @@ fn every_tool_on_every_scenario_at_small_scale() {
         scale: 0.02,
         runs: 1,
         tools: Tool::ALL.to_vec(),
-        scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+        scenarios: ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S8u"]
             .map(String::from)
             .to_vec(),
         intersync: env!("CARGO_BIN_EXE_intersync").into(),
@@ -56,7 +56,7 @@ fn every_tool_on_every_scenario_at_small_scale() {
         1 + Tool::ALL.len() + 2 * figures.len()
     );
     println!("{table}");
-    assert_eq!(figures.len(), 8 * Tool::ALL.len());
+    assert_eq!(figures.len(), 10 * Tool::ALL.len());
     let wrong: Vec<_> = figures
         .iter()
         .filter(|f| !f.correct)
@@ -102,6 +102,23 @@ fn every_tool_on_every_scenario_at_small_scale() {
         s4.total_bytes() < s4.full_fetch_bytes + s4.full_fetch_bytes * 3 / 100,
         "{s4:?}"
     );
+    // Whole trees in a few requests (#17): a first clone of small files,
+    // and of source text compressed about as rsync -z does it; a release
+    // upgrade of that text for less than rsync -z moves.
+    for id in ["S0", "S8"] {
+        let clone = figure(&figures, id, Tool::Smart);
+        assert!(clone.requests <= Some(5), "{clone:?}");
+    }
+    let (s8, s8_z) = (
+        figure(&figures, "S8", Tool::Smart),
+        figure(&figures, "S8", Tool::RsyncZ),
+    );
+    assert!(s8.total_bytes() * 10 < s8_z.total_bytes() * 11, "{s8:?}");
+    let (s8u, s8u_z) = (
+        figure(&figures, "S8u", Tool::Smart),
+        figure(&figures, "S8u", Tool::RsyncZ),
+    );
+    assert!(s8u.total_bytes() * 10 < s8u_z.total_bytes() * 8, "{s8u:?}");
 }
 
 /// The slow-link machinery: a network namespace with the shaped `lo`, the

@@ -115,7 +115,7 @@ pub struct Options {
     /// Runs of each tool and scenario; times are their median.
     pub runs: usize,
     pub tools: Vec<Tool>,
-    /// Scenario ids (`S0` to `S7`) to run.
+    /// Scenario ids (`S0` to `S8`, and `S8u`) to run.
     pub scenarios: Vec<String>,
     /// The `intersync` binary to measure.
     pub intersync: PathBuf,
@@ -181,6 +181,7 @@ pub fn prepare(dir: &Path, scale: f64, ids: &[String]) -> Result<Vec<Prepared>, 
     let tree = dir.join("tree");
     let changed_tree = dir.join("tree-changed");
     let mut change = None;
+    let mut upgrade = None;
     for id in ids {
         let (old, new) = (dir.join(id).join("old"), dir.join(id).join("new"));
         std::fs::create_dir_all(&old)?;
@@ -220,6 +221,30 @@ pub fn prepare(dir: &Path, scale: f64, ids: &[String]) -> Result<Vec<Prepared>, 
                         tree::mirror(&changed_tree, &new)?;
                         (0, 0)
                     }
+                }
+            }
+            ("S8" | "S8u", None) => {
+                let source = dir.join("source");
+                let upgraded = dir.join("source-upgraded");
+                let source_files = ((scenario::FULL_SOURCE_FILES as f64 * scale) as usize).max(200);
+                if !source.exists() {
+                    std::fs::create_dir_all(&source)?;
+                    scenario::write_source_tree(&source, source_files)?;
+                    tree::mirror(&source, &upgraded)?;
+                    upgrade = Some(scenario::upgrade_source_tree(&upgraded, source_files)?);
+                }
+                if id == "S8" {
+                    tree::mirror(&source, &new)?;
+                    let total = tree::files(&new)?
+                        .iter()
+                        .map(|p| new.join(p).metadata().map(|m| m.len()))
+                        .sum::<std::io::Result<u64>>()?;
+                    (total, total)
+                } else {
+                    let u = upgrade.as_ref().expect("made with the tree");
+                    tree::mirror(&source, &old)?;
+                    tree::mirror(&upgraded, &new)?;
+                    (u.changed_bytes, u.full_fetch_bytes)
                 }
             }
             _ => {

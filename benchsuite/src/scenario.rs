@@ -1,8 +1,9 @@
 //! The benchmark scenarios of docs/ARCHITECTURE.md, generated deterministically from
 //! fixed seeds, so every benchmark, test and demo sees the same bytes.
 //!
-//! This module covers the single-file scenarios S1 to S5; each takes a
-//! length, so CI can run small versions of the 100 MiB originals.
+//! The single-file scenarios S1 to S5 each take a length, and the trees
+//! (S0, S6 and S7 of small random files, S8 of source-like text) a count
+//! of files, so CI can run small versions of the full-size originals.
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -191,6 +192,98 @@ pub fn change_tree(root: &std::path::Path, files: usize) -> std::io::Result<Tree
         change.added += 1;
         change.changed_bytes += len as u64;
         change.full_fetch_bytes += len as u64;
+    }
+    Ok(change)
+}
+
+/// Files in the full S8 tree.
+pub const FULL_SOURCE_FILES: usize = 5_000;
+
+/// A source file of S8: the header every file shares, then text.
+fn source_file(rng: &mut impl RngCore, i: usize) -> Vec<u8> {
+    let mut out = format!(
+        "// Copyright the InterSync authors. Licensed under the Apache License, Version 2.0.\n\
+         // This file is part of a generated source tree; module {i}.\n\n"
+    )
+    .into_bytes();
+    let len = rng.random_range(200..=24 * 1024);
+    out.extend_from_slice(&text(rng, len));
+    out
+}
+
+fn source_path(root: &std::path::Path, i: usize) -> std::path::PathBuf {
+    root.join(format!("src/m{:02}/p{:03}", i / 400, i / 20))
+        .join(format!("f{i:05}.rs"))
+}
+
+/// S8: writes a source-like tree of `files` text files under `root`
+/// (fixed seed, compressible about fourfold): a header every file shares,
+/// then 200 bytes to 24 KiB of text, twenty files to a folder, folders two
+/// deep; returns their total size.
+pub fn write_source_tree(root: &std::path::Path, files: usize) -> std::io::Result<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x58);
+    let mut total = 0;
+    for i in 0..files {
+        let path = source_path(root, i);
+        if i % 20 == 0 {
+            std::fs::create_dir_all(path.parent().expect("in a folder"))?;
+        }
+        let bytes = source_file(&mut rng, i);
+        total += bytes.len() as u64;
+        std::fs::write(path, bytes)?;
+    }
+    Ok(total)
+}
+
+/// S8's release upgrade of a tree written by [`write_source_tree`]: 5% of
+/// the files edited (a few lines rewritten, some inserted), 2% added, 1%
+/// removed and 0.5% renamed into another folder.
+pub fn upgrade_source_tree(root: &std::path::Path, files: usize) -> std::io::Result<TreeChange> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x59);
+    let mut change = TreeChange::default();
+    let count = |per_mille: usize| (files * per_mille / 1000).max(1);
+    let pick = |k: usize, n: usize, offset: usize| (k * (files / n).max(1) + offset) % files;
+    for k in 0..count(50) {
+        let p = source_path(root, pick(k, count(50), 7));
+        let mut data = std::fs::read(&p)?;
+        for _ in 0..rng.random_range(1..=4) {
+            let at = rng.random_range(0..=data.len());
+            let line_len = rng.random_range(20..=400);
+            let line = text(&mut rng, line_len);
+            if rng.random_bool(0.5) {
+                let end = (at + line.len()).min(data.len());
+                data.splice(at..end, line.iter().copied());
+            } else {
+                data.splice(at..at, line.iter().copied());
+            }
+            change.changed_bytes += line.len() as u64;
+        }
+        std::fs::write(&p, &data)?;
+        change.edited += 1;
+        change.full_fetch_bytes += data.len() as u64;
+    }
+    for k in 0..count(10) {
+        if std::fs::remove_file(source_path(root, pick(k, count(10), 13))).is_ok() {
+            change.deleted += 1;
+        }
+    }
+    for k in 0..count(5) {
+        let from = source_path(root, pick(k, count(5), 17));
+        let to = root.join(format!("src/moved/r{k:04}.rs"));
+        std::fs::create_dir_all(to.parent().expect("in a folder"))?;
+        if std::fs::rename(&from, &to).is_ok() {
+            change.full_fetch_bytes += to.metadata()?.len();
+        }
+    }
+    for k in 0..count(20) {
+        let i = files + k;
+        let path = source_path(root, i);
+        std::fs::create_dir_all(path.parent().expect("in a folder"))?;
+        let bytes = source_file(&mut rng, i);
+        change.added += 1;
+        change.changed_bytes += bytes.len() as u64;
+        change.full_fetch_bytes += bytes.len() as u64;
+        std::fs::write(path, bytes)?;
     }
     Ok(change)
 }
