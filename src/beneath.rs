@@ -68,7 +68,9 @@ pub fn open_file(root: &Path, path: &TreePath) -> Result<File, BeneathError> {
     let fd = rustix::fs::openat2(
         &root_fd,
         path.as_str(),
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        // Not blocking: a FIFO put in a file's place must not hang the
+        // open (it is refused below, as not a regular file).
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
         BENEATH,
     )
@@ -92,7 +94,11 @@ pub fn open_file(root: &Path, path: &TreePath) -> Result<File, BeneathError> {
     })?;
     let file = File::from(fd);
     match file.metadata() {
-        Ok(m) if m.is_file() => Ok(file),
+        Ok(m) if m.is_file() => {
+            // Reads of a regular file never block; clear the flag anyway.
+            let _ = rustix::fs::fcntl_setfl(&file, OFlags::empty());
+            Ok(file)
+        }
         Ok(_) => Err(BeneathError::NotAFile { path: path.clone() }),
         Err(source) => Err(BeneathError::Io {
             path: path.clone(),

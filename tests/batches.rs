@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -17,6 +17,18 @@ use intersync_protocol::{TreePath, Version, push};
 
 use crate::client::{sync, tree};
 use crate::util::{Dir, Server, http, intersync, random_bytes, run};
+
+/// `intersync sync --stats URL DIR`, which must succeed.
+#[track_caller]
+fn synced(url: &str, dir: &Path) -> (std::process::Output, u64, u64) {
+    let (out, sent, received) = sync(url, dir, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, sent, received)
+}
 
 /// `intersync sync URL DIR` that is expected to fail: no figures to read.
 fn sync_broken(url: &str, dir: &Path) -> std::process::Output {
@@ -57,12 +69,7 @@ struct Faulty {
 
 impl Faulty {
     fn start(upstream: &str) -> Faulty {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let (listener, url, upstream) = crate::util::listen_in_front_of(upstream);
         let (cut, flip, sent) = (
             Arc::new(AtomicU64::new(u64::MAX)),
             Arc::new(AtomicI64::new(-1)),
@@ -137,12 +144,7 @@ fn a_clone_and_an_update_of_many_small_files_take_a_few_requests() {
     let data = small_tree(&export, 1500, 1);
     let server = Server::start(&export.path(""), &[]);
     let wc = Dir::new();
-    let (out, sent, received) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, sent, received) = synced(&server.url, &wc.path(""));
     assert_eq!(files(&wc.path("")), files(&export.path("")));
     // Head, checkpoint or journal, two batches of files.
     assert!(requests(&out) <= 6, "{} requests", requests(&out));
@@ -161,12 +163,7 @@ fn a_clone_and_an_update_of_many_small_files_take_a_few_requests() {
     }
     small_tree(&export, 20, 900_000);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let (out, _, received) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, _, received) = synced(&server.url, &wc.path(""));
     assert_eq!(files(&wc.path("")), files(&export.path("")));
     assert!(requests(&out) <= 5, "{} requests", requests(&out));
     // 30 patches of one byte, 20 new files (none over 20 KiB).
@@ -196,12 +193,7 @@ fn a_stream_cut_midway_leaves_only_whole_files_and_the_next_sync_finishes() {
         }
         let had = proxy.sent.load(Ordering::SeqCst);
         proxy.healthy();
-        let (out, _, received) = sync(&proxy.url, &wc.path(""), &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (_, _, received) = synced(&proxy.url, &wc.path(""));
         assert_eq!(files(&wc.path("")), want);
         // Only the rest came the second time.
         assert!(
@@ -232,12 +224,7 @@ fn a_damaged_stream_never_installs_a_damaged_file() {
         }
         proxy.healthy();
         if !first.status.success() {
-            let (out, _, _) = sync(&proxy.url, &wc.path(""), &[]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            synced(&proxy.url, &wc.path(""));
         }
         assert_eq!(files(&wc.path("")), want);
     }
@@ -249,12 +236,7 @@ fn a_thousand_new_files_then_some_edits_go_up_in_a_few_requests() {
     small_tree(&export, 50, 3);
     let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
     let wc = Dir::new();
-    let (out, _, _) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synced(&server.url, &wc.path(""));
     // 1,000 new files in new folders (some nested).
     let mut data = 0;
     for i in 0..1000 {
@@ -265,12 +247,7 @@ fn a_thousand_new_files_then_some_edits_go_up_in_a_few_requests() {
             text.as_bytes(),
         );
     }
-    let (out, sent, _) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, sent, _) = synced(&server.url, &wc.path(""));
     assert_eq!(files(&export.path("")), files(&wc.path("")));
     // Head, the folders, the files, the journal's new records.
     assert!(requests(&out) <= 5, "{} requests", requests(&out));
@@ -289,23 +266,13 @@ fn a_thousand_new_files_then_some_edits_go_up_in_a_few_requests() {
     for i in 20..25 {
         std::fs::remove_file(wc.path(&format!("d{}/f{i:04}.bin", i % 10))).unwrap();
     }
-    let (out, sent, _) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, sent, _) = synced(&server.url, &wc.path(""));
     assert_eq!(files(&export.path("")), files(&wc.path("")));
     assert!(requests(&out) <= 6, "{} requests", requests(&out));
     assert!(sent < edited / 4, "{sent} bytes sent for {edited} edited");
     // Another working copy sees them all.
     let other = Dir::new();
-    let (out, _, _) = sync(&server.url, &other.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synced(&server.url, &other.path(""));
     assert_eq!(files(&other.path("")), files(&wc.path("")));
 }
 
@@ -383,12 +350,7 @@ fn each_file_of_a_push_has_its_own_precondition_and_result() {
     assert_eq!(mode & 0o777, 0o600);
     // What was written is journaled: a new working copy gets it.
     let wc = Dir::new();
-    let (out, _, _) = sync(&server.url, &wc.path(""), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    synced(&server.url, &wc.path(""));
     assert_eq!(files(&wc.path("")), files(&export.path("")));
     // A read-only export refuses the whole.
     let ro = Server::start(&export.path(""), &[]);

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::util::{Dir, Server, intersync, random_bytes, run};
+use crate::util::{Dir, Kill, Server, intersync, random_bytes, run};
 
 /// `intersync sync --stats URL DIR`, its output and the two byte totals.
 pub(crate) fn sync(url: &str, dir: &Path, extra: &[&str]) -> (Output, u64, u64) {
@@ -366,14 +366,6 @@ fn watch_follows_both_sides_and_survives_the_server_going_away() {
         .to_owned();
     let clients = Dir::new();
     let wc = clients.path("wc");
-    /// Kills the watcher however the test ends.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _watcher = Kill(
         intersync()
             .arg("watch")
@@ -717,13 +709,6 @@ fn an_idle_server_and_an_idle_watch_do_no_work() {
     );
     let wc = Dir::new();
     let watch_log = fs::File::create(logs.path("watch.log")).unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _watcher = Kill(
         intersync()
             .env("INTERSYNC_LOG", "intersync=debug")

@@ -212,3 +212,152 @@ fn server_alive(server: &Server) -> bool {
     TcpStream::connect(addr(server)).is_ok()
         && get(&server.url(".intersync/head"), &[]).status == 200
 }
+
+/// C20: no set-uid, set-gid or sticky bit comes from the other side, by
+/// PUT, by a batch's mkdir or setattr, or into a working copy.
+#[test]
+fn set_id_bits_never_cross() {
+    use std::os::unix::fs::PermissionsExt;
+    let export = Dir::new();
+    export.write("theirs", b"#!/bin/sh\n");
+    std::fs::set_permissions(export.path("theirs"), PermissionsExt::from_mode(0o4755)).unwrap();
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let put = http(
+        "PUT",
+        &server.url("planted"),
+        &[("x-intersync-mode", "4755")],
+        b"#!/bin/sh\n".to_vec(),
+        None,
+    );
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert_eq!(mode(&export.path("planted")), 0o755);
+    let ops = http(
+        "POST",
+        &server.url(".intersync/ops"),
+        &[("content-type", "application/json")],
+        br#"{"ops":[{"op":"mkdir","path":"d","mode":3565},{"op":"setattr","path":"planted","mode":3565}]}"#
+            .to_vec(),
+        None,
+    );
+    assert_eq!(ops.status, 200, "{}", ops.text());
+    assert!(!ops.text().contains("\"status\":4"), "{}", ops.text());
+    assert_eq!(mode(&export.path("d")), 0o755);
+    assert_eq!(mode(&export.path("planted")), 0o755);
+    // A working copy takes the file, not its set-uid bit.
+    let wc = Dir::new();
+    crate::client::sync_ok(&server.url, &wc.path(""));
+    assert_eq!(mode(&wc.path("theirs")), 0o755);
+}
+
+/// E10: a file written without pause does not keep other changes from
+/// being journaled.
+#[test]
+fn a_busy_file_does_not_hide_other_changes() {
+    let export = Dir::new();
+    export.write("log", b"");
+    let server = Server::start(&export.path(""), &[]);
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (busy, path) = (busy.clone(), export.path("log"));
+        std::thread::spawn(move || {
+            let mut log = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                log.write_all(b"a line\n").unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    export.write("new.txt", b"new");
+    // Journaled: a working copy, which reads only the journal, gets it.
+    let journaled = crate::client::eventually(6, || {
+        let wc = Dir::new();
+        crate::client::sync_ok(&server.url, &wc.path(""));
+        wc.path("new.txt").exists()
+    });
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        journaled,
+        "a file written every 40 ms hid a new one for 6 s"
+    );
+}
+
+/// A15: a FIFO put in place of a journaled file hangs no request: by path
+/// and by version, each is answered at once, many at a time.
+#[test]
+fn a_fifo_in_place_of_a_file_hangs_nothing() {
+    let export = Dir::new();
+    let data = random_bytes(15, 10_000);
+    export.write("f", &data);
+    let server = std::sync::Arc::new(Server::start(&export.path(""), &[]));
+    let version = intersync_protocol::Version::of(&data);
+    std::fs::remove_file(export.path("f")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(export.path("f"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let requests: Vec<_> = (0..40)
+        .map(|i| {
+            let server = server.clone();
+            let path = if i % 2 == 0 {
+                format!("/.intersync/version/{version}")
+            } else {
+                "/f".to_owned()
+            };
+            std::thread::spawn(move || {
+                let request =
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                raw(&server, request.as_bytes(), Duration::from_secs(10))
+            })
+        })
+        .collect();
+    for request in requests {
+        let answer = request.join().unwrap().expect("a request hung on the FIFO");
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
+    assert!(server_alive(&server));
+}
+
+/// C2: a delta announcing a result larger than the disk's free space is
+/// refused before anything is written.
+#[test]
+fn a_delta_announcing_more_than_the_disk_holds_is_refused_at_once() {
+    let export = Dir::new();
+    export.write("f", b"base");
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let base = intersync_protocol::Version::of(b"base");
+    // A delta that copies the base over and over: it would never end.
+    let mut delta = intersync_protocol::DELTA_MAGIC.to_be_bytes().to_vec();
+    for _ in 0..10_000 {
+        delta.extend_from_slice(&[0x45, 0, 4]);
+    }
+    delta.push(0);
+    let put = http(
+        "PUT",
+        &server.url("f"),
+        &[
+            ("content-type", "application/x-librsync-delta"),
+            ("if-match", &base.etag()),
+            ("x-intersync-version", &base.to_string()),
+            ("x-intersync-size", &(1u64 << 62).to_string()),
+        ],
+        delta,
+        None,
+    );
+    assert_eq!(put.status, 507, "{}", put.text());
+    assert_eq!(export.read("f"), b"base");
+    let temporaries = std::fs::read_dir(export.path(""))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".intersync-tmp-")
+        })
+        .count();
+    assert_eq!(temporaries, 0);
+}

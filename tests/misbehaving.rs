@@ -6,7 +6,7 @@
 //! resumable, and `--stats` says which way each file came.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::{fs, thread};
@@ -38,12 +38,7 @@ struct Proxy {
 
 impl Proxy {
     fn start(upstream: &str, fault: Fault) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
+        let (listener, url, upstream) = crate::util::listen_in_front_of(upstream);
         let log = Arc::new(Mutex::new(Vec::new()));
         let shared = log.clone();
         thread::spawn(move || {

@@ -152,6 +152,28 @@ impl Drop for Server {
     }
 }
 
+/// A listener on 127.0.0.1:0 for a proxy in front of `upstream` (a
+/// server's URL): the listener, its URL, and the upstream's address.
+pub fn listen_in_front_of(upstream: &str) -> (std::net::TcpListener, String, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    (listener, url, upstream)
+}
+
+/// A child process (a `watch`, say) killed however the test ends.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Reply {

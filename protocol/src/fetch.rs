@@ -287,6 +287,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Writes `bytes` as chunks of at most [`MAX_CHUNK`], each its length
+/// (LEB128) and its bytes: how fetch and push streams carry a file.
+pub(crate) fn write_chunks(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    for chunk in bytes.chunks(MAX_CHUNK) {
+        let mut head = Vec::with_capacity(4);
+        varint::put(&mut head, chunk.len() as u64);
+        out.write_all(&head)?;
+        out.write_all(chunk)?;
+    }
+    Ok(())
+}
+
 /// Writes a fetch stream (uncompressed) into `out`: [`StreamWriter::start`]
 /// each answer in the order asked, its bytes, [`StreamWriter::end`], and
 /// [`StreamWriter::finish`] after the last.
@@ -316,13 +328,7 @@ impl<W: std::io::Write> StreamWriter<W> {
     /// Bytes of the open entry.
     pub fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         debug_assert!(self.open, "no entry is open");
-        for chunk in bytes.chunks(MAX_CHUNK) {
-            let mut head = Vec::with_capacity(4);
-            varint::put(&mut head, chunk.len() as u64);
-            self.out.write_all(&head)?;
-            self.out.write_all(chunk)?;
-        }
-        Ok(())
+        write_chunks(&mut self.out, bytes)
     }
 
     /// Ends the open entry (nothing for one without bytes).

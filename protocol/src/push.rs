@@ -28,8 +28,8 @@ const ENTRY: u8 = 1;
 const END: u8 = 0xff;
 /// Most files in one request.
 pub const MAX_ENTRIES: usize = 1 << 16;
-/// Largest chunk of a file's bytes.
-pub const MAX_CHUNK: usize = 1 << 20;
+/// Largest chunk of a file's bytes (as in a fetch stream).
+pub const MAX_CHUNK: usize = crate::fetch::MAX_CHUNK;
 /// Longest path.
 const MAX_PATH: u64 = 4096;
 
@@ -142,13 +142,7 @@ impl<W: Write> PushWriter<W> {
     /// Bytes of the open file.
     pub fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
         debug_assert!(self.open, "no entry is open");
-        for chunk in bytes.chunks(MAX_CHUNK) {
-            let mut head = Vec::with_capacity(4);
-            varint::put(&mut head, chunk.len() as u64);
-            self.out.write_all(&head)?;
-            self.out.write_all(chunk)?;
-        }
-        Ok(())
+        crate::fetch::write_chunks(&mut self.out, bytes)
     }
 
     fn end(&mut self) -> io::Result<()> {

@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 
 use intersync_protocol::{TreePath, Version};
 
@@ -170,7 +169,7 @@ impl Run<'_> {
                     fs::create_dir(&full)
                         .or_else(|e| if full.is_dir() { Ok(()) } else { Err(e) })
                         .map_err(|e| SyncError::local(&path, e))?;
-                    fs::set_permissions(&full, fs::Permissions::from_mode(mode))
+                    fs::set_permissions(&full, fetch::remote_mode(mode))
                         .map_err(|e| SyncError::local(&path, e))?;
                     self.pulled(&path, "folder created");
                 }

@@ -348,6 +348,10 @@ impl Export {
     /// applied (to the file's current mode, or 0644/0755, when the client
     /// names none).
     pub fn incoming_mode(&self, mode: Option<u32>, is_dir: bool) -> Option<u32> {
+        // Set-id and sticky bits never come from a remote writer: a client
+        // could otherwise plant a set-uid program owned by the server's
+        // user. (A module's `incoming chmod` may still set them.)
+        let mode = mode.map(|m| m & 0o777);
         let Some(c) = &self.incoming_chmod else {
             return mode;
         };

@@ -21,7 +21,7 @@ use intersync_protocol::push::{Entry, Form, PushError, PushReader};
 use intersync_protocol::{BatchResult, OpResult};
 
 use super::writes::{self, DeltaFormat, Landing, internal};
-use super::{Body, Incoming, Refusal, full};
+use super::{Body, Incoming, Refusal};
 use crate::export::Export;
 use crate::install::{Staged, sync_fs};
 
@@ -47,10 +47,7 @@ pub async fn push(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respon
     let result = tokio::task::spawn_blocking(move || receive(&export, spool, zstd))
         .await
         .map_err(internal)??;
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(full(serde_json::to_vec(&result).expect("serializes")))
-        .expect("valid response"))
+    Ok(writes::results(&result))
 }
 
 /// A file of the stream, written and checked, or why not.
@@ -78,6 +75,8 @@ fn receive(export: &Export, mut spool: std::fs::File, zstd: bool) -> Result<Batc
                 StatusCode::FORBIDDEN,
                 "excluded by the module's rules",
             ))
+        } else if let Err(refusal) = writes::room_for(export, entry.size) {
+            Err(refusal)
         } else {
             receive_one(export, &entry, &mut reader).map_err(bad)?
         };

@@ -196,6 +196,9 @@ pub async fn put(
         .await
         .map_err(internal)??;
     }
+    if let Some((_, size)) = put.delta {
+        room_for(export, size)?;
+    }
     let dest = path.under(export.root());
     let pending = PendingFile::create(&dest)
         .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))?;
@@ -301,6 +304,22 @@ pub(super) fn land(
         mtime_ns: crate::tree::scan::mtime_ns(&meta),
     });
     Ok((created, ops))
+}
+
+/// A result of `size` bytes must fit in the space left on the export's
+/// file system (a delta announces its result: 2^62 bytes must not be
+/// written out before they are found too many): 507 otherwise.
+pub(super) fn room_for(export: &Export, size: u64) -> Result<(), Refusal> {
+    let free = rustix::fs::statvfs(export.root())
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(u64::MAX);
+    if size > free {
+        return Err(Refusal::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("a result of {size} bytes does not fit in the {free} bytes free"),
+        ));
+    }
+    Ok(())
 }
 
 /// The folder that will hold `path` must exist, as the journal knows it
@@ -467,10 +486,15 @@ pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respons
     })
     .await
     .map_err(internal)??;
-    Ok(Response::builder()
+    Ok(results(&result))
+}
+
+/// The answer to a batch: its results as JSON.
+pub(super) fn results(result: &BatchResult) -> Response<Body> {
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(serde_json::to_vec(&result).expect("serializes")))
-        .expect("valid response"))
+        .body(full(serde_json::to_vec(result).expect("serializes")))
+        .expect("valid response")
 }
 
 fn apply_op(export: &Export, inner: &mut Inner, op: BatchOp) -> Result<(), Refusal> {

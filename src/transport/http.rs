@@ -364,6 +364,23 @@ impl HttpRemote {
         Ok(answer)
     }
 
+    /// POSTs to a request a server may not have (a static export, an
+    /// older server): `None` when it answers 404 or 405.
+    async fn post_if_served(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        what: &str,
+    ) -> Result<Option<Answer>, TransportError> {
+        match self.send(Method::POST, path, headers, body, what).await {
+            Err(TransportError::Refused {
+                status: 404 | 405, ..
+            }) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     /// POSTs a signature to `.intersync/KIND/PATH`, taking zstd.
     async fn post_signature(
         &self,
@@ -732,8 +749,7 @@ impl Remote for HttpRemote {
     async fn fetch_many(&self, request: Bytes) -> Result<Option<FetchPieces<'_>>, TransportError> {
         let what = "many files";
         let answer = self
-            .send(
-                Method::POST,
+            .post_if_served(
                 ".intersync/fetch",
                 &[(
                     "content-type",
@@ -742,12 +758,9 @@ impl Remote for HttpRemote {
                 request,
                 what,
             )
-            .await;
-        let answer = match answer {
-            Err(TransportError::Refused {
-                status: 404 | 405, ..
-            }) => return Ok(None),
-            other => other?,
+            .await?;
+        let Some(answer) = answer else {
+            return Ok(None);
         };
         let decoder = zstd::stream::raw::Decoder::new().map_err(|e| TransportError::Local {
             what: what.into(),
@@ -1140,8 +1153,7 @@ impl Remote for HttpRemote {
     async fn push_many(&self, body: Bytes) -> Result<Option<Vec<OpResult>>, TransportError> {
         let what = "many files written";
         let answer = self
-            .send(
-                Method::POST,
+            .post_if_served(
                 ".intersync/push",
                 &[
                     ("content-type", intersync_protocol::push::MEDIA_PUSH.into()),
@@ -1150,12 +1162,9 @@ impl Remote for HttpRemote {
                 body,
                 what,
             )
-            .await;
-        let answer = match answer {
-            Err(TransportError::Refused {
-                status: 404 | 405, ..
-            }) => return Ok(None),
-            other => other?,
+            .await?;
+        let Some(answer) = answer else {
+            return Ok(None);
         };
         let bytes = self.collect(answer.body, what).await?;
         let answer: BatchResult =

@@ -467,9 +467,22 @@ fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &T
 
 /// The version of a file, read with ordinary reads: another program may
 /// truncate it meanwhile, which would kill a process reading it mapped.
+/// Opened without blocking and refused unless it is a regular file, so a
+/// FIFO put in its place meanwhile cannot hang the scan.
 pub fn hash_file(path: &Path) -> io::Result<Version> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(fs::File::open(path)?)?;
+    hasher.update_reader(file)?;
     Ok(Version::from_hasher(&hasher))
 }
 

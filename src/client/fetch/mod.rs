@@ -330,13 +330,20 @@ fn install_checked(
     set_attrs(dest, &entry).map_err(|e| SyncError::local(dest, e))
 }
 
+/// The permission bits a server may give what a client installs: never
+/// set-uid, set-gid or sticky (a server could otherwise plant a set-uid
+/// program owned by whoever runs the client).
+pub fn remote_mode(mode: u32) -> fs::Permissions {
+    fs::Permissions::from_mode(mode & 0o777)
+}
+
 /// Gives the file or folder at `path` the entry's permissions, and a file
 /// its mtime (a symbolic link keeps its own).
 pub fn set_attrs(path: &Path, e: &Entry) -> std::io::Result<()> {
     if matches!(e.kind, EntryKind::Symlink { .. }) {
         return Ok(());
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(e.mode))?;
+    fs::set_permissions(path, remote_mode(e.mode))?;
     if matches!(e.kind, EntryKind::File { .. }) {
         let t = UNIX_EPOCH + Duration::from_nanos(e.mtime_ns.max(0) as u64);
         File::options().write(true).open(path)?.set_modified(t)?;
@@ -346,7 +353,7 @@ pub fn set_attrs(path: &Path, e: &Entry) -> std::io::Result<()> {
 
 /// [`set_attrs`] on an open file (one written here, not yet installed).
 pub fn set_file_attrs(file: &File, e: &Entry) -> std::io::Result<()> {
-    file.set_permissions(fs::Permissions::from_mode(e.mode))?;
+    file.set_permissions(remote_mode(e.mode))?;
     let t = UNIX_EPOCH + Duration::from_nanos(e.mtime_ns.max(0) as u64);
     file.set_modified(t)
 }
