@@ -829,3 +829,40 @@ fn deltas_of_text_are_compressed_when_asked() {
     );
     assert_eq!(zstd::decode_all(&packed.body[..]).unwrap(), plain.body);
 }
+
+/// Reliability 3 / E6: `.intersync/` removed (an `rsync -a --delete` from
+/// a tree without it) or made anew under a running server: the server
+/// stops with words that say so, and never journals into what is gone.
+#[test]
+fn a_server_whose_journal_is_removed_stops_and_says_why() {
+    for replace in [false, true] {
+        let dir = Dir::new();
+        fs::write(dir.path("a"), b"a").unwrap();
+        let log = Dir::new();
+        let mut serve = crate::util::intersync();
+        serve
+            .arg("serve")
+            .stderr(fs::File::create(log.path("stderr")).unwrap());
+        let root = dir.path("");
+        let mut server = Server::spawn(
+            serve,
+            &[root.as_os_str(), "--allow-anonymous-writes".as_ref()],
+        );
+        fs::remove_dir_all(dir.path(".intersync")).unwrap();
+        if replace {
+            fs::create_dir(dir.path(".intersync")).unwrap();
+        }
+        // A write in the window before the server notices is refused.
+        let put = http("PUT", &server.url("b"), &[], b"b".to_vec(), None);
+        assert!(matches!(put.status, 503), "{}: {}", put.status, put.text());
+        let status = crate::util::wait_exit(&mut server, std::time::Duration::from_secs(10))
+            .expect("the server kept running on a journal that is gone");
+        assert!(!status.success());
+        let said = fs::read_to_string(log.path("stderr")).unwrap();
+        let how = if replace { "made anew" } else { "removed" };
+        assert!(
+            said.contains(&format!("was {how} while the server ran")),
+            "{said}"
+        );
+    }
+}

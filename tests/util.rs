@@ -164,6 +164,21 @@ pub fn listen_in_front_of(upstream: &str) -> (std::net::TcpListener, String, Str
     (listener, url, upstream)
 }
 
+/// The server's exit status, if it exits within `patience`.
+pub fn wait_exit(
+    server: &mut Server,
+    patience: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + patience;
+    while std::time::Instant::now() < until {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
 /// A child process (a `watch`, say) killed however the test ends.
 pub struct Kill(pub std::process::Child);
 

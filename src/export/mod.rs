@@ -39,6 +39,18 @@ pub enum ExportError {
     Journal(#[from] JournalError),
     #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// `.intersync/` went away, or was made anew, under the running
+    /// export: its history is not the one this process holds.
+    #[error(
+        "the journal in {} was {how} while the server ran (by another program: an \
+         `rsync --delete` into the export, say); nothing more is journaled or served from it: \
+         start the server again to journal the tree anew (working copies then sync afresh)",
+        state_dir.display()
+    )]
+    JournalGone {
+        state_dir: PathBuf,
+        how: &'static str,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
@@ -52,6 +64,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 pub struct Export {
     root: PathBuf,
     state_dir: PathBuf,
+    /// The device and inode `state_dir` had when opened.
+    state_dir_id: (u64, u64),
     node: NodeId,
     inner: Mutex<Inner>,
     /// The latest sequence number, for long-polls of the head document.
@@ -137,6 +151,7 @@ impl Export {
         let root = root.canonicalize().map_err(io_err(root))?;
         let state_dir = root.join(STATE_DIR);
         fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
+        let state_dir_id = dev_ino(&state_dir).map_err(io_err(&state_dir))?;
         let node = node_id(&state_dir)?;
         // Only a crashed write leaves temporaries, and nothing is in flight yet.
         sweep_temporaries(&root);
@@ -149,6 +164,7 @@ impl Export {
         let export = Export {
             root,
             state_dir,
+            state_dir_id,
             node,
             inner: Mutex::new(Inner {
                 journal,
@@ -379,6 +395,21 @@ impl Export {
         &self.root
     }
 
+    /// Whether `.intersync/` is still the one opened: not removed, not
+    /// made anew (a stat; the server checks every few seconds and before
+    /// every append).
+    pub fn journal_intact(&self) -> Result<(), ExportError> {
+        let how = match dev_ino(&self.state_dir) {
+            Ok(id) if id == self.state_dir_id => return Ok(()),
+            Ok(_) => "made anew",
+            Err(_) => "removed",
+        };
+        Err(ExportError::JournalGone {
+            state_dir: self.state_dir.clone(),
+            how,
+        })
+    }
+
     pub fn node(&self) -> NodeId {
         self.node
     }
@@ -435,6 +466,7 @@ impl Export {
         if ops.is_empty() {
             return Ok(());
         }
+        self.journal_intact()?;
         let mut state = inner.index.state.clone();
         inner.journal.append(self.node, ops, &mut state)?;
         inner.index.state = state;
@@ -705,6 +737,12 @@ fn sweep_temporaries(dir: &Path) {
             sweep_temporaries(&entry.path());
         }
     }
+}
+
+fn dev_ino(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 fn node_id(state_dir: &Path) -> Result<NodeId, ExportError> {

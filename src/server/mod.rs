@@ -130,9 +130,28 @@ pub async fn run_export(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     ready(addr, format!("{scheme}://{addr}/"));
-    serve(listener, tls, export, config.options, shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })
+    let exports = vec![export.clone()];
+    tokio::select! {
+        served = serve(listener, tls, export, config.options, shutdown) => {
+            served.map_err(|source| StartError::Listen { addr, source })
+        }
+        gone = journals_gone(exports) => Err(gone.into()),
+    }
+}
+
+/// Completes when the journal of one of `exports` is removed or made anew
+/// under the running server, which must then stop rather than serve a
+/// history that no longer exists.
+async fn journals_gone(exports: Vec<Arc<Export>>) -> ExportError {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        for export in &exports {
+            if let Err(gone) = export.journal_intact() {
+                tracing::error!(error = %crate::monitor::Chain(&gone), "stopping");
+                return gone;
+            }
+        }
+    }
 }
 
 /// Listens on `addr` (port 0: any free one); the address bound.
@@ -176,9 +195,13 @@ async fn run_modules(
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     ready(addr, format!("{scheme}://{addr}/"));
-    serve_root(listener, tls, Root::Modules(modules), shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })
+    let exports = modules.exports();
+    tokio::select! {
+        served = serve_root(listener, tls, Root::Modules(modules), shutdown) => {
+            served.map_err(|source| StartError::Listen { addr, source })
+        }
+        gone = journals_gone(exports) => Err(gone.into()),
+    }
 }
 
 /// A server running inside this process (for the demo and benchmarks),
@@ -756,10 +779,11 @@ impl From<ExportError> for Refusal {
     fn from(e: ExportError) -> Refusal {
         let said = crate::monitor::Chain(&e);
         tracing::error!(error = %said, "export failed");
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("server error: {said}"),
-        )
+        let status = match e {
+            ExportError::JournalGone { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Refusal::new(status, format!("server error: {said}"))
     }
 }
 

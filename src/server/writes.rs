@@ -274,6 +274,8 @@ pub(super) fn land(
     landing: &Landing,
     (version, size): (Version, u64),
 ) -> Result<(bool, Vec<Op>), Refusal> {
+    // Nothing lands that could not be journaled.
+    export.journal_intact()?;
     let current = export.current(inner, path)?;
     check(landing.precondition, current.as_ref())?;
     need_folder(inner, export.root(), path)?;
