@@ -361,3 +361,58 @@ fn a_delta_announcing_more_than_the_disk_holds_is_refused_at_once() {
         .count();
     assert_eq!(temporaries, 0);
 }
+
+/// C16: a long batch of operations lets other clients in between.
+#[test]
+fn a_long_batch_does_not_starve_other_writers() {
+    let export = Dir::new();
+    let server = std::sync::Arc::new(Server::start(
+        &export.path(""),
+        &["--allow-anonymous-writes"],
+    ));
+    let ops: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"op":"mkdir","path":"d{i}"}}"#))
+        .collect();
+    let body = format!(r#"{{"ops":[{}]}}"#, ops.join(",")).into_bytes();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let batch = {
+        let (server, done) = (server.clone(), done.clone());
+        std::thread::spawn(move || {
+            let reply = http(
+                "POST",
+                &server.url(".intersync/ops"),
+                &[("content-type", "application/json")],
+                body,
+                None,
+            );
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            reply
+        })
+    };
+    // Once the batch is under way (some folders made), a PUT gets in.
+    assert!(crate::client::eventually(20, || export
+        .path("d10")
+        .exists()));
+    let put = http("PUT", &server.url("f"), &[], b"f".to_vec(), None);
+    assert_eq!(put.status, 201, "{}", put.text());
+    assert!(
+        !export.path("d2999").exists() && !done.load(std::sync::atomic::Ordering::SeqCst),
+        "the PUT waited for the whole batch"
+    );
+    let reply = batch.join().unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(export.path("d2999").is_dir());
+    // And a batch past the bound is refused whole.
+    let ops: Vec<String> = (0..70_000)
+        .map(|_| r#"{"op":"rmdir","path":"x"}"#.to_owned())
+        .collect();
+    let body = format!(r#"{{"ops":[{}]}}"#, ops.join(",")).into_bytes();
+    let reply = http(
+        "POST",
+        &server.url(".intersync/ops"),
+        &[("content-type", "application/json")],
+        body,
+        None,
+    );
+    assert_eq!(reply.status, 413, "{}", reply.text());
+}

@@ -458,6 +458,10 @@ impl<W: Write> Write for HashWriter<'_, W> {
 }
 
 const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Most operations in one batch, and how many are applied under one hold
+/// of the export's lock.
+const MAX_BATCH_OPS: usize = 1 << 16;
+const OPS_A_LOCK: usize = 64;
 
 /// `POST /.intersync/ops`: operations applied in order, each on its own
 /// (all or nothing), each with its own result.
@@ -469,21 +473,38 @@ pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respons
         .to_bytes();
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
+    if batch.ops.len() > MAX_BATCH_OPS {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} operations in one batch; at most {MAX_BATCH_OPS}",
+                batch.ops.len()
+            ),
+        ));
+    }
     let export = export.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<BatchResult, Refusal> {
-        let mut inner = export.lock();
-        export.rescan_locked(&mut inner)?;
-        let results = batch
-            .ops
-            .into_iter()
-            .map(|op| match apply_op(&export, &mut inner, op) {
-                Ok(()) => OpResult::ok(),
-                Err(r) => r.into_result(),
-            })
-            .collect();
+        export.rescan_locked(&mut export.lock())?;
+        let mut results = Vec::with_capacity(batch.ops.len());
+        let mut ops = batch.ops.into_iter().peekable();
+        // The lock is let go between a few operations and the next, so
+        // that a long batch never starves other clients.
+        while ops.peek().is_some() {
+            let mut inner = export.lock();
+            for op in ops.by_ref().take(OPS_A_LOCK) {
+                results.push(match apply_op(&export, &mut inner, op) {
+                    Ok(()) => OpResult::ok(),
+                    Err(r) => r.into_result(),
+                });
+            }
+            drop(inner);
+            // The lock is not fair: without a pause this thread would take
+            // it again before a waiting one wakes.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(BatchResult {
             results,
-            latest_seq: inner.journal.last_seq(),
+            latest_seq: export.lock().journal.last_seq(),
         })
     })
     .await
