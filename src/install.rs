@@ -83,6 +83,18 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// [`Staged::create`], making the folders above `dest` first if they
+    /// are missing (tried only then: a pull makes folders before files).
+    pub fn create_in_new_folder(dest: &Path) -> io::Result<Staged> {
+        match Staged::create(dest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(parent_dir(dest))?;
+                Staged::create(dest)
+            }
+            other => other,
+        }
+    }
+
     /// A temporary file beside `dest`, created as a new file would be.
     pub fn create(dest: &Path) -> io::Result<Staged> {
         let temp = tempfile::Builder::new()

@@ -193,6 +193,11 @@ impl Export {
         std::thread::Builder::new()
             .name("intersync-keeper".into())
             .spawn(move || {
+                // Keeping is an economy for later: it yields the CPU to the
+                // answers being served now (on Linux a nice value is a
+                // thread's own).
+                // SAFETY: setpriority changes only this thread's nice value.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
                 for (version, path) in rx {
                     // Opened again by name (a queue of open files would use
                     // up descriptors); kept only if it still is the version.

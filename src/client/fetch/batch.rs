@@ -384,17 +384,12 @@ impl Receiver<'_> {
         let job = &mut self.jobs[i];
         self.open = Some(i);
         self.current = match form {
-            Form::Whole => {
-                if let Some(parent) = job.dest.parent() {
-                    fs::create_dir_all(parent).map_err(|e| SyncError::local(&job.file.path, e))?;
-                }
-                Receiving::Whole {
-                    staged: Staged::create(&job.dest)
-                        .map_err(|e| SyncError::local(&job.dest, e))?,
-                    hasher: Box::default(),
-                    written: 0,
-                }
-            }
+            Form::Whole => Receiving::Whole {
+                staged: Staged::create_in_new_folder(&job.dest)
+                    .map_err(|e| SyncError::local(&job.dest, e))?,
+                hasher: Box::default(),
+                written: 0,
+            },
             Form::Patch | Form::Delta => Receiving::Spooled {
                 form,
                 result_size: result_size.unwrap_or(job.file.size),

@@ -90,10 +90,7 @@ pub async fn fetch_whole(
 /// what arrived is not the version wanted.
 async fn fetch_one(remote: &impl Remote, job: &Job) -> Result<Option<Staged>, SyncError> {
     let local = |e| SyncError::local(&job.dest, e);
-    if let Some(parent) = job.dest.parent() {
-        fs::create_dir_all(parent).map_err(local)?;
-    }
-    let mut staged = Staged::create(&job.dest).map_err(local)?;
+    let mut staged = Staged::create_in_new_folder(&job.dest).map_err(local)?;
     if let Some(p) = remote.progress() {
         p.plan(job.file.size);
     }
