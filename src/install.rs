@@ -140,14 +140,6 @@ impl StagedInstalls {
             .push((staged.temp.into_temp_path(), staged.dest));
     }
 
-    pub fn len(&self) -> usize {
-        self.staged.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.staged.is_empty()
-    }
-
     /// Installs every file added (see the type's documentation); the
     /// destinations installed, in the order added. On an error, those
     /// before it are installed and the rest removed.

@@ -345,10 +345,6 @@ impl<W: std::io::Write> StreamWriter<W> {
         self.out.write_all(&[STREAM_END])?;
         Ok(self.out)
     }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.out
-    }
 }
 
 /// What a [`StreamParser`] found.
@@ -405,11 +401,6 @@ impl StreamParser {
             pending: Vec::new(),
             offset: 0,
         }
-    }
-
-    /// Entries answered whole so far.
-    pub fn answered(&self) -> usize {
-        self.answered
     }
 
     /// Parses `input`, calling `on` for each event; an error from `on`

@@ -1,9 +1,9 @@
 //! Push: turn what a scan finds against the base into requests, each with
 //! its precondition: small files many to a request (`POST
-//! /.intersync/push`: whole when new, an exact patch from the kept base
-//! when edited), larger ones one by one (a patch, or a delta against the
-//! server's signature of the base version), and batches of operations for
-//! the rest. A write the server refuses because its copy moved on waits
+//! /.intersync/push`), larger ones one by one, each new one whole and each
+//! edited one as an exact patch from the kept base, or a delta against the
+//! server's signature of the base version, or whole, whichever is smallest
+//! (see `upload`); batches of operations for the rest. A write the server refuses because its copy moved on waits
 //! for the next round, after a pull.
 //!
 //! Files and operations are sent in the order the scan found them, but a

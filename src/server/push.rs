@@ -20,7 +20,7 @@ use hyper::{Request, Response, StatusCode};
 use intersync_protocol::push::{Entry, Form, PushError, PushReader};
 use intersync_protocol::{BatchResult, OpResult};
 
-use super::writes::{self, DeltaFormat, Landing, internal};
+use super::writes::{self, DeltaFormat, HashWriter, Landing, internal};
 use super::{Body, Incoming, Refusal};
 use crate::export::Export;
 use crate::install::{Staged, sync_fs};
@@ -103,50 +103,43 @@ fn receive_one<R: Read>(
         // The bytes are skipped by the next head.
         Err(refusal) => return Ok(Err(refusal)),
     };
+    // What is not read of a file is skipped by the next head: a file that
+    // brings more than it may is refused without reading the rest.
     let mut buf = vec![0u8; 64 * 1024];
     let written = match entry.form {
         Form::Whole => {
-            let mut hasher = blake3::Hasher::new();
-            let mut size = 0u64;
-            let mut failed = None;
+            let mut out = HashWriter::new(staged.file());
             loop {
                 let n = reader.read(&mut buf)?;
                 if n == 0 {
-                    break;
+                    break out.flush().map(|()| out.result()).map_err(internal);
                 }
-                hasher.update(&buf[..n]);
-                size += n as u64;
-                if failed.is_none()
-                    && let Err(e) = staged.file().write_all(&buf[..n])
-                {
-                    failed = Some(internal(e));
+                if out.size + n as u64 > entry.size {
+                    break Err(not_as_announced(entry));
                 }
-            }
-            match failed {
-                Some(refusal) => Err(refusal),
-                None => Ok((intersync_protocol::Version::from_hasher(&hasher), size)),
+                if let Err(e) = out.write_all(&buf[..n]) {
+                    break Err(internal(e));
+                }
             }
         }
         Form::Patch | Form::Delta => {
             let mut delta = Vec::new();
-            loop {
+            let over = loop {
                 let n = reader.read(&mut buf)?;
                 if n == 0 {
-                    break;
+                    break false;
                 }
-                if (delta.len() + n) as u64 <= MAX_DELTA {
-                    delta.extend_from_slice(&buf[..n]);
-                } else {
-                    delta.clear();
-                    delta.shrink_to_fit();
+                if (delta.len() + n) as u64 > MAX_DELTA {
+                    break true;
                 }
-            }
+                delta.extend_from_slice(&buf[..n]);
+            };
             let format = if entry.form == Form::Patch {
                 DeltaFormat::Patch
             } else {
                 DeltaFormat::Librsync
             };
-            if delta.is_empty() && entry.size > 0 {
+            if over {
                 Err(Refusal::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("a patch or delta over {MAX_DELTA} bytes"),
@@ -161,16 +154,21 @@ fn receive_one<R: Read>(
     };
     Ok(written.and_then(|(version, size)| {
         if version != entry.version || size != entry.size {
-            return Err(Refusal::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "the result has version {version} ({size} bytes), not the {} announced; nothing was written",
-                    entry.version
-                ),
-            ));
+            return Err(not_as_announced(entry));
         }
         Ok((staged.close(), size))
     }))
+}
+
+/// 422: what arrived is not the file announced.
+fn not_as_announced(entry: &Entry) -> Refusal {
+    Refusal::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "the result is not the {} bytes of version {} announced; nothing was written",
+            entry.size, entry.version
+        ),
+    )
 }
 
 /// Installs what was received, each file if its precondition still holds,

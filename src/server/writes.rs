@@ -402,11 +402,7 @@ pub(super) fn apply_delta(
 ) -> Result<(Version, u64), Refusal> {
     let file = crate::beneath::open_file(export.root(), path)?;
     let base = MappedFile::map(&file).map_err(internal)?;
-    let mut hashing = HashWriter {
-        inner: out,
-        hasher: blake3::Hasher::new(),
-        size: 0,
-    };
+    let mut hashing = HashWriter::new(out);
     match format {
         DeltaFormat::Librsync => {
             delta::apply(&base, delta, &mut hashing, limit).map_err(|e| match e.kind() {
@@ -428,7 +424,7 @@ pub(super) fn apply_delta(
             })?;
         }
     }
-    let (version, size) = (Version::from_hasher(&hashing.hasher), hashing.size);
+    let (version, size) = hashing.result();
     if !base.intact() {
         return Err(Refusal::new(
             StatusCode::CONFLICT,
@@ -438,10 +434,26 @@ pub(super) fn apply_delta(
     Ok((version, size))
 }
 
-struct HashWriter<'a, W: Write> {
+/// Writes on to `inner`, hashing and counting what it writes.
+pub(super) struct HashWriter<'a, W: Write> {
     inner: &'a mut W,
     hasher: blake3::Hasher,
-    size: u64,
+    pub size: u64,
+}
+
+impl<'a, W: Write> HashWriter<'a, W> {
+    pub fn new(inner: &'a mut W) -> HashWriter<'a, W> {
+        HashWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+        }
+    }
+
+    /// The version and length of what was written.
+    pub fn result(&self) -> (Version, u64) {
+        (Version::from_hasher(&self.hasher), self.size)
+    }
 }
 
 impl<W: Write> Write for HashWriter<'_, W> {

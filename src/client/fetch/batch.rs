@@ -313,7 +313,7 @@ async fn receive<P: Pieces>(
         while let Some(piece) = pieces.next().await? {
             parser.feed(&piece, &mut |event| r.on_event(event))?;
         }
-        parser.finish().map_err(bad_stream)
+        Ok(parser.finish()?)
     }
     .await;
     let installed = r
@@ -354,16 +354,12 @@ const WHOLE: &str = "fetched whole";
 const PATCHED: &str = "updated by patch";
 const DELTA: &str = "updated by delta";
 
-fn bad_stream(e: FetchError) -> SyncError {
-    SyncError::Transport(TransportError::Malformed {
-        what: "the fetch stream".into(),
-        source: Box::new(e),
-    })
-}
-
 impl From<FetchError> for SyncError {
     fn from(e: FetchError) -> SyncError {
-        bad_stream(e)
+        SyncError::Transport(TransportError::Malformed {
+            what: "the fetch stream".into(),
+            source: Box::new(e),
+        })
     }
 }
 
