@@ -182,7 +182,9 @@ fn delta<W: Write>(
 /// `len` bytes of `file` from its start into the open entry, a piece at a
 /// time (a file that shrank meanwhile gives fewer).
 fn copy<W: Write>(file: &std::fs::File, len: u64, out: &mut StreamWriter<W>) -> io::Result<()> {
-    let mut buf = vec![0u8; 128 * 1024];
+    // No bigger than the file: a zeroed 128 KiB for each of 10,000 small
+    // files is a fresh mapping each, and costs more than their bytes.
+    let mut buf = vec![0u8; (len as usize).clamp(1, 128 * 1024)];
     let mut at = 0u64;
     loop {
         let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, at)?;
