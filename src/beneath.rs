@@ -13,11 +13,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use intersync_protocol::TreePath;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use thiserror::Error;
 
 /// Why a path beneath a root could not be opened.
@@ -113,6 +113,148 @@ pub fn check_folders(root: &Path, path: &TreePath) -> Result<(), BeneathError> {
     folders(&open_root(root, path)?, path)
 }
 
+/// The folder that holds a path of the tree, opened beneath the tree's root
+/// and held by descriptor: what is made, renamed or removed through it
+/// lands in that folder, even if a local process swaps a folder on the way
+/// for a symbolic link meanwhile (names are resolved relative to the
+/// descriptor, one name deep, never following a link).
+pub struct Folder {
+    fd: OwnedFd,
+}
+
+impl Folder {
+    /// The folder holding `path` (the root itself for a top-level name),
+    /// reached through no symbolic link.
+    pub fn holding(root: &Path, path: &TreePath) -> Result<Folder, BeneathError> {
+        let Some(parent) = path.parent() else {
+            return Folder::at(root).map_err(|source| BeneathError::Io {
+                path: path.clone(),
+                source,
+            });
+        };
+        rustix::fs::openat2(
+            &open_root(root, path)?,
+            parent.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            BENEATH,
+        )
+        .map(|fd| Folder { fd })
+        .map_err(|e| folder_error(e, path))
+    }
+
+    /// A folder trusted by its path (the caller's own state, not a tree
+    /// that others write).
+    pub fn at(dir: &Path) -> io::Result<Folder> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Folder { fd })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Makes the folder's own entries (names made, renamed, removed) durable.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::fsync(&self.fd)?)
+    }
+
+    /// Makes the folder `name` with exactly `mode` (not less the umask).
+    pub fn mkdir(&self, name: &str, mode: u32) -> io::Result<()> {
+        rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700))?;
+        self.set_attrs(name, Some(mode), None)
+    }
+
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    pub fn rmdir(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+    }
+
+    pub fn symlink(&self, target: &[u8], name: &str) -> io::Result<()> {
+        let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(target);
+        Ok(rustix::fs::symlinkat(target, &self.fd, name)?)
+    }
+
+    /// Renames `name` here to `to_name` in `to` (replacing what is there).
+    pub fn rename(&self, name: &str, to: &Folder, to_name: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, name, &to.fd, to_name)?)
+    }
+
+    /// What `name` is, not following a link.
+    pub fn lstat(&self, name: &str) -> io::Result<rustix::fs::Stat> {
+        Ok(rustix::fs::statat(
+            &self.fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Sets the permission bits and the modification time of `name`, a
+    /// file or a folder; a symbolic link is refused, not followed. Works
+    /// whatever the entry's own permissions (it is reached by an `O_PATH`
+    /// descriptor and changed through `/proc/self/fd`, as `fchmodat` has
+    /// no "do not follow" on Linux).
+    pub fn set_attrs(
+        &self,
+        name: &str,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> io::Result<()> {
+        if mode.is_none() && mtime_ns.is_none() {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink {
+            return Err(io::Error::other(format!("{name}: a symbolic link")));
+        }
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        if let Some(mode) = mode {
+            rustix::fs::chmod(&proc, Mode::from_raw_mode(mode & 0o7777))?;
+        }
+        if let Some(ns) = mtime_ns {
+            let ns = ns.max(0);
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: rustix::fs::Timespec {
+                    tv_sec: ns / 1_000_000_000,
+                    tv_nsec: (ns % 1_000_000_000) as _,
+                },
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &proc, &times, AtFlags::empty())?;
+        }
+        Ok(())
+    }
+}
+
+fn folder_error(e: rustix::io::Errno, path: &TreePath) -> BeneathError {
+    match e {
+        rustix::io::Errno::NOENT => BeneathError::NoFolder { path: path.clone() },
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV => {
+            BeneathError::ThroughLink { path: path.clone() }
+        }
+        e => BeneathError::Io {
+            path: path.clone(),
+            source: e.into(),
+        },
+    }
+}
+
 fn open_root(root: &Path, path: &TreePath) -> Result<OwnedFd, BeneathError> {
     rustix::fs::open(
         root,
@@ -137,16 +279,7 @@ fn folders(root_fd: &OwnedFd, path: &TreePath) -> Result<(), BeneathError> {
         BENEATH,
     )
     .map(drop)
-    .map_err(|e| match e {
-        rustix::io::Errno::NOENT => BeneathError::NoFolder { path: path.clone() },
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV => {
-            BeneathError::ThroughLink { path: path.clone() }
-        }
-        e => BeneathError::Io {
-            path: path.clone(),
-            source: e.into(),
-        },
-    })
+    .map_err(|e| folder_error(e, path))
 }
 
 #[cfg(test)]

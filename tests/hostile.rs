@@ -416,3 +416,302 @@ fn a_long_batch_does_not_starve_other_writers() {
     );
     assert_eq!(reply.status, 413, "{}", reply.text());
 }
+
+/// A11: a folder swapped for a symbolic link to an outside folder while
+/// writes land in it (`mv d d.real; ln -s OUT d`, over and over). Writes
+/// used to create, rename and remove by path, so a PUT could leave its
+/// body in the outside folder; now every name is made relative to a
+/// descriptor of the folder found beneath the root, and nothing ever
+/// appears outside.
+#[test]
+fn writes_never_land_outside_through_a_swapped_folder() {
+    let export = Dir::new();
+    let outside = Dir::new();
+    export.write("d/seed", b"seed");
+    let server = std::sync::Arc::new(Server::start(
+        &export.path(""),
+        &["--allow-anonymous-writes"],
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (d, real, out, stop) = (
+            export.path("d"),
+            export.path("d.real"),
+            outside.path(""),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut swaps = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::fs::rename(&d, &real).unwrap();
+                std::os::unix::fs::symlink(&out, &d).unwrap();
+                std::thread::yield_now();
+                std::fs::remove_file(&d).unwrap();
+                std::fs::rename(&real, &d).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                for i in 0..150 {
+                    let put = http(
+                        "PUT",
+                        &server.url(&format!("d/f{w}-{i}")),
+                        &[],
+                        vec![b'x'; 3000],
+                        None,
+                    );
+                    let ops = format!(
+                        r#"{{"ops":[{{"op":"mkdir","path":"d/m{w}-{i}"}},{{"op":"symlink","path":"d/l{w}-{i}","target":"seed"}}]}}"#
+                    );
+                    let batch = http(
+                        "POST",
+                        &server.url(".intersync/ops"),
+                        &[("content-type", "application/json")],
+                        ops.into_bytes(),
+                        None,
+                    );
+                    answered += usize::from(put.status < 500) + usize::from(batch.status < 500);
+                }
+                answered
+            })
+        })
+        .collect();
+    let answered: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 100, "only {swaps} swaps: the race was not run");
+    assert_eq!(answered, 600, "a write failed on the server's side");
+    let leaked: Vec<_> = std::fs::read_dir(outside.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leaked.is_empty(), "written outside the export: {leaked:?}");
+    assert!(server_alive(&server));
+}
+
+/// A12: a writer's symbolic link may not lead out of the export (nginx
+/// serving the folder, and every working copy, would follow it): absolute
+/// targets and ones that climb past the root are refused, also when a
+/// rename would make an inside link point out; `--allow-outside-symlinks`
+/// lets them, as a local copy does.
+#[test]
+fn links_out_of_the_export_are_refused_unless_allowed() {
+    let export = Dir::new();
+    export.write("d/seed", b"seed");
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let ops = |server: &Server, ops: &str| {
+        let reply = http(
+            "POST",
+            &server.url(".intersync/ops"),
+            &[("content-type", "application/json")],
+            format!(r#"{{"ops":[{ops}]}}"#).into_bytes(),
+            None,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let results: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let link = |path: &str, target: &str| {
+        format!(r#"{{"op":"symlink","path":"{path}","target":"{target}"}}"#)
+    };
+    let got = ops(
+        &server,
+        &[
+            link("abs", "/etc/passwd"),
+            link("up", "../outside"),
+            link("d/up2", "../../outside"),
+            link("d/sneaky", "x/../../../outside"),
+            link("d/in", "seed"),
+            link("d/up-in", "../d/seed"),
+            link("d/dot", "./seed"),
+        ]
+        .join(","),
+    );
+    assert_eq!(got, [403, 403, 403, 403, 200, 200, 200]);
+    for refused in ["abs", "up", "d/up2", "d/sneaky"] {
+        assert!(
+            std::fs::symlink_metadata(export.path(refused)).is_err(),
+            "{refused} was made"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(export.path("d/up-in")).unwrap(),
+        std::path::Path::new("../d/seed")
+    );
+    // Inside from d/, out from the root: the rename is refused.
+    let rename = r#"{"op":"rename","from":"d/up-in","to":"up-in"}"#;
+    assert_eq!(ops(&server, rename), [403]);
+    assert!(export.path("d/up-in").is_symlink());
+    drop(server);
+
+    let server = Server::start(
+        &export.path(""),
+        &["--allow-anonymous-writes", "--allow-outside-symlinks"],
+    );
+    assert_eq!(ops(&server, &link("abs", "/etc/passwd")), [200]);
+    assert_eq!(ops(&server, rename), [200]);
+}
+
+/// The latest sequence number of the server's journal.
+fn latest_seq(server: &Server) -> u64 {
+    let head = get(&server.url(".intersync/head"), &[]);
+    let head: serde_json::Value = serde_json::from_slice(&head.body).unwrap();
+    head["latest_seq"].as_u64().unwrap()
+}
+
+/// A small tmpfs of its own, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] Dir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = Dir::new();
+        let at = dir.path("");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("mount");
+        assert!(
+            mounted.success(),
+            "cannot mount a tmpfs (the tests run as root)"
+        );
+        Tmpfs(at, dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// E4: a pull that fills the client's disk gives up the partial download
+/// (its space back), still pushes the local edits, and exits 11; once the
+/// server has deleted the file, the next sync completes. It used to keep
+/// the partial forever, fail every later sync with ENOSPC and never push.
+#[test]
+fn a_full_disk_keeps_nothing_half_and_does_not_block_pushes() {
+    let export = Dir::new();
+    export.write("a.txt", b"first");
+    let server = Server::start(&export.path(""), &["--allow-anonymous-writes"]);
+    let disk = Tmpfs::new("3m");
+    let wc = disk.0.join("wc");
+    crate::client::sync_ok(&server.url, &wc);
+
+    let before = latest_seq(&server);
+    export.write("big", &random_bytes(40, 6 << 20));
+    assert!(crate::client::eventually(20, || latest_seq(&server) > before));
+    std::fs::write(wc.join("a.txt"), b"edited while the disk fills").unwrap();
+    let sync = || crate::util::run(intersync().arg("sync").arg(&server.url).arg(&wc));
+    let out = sync();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert_eq!(export.read("a.txt"), b"edited while the disk fills");
+    assert!(!wc.join("big").exists());
+    let partials = std::fs::read_dir(wc.join(".intersync/partial"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(partials, 0, "a partial download holds the disk");
+
+    // The server deletes it: the next sync completes, and pushes.
+    std::fs::remove_file(export.path("big")).unwrap();
+    std::fs::write(wc.join("a.txt"), b"edited again").unwrap();
+    assert!(crate::client::eventually(20, || sync().status.success()));
+    assert_eq!(export.read("a.txt"), b"edited again");
+    assert!(!wc.join("big").exists());
+}
+
+/// A certificate for `names`, self-signed, as a CA (CA:TRUE) or not:
+/// (certificate, key) files in `dir`.
+fn certificate(dir: &Dir, tag: &str, names: &[&str], ca: bool) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.write(&format!("{tag}.pem"), cert.pem().as_bytes());
+    let key_path = dir.write(&format!("{tag}.key"), key.serialize_pem().as_bytes());
+    (
+        cert_path.to_str().unwrap().to_owned(),
+        key_path.to_str().unwrap().to_owned(),
+    )
+}
+
+/// F2 / F3: a failed TLS handshake says which check failed and is not
+/// taken for "offline" (exit 5, as a refused login, not 10); a `--cacert`
+/// with no certificate in it is refused, not taken as trusting nothing.
+/// All of them used to say "client error (Connect)" and exit 10.
+#[test]
+fn tls_failures_say_which_check_failed() {
+    let export = Dir::new();
+    export.write("a.txt", b"a");
+    let keys = Dir::new();
+    let wc = Dir::new();
+    let sync = |url: &str, cacert: Option<&str>| {
+        let mut cmd = intersync();
+        cmd.arg("sync").arg(url).arg(wc.path("copy"));
+        if let Some(ca) = cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        let out = crate::util::run(&mut cmd);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let tls = |cert: &str, key: &str| {
+        Server::start(&export.path(""), &["--tls-cert", cert, "--tls-key", key])
+    };
+
+    let (cert, key) = certificate(&keys, "good", &["127.0.0.1", "localhost"], false);
+    let server = tls(&cert, &key);
+    let (code, said) = sync(&server.url, None);
+    assert_eq!(code, Some(5), "{said}");
+    assert!(
+        said.contains("signed by no authority trusted here"),
+        "{said}"
+    );
+    assert!(!said.contains("offline"), "{said}");
+    let garbage = keys.write("garbage.pem", b"this is not a certificate\n");
+    let (code, said) = sync(&server.url, Some(garbage.to_str().unwrap()));
+    assert_ne!(code, Some(0));
+    assert!(said.contains("no certificate in it"), "{said}");
+    let (code, said) = sync(&server.url, Some(&cert));
+    assert_eq!(code, Some(0), "{said}");
+    drop(server);
+
+    let (cert, key) = certificate(&keys, "other", &["other.example"], false);
+    let server = tls(&cert, &key);
+    let (code, said) = sync(&server.url, Some(&cert));
+    assert_eq!(code, Some(5), "{said}");
+    assert!(said.contains("not for this host name"), "{said}");
+    drop(server);
+
+    let (cert, key) = certificate(&keys, "ca", &["127.0.0.1"], true);
+    let server = tls(&cert, &key);
+    let (code, said) = sync(&server.url, Some(&cert));
+    assert_eq!(code, Some(5), "{said}");
+    assert!(said.contains("a CA certificate (CA:TRUE)"), "{said}");
+    drop(server);
+
+    let plain = Server::start(&export.path(""), &[]);
+    let https = plain.url.replace("http://", "https://");
+    let (code, said) = sync(&https, None);
+    assert_eq!(code, Some(5), "{said}");
+    assert!(said.contains("does not answer in TLS"), "{said}");
+}

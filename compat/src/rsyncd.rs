@@ -65,6 +65,10 @@ pub struct Module {
     pub auth_users: Vec<AuthRule>,
     pub secrets_file: Option<PathBuf>,
     pub strict_modes: bool,
+    /// `munge symlinks`: left at its default (yes), links a writer makes
+    /// may not lead out of the module (InterSync refuses them rather than
+    /// rewriting them); `no` lets them.
+    pub munge_symlinks: bool,
     pub hosts_allow: Vec<String>,
     pub hosts_deny: Vec<String>,
     /// Filter rules in order: `filter` as given, `exclude` and `include`
@@ -123,7 +127,6 @@ const IGNORED: &[&str] = &[
     "daemonuid",
     "daemongid",
     "numericids",
-    "munge symlinks",
     "charset",
     "logfile",
     "syslogfacility",
@@ -305,6 +308,7 @@ impl Module {
             "writeonly" => self.write_only = flag(value)?,
             "list" => self.list = flag(value)?,
             "strictmodes" => self.strict_modes = flag(value)?,
+            "mungesymlinks" => self.munge_symlinks = flag(value)?,
             "authusers" => {
                 self.auth_users = words(value)
                     .into_iter()
@@ -354,6 +358,7 @@ impl Module {
             auth_users: Vec::new(),
             secrets_file: None,
             strict_modes: true,
+            munge_symlinks: true,
             hosts_allow: Vec::new(),
             hosts_deny: Vec::new(),
             filters: Vec::new(),

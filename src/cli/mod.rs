@@ -100,8 +100,9 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
                 )
             ) {
             ExitCode::SocketIo
-        } else if sync.is_auth() {
-            // As rsync does when a daemon refuses a login.
+        } else if sync.is_auth() || sync.is_tls() {
+            // As rsync does when a daemon refuses a login (a TLS handshake
+            // that fails is the same kind of refusal: not "offline").
             ExitCode::StartClient
         } else {
             ExitCode::FileIo

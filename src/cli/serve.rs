@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Without a token, accept writes from anyone (default: read-only).
     #[arg(long)]
     pub allow_anonymous_writes: bool,
+    /// Let writers make symbolic links that point out of the folder
+    /// (absolute targets, or ones that climb past its root with `..`);
+    /// refused by default, as a web server serving the folder, and every
+    /// working copy, would follow them.
+    #[arg(long)]
+    pub allow_outside_symlinks: bool,
     /// Do not watch the folder for changes made by other programs (scan only at start).
     #[arg(long)]
     pub no_watch: bool,
@@ -121,6 +127,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         options: server::ServeOptions {
             token,
             allow_anonymous_writes: args.allow_anonymous_writes,
+            allow_outside_symlinks: args.allow_outside_symlinks,
             max_wait: std::time::Duration::from_secs(args.max_wait),
             access_log: match &args.access_log {
                 Some(path) => Some(std::sync::Arc::new(

@@ -269,8 +269,30 @@ impl SyncError {
         }
     }
 
+    /// The disk here is full (or the user's quota is): somewhere in the
+    /// chain of causes is `ENOSPC` or `EDQUOT`.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.kind() == std::io::ErrorKind::StorageFull
+                    || io.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     pub fn is_unreachable(&self) -> bool {
         matches!(self, SyncError::Transport(t) if t.is_unreachable())
+    }
+
+    /// The TLS handshake failed (see [`TransportError::Tls`]).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, SyncError::Transport(t) if t.is_tls())
     }
 
     /// The server refused our credentials (401 or 403).

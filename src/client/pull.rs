@@ -10,7 +10,7 @@
 //! snapshot of them, and every step that depends on one looks again when
 //! its turn comes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 
 use intersync_protocol::{TreePath, Version};
@@ -35,6 +35,9 @@ pub struct Pulled {
     pub server_id: String,
     /// The source is a static export: read only.
     pub static_export: bool,
+    /// The disk filled up: the files not brought in wait for the next
+    /// round (the push still goes); the error to end the sync with.
+    pub disk_full: Option<SyncError>,
 }
 
 /// One pull (see the module documentation).
@@ -78,7 +81,9 @@ pub async fn pull(
         skipped: Vec::new(),
         installed: HashMap::new(),
         undeleted: Vec::new(),
+        disk_full: None,
     };
+    run.drop_stale_partials();
     run.asides()?;
     run.removals(&scanned.state)?;
     run.installs(remote, ways).await?;
@@ -89,6 +94,7 @@ pub async fn pull(
         cursor,
         server_id: head.server_id,
         static_export: head.static_export,
+        disk_full: run.disk_full,
     })
 }
 
@@ -104,9 +110,38 @@ struct Run<'a> {
     installed: HashMap<TreePath, CachedStat>,
     /// Folders not empty when their turn came, deepest first.
     undeleted: Vec<TreePath>,
+    /// The disk filled up: no more fetches this round.
+    disk_full: Option<SyncError>,
 }
 
 impl Run<'_> {
+    /// Partial downloads of versions this pull does not want (the server
+    /// deleted or changed the file since) are removed: they would
+    /// otherwise hold their space forever, on a disk that may be full
+    /// because of them.
+    fn drop_stale_partials(&self) {
+        let dir = self.wc.partial_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let wanted: HashSet<String> = self
+            .plan
+            .installs
+            .iter()
+            .filter_map(|i| match i {
+                Install::File(f) => Some(f.version.to_string()),
+                _ => None,
+            })
+            .collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !wanted.contains(name.to_string_lossy().as_ref()) {
+                tracing::debug!(partial = ?name, "removing a partial download no longer wanted");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn pulled(&mut self, path: &TreePath, what: impl Into<String>) {
         self.report.pulled.push(Change {
             path: path.clone(),
@@ -192,6 +227,10 @@ impl Run<'_> {
             if self.left_lazy(&file, &moves) {
                 continue;
             }
+            if self.disk_full.is_some() {
+                self.skipped.push(file.path);
+                continue;
+            }
             if !batch::batched(&file) {
                 self.by_ladder(remote, file, ways, &mut moves).await?;
                 continue;
@@ -219,7 +258,17 @@ impl Run<'_> {
             local: &self.plan.local,
             moves: &mut moves,
         };
-        let outcomes = batch::fetch(&mut here, remote, batched, ways, self.report).await?;
+        let batched = if self.disk_full.is_some() {
+            self.skipped.extend(batched.into_iter().map(|f| f.path));
+            Vec::new()
+        } else {
+            batched
+        };
+        let (outcomes, stopped) =
+            batch::fetch(&mut here, remote, batched, ways, self.report).await?;
+        if stopped.is_some() {
+            self.disk_full = stopped;
+        }
         for (file, outcome) in outcomes {
             match outcome {
                 Outcome::Installed(version) => {
@@ -227,6 +276,7 @@ impl Run<'_> {
                     self.installed_as(file, Ok(version))?;
                 }
                 Outcome::Skipped => self.skipped.push(file.path),
+                Outcome::Ladder if self.disk_full.is_some() => self.skipped.push(file.path),
                 Outcome::Ladder => self.by_ladder(remote, file, ways, &mut moves).await?,
             }
         }
@@ -302,6 +352,12 @@ impl Run<'_> {
             }
             Ok(_) | Err(SyncError::Transport(TransportError::Changed { .. })) => {
                 self.skipped.push(file.path)
+            }
+            // The disk is full: the fetching stops here, the sync does not.
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(path = %file.path, error = %crate::monitor::Chain(&e), "the disk is full: no more files are fetched this round");
+                self.skipped.push(file.path);
+                self.disk_full = Some(e);
             }
             Err(e) => return Err(e),
         }

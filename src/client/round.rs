@@ -17,6 +17,9 @@ pub async fn sync(
     options: SyncOptions,
 ) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
+    // A full disk stops a pull's fetching, not the round: local changes
+    // are still pushed, then the round ends with that error.
+    let mut disk_full = None;
     if wc.moved_from.is_some() && !options.pull {
         // A push alone reads no head: make sure the new URL is the same
         // export before anything is written there.
@@ -26,7 +29,7 @@ pub async fn sync(
         wc.keep_versions(options.keep_versions);
     }
     if options.pull {
-        pull_into(wc, remote, options, &mut report).await?;
+        disk_full = pull_into(wc, remote, options, &mut report).await?;
         wc.save()?;
     }
     if options.push && wc.saved.static_export {
@@ -40,7 +43,8 @@ pub async fn sync(
         let pushed_any = push::push(wc, remote, &mut report).await?;
         if pushed_any && options.pull {
             // Our own writes come back as journal records: move past them.
-            pull_into(wc, remote, options, &mut report).await?;
+            let again = pull_into(wc, remote, options, &mut report).await?;
+            disk_full = disk_full.or(again);
         }
     }
     wc.saved.conflicts.extend(report.conflicts.iter().cloned());
@@ -53,26 +57,31 @@ pub async fn sync(
         }
     }
     report.traffic = remote.traffic();
-    Ok(report)
+    match disk_full {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
 }
 
-/// A pull, and what it found made the working copy's memory of the server.
+/// A pull, and what it found made the working copy's memory of the
+/// server; the disk-full error that stopped its fetching, if one did.
 async fn pull_into(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
     options: SyncOptions,
     report: &mut SyncReport,
-) -> Result<(), SyncError> {
+) -> Result<Option<SyncError>, SyncError> {
     wc.absorb_fetched();
     let Pulled {
         base,
         cursor,
         server_id,
         static_export,
+        disk_full,
     } = pull::pull(wc, remote, options, report).await?;
     wc.saved.static_export = static_export;
     wc.saved.base = base;
     wc.saved.cursor = cursor;
     wc.saved.server_id = Some(server_id);
-    Ok(())
+    Ok(disk_full)
 }

@@ -74,6 +74,8 @@ pub struct Export {
     hide: Option<Arc<scan::Hide>>,
     /// An rsync module's `incoming chmod`, applied to modes clients write.
     incoming_chmod: Option<intersync_compat::chmod::Chmod>,
+    /// Whether writers may make symbolic links that lead out of the tree.
+    outside_links: bool,
     /// Versions clients hold, kept for exact patches from them.
     versions: Option<Arc<VersionStore>>,
     /// Versions to keep in the background: a batch of many files is not
@@ -175,6 +177,7 @@ impl Export {
             seq,
             hide,
             incoming_chmod: None,
+            outside_links: false,
             versions: None,
             keeper: None,
         };
@@ -363,6 +366,24 @@ impl Export {
     pub fn with_incoming_chmod(mut self, chmod: Option<intersync_compat::chmod::Chmod>) -> Export {
         self.incoming_chmod = chmod;
         self
+    }
+
+    /// Lets writers make symbolic links that lead out of the tree (refused
+    /// by default, see [`Export::link_allowed`]).
+    pub fn with_outside_links(mut self, allowed: bool) -> Export {
+        self.outside_links = allowed;
+        self
+    }
+
+    /// Whether a writer may have a symbolic link at `path` point at
+    /// `target`: unless outside links are allowed, the target must be
+    /// relative and stay inside the tree, read as rsync's `--safe-links`
+    /// reads it (each `..` climbs one folder from the link's own, and
+    /// never above the root). A link out would be followed by a web
+    /// server serving the folder, and by every program in every working
+    /// copy that receives it.
+    pub fn link_allowed(&self, path: &TreePath, target: &[u8]) -> bool {
+        self.outside_links || link_stays_inside(path, target)
     }
 
     /// The mode a client's write gets: `mode` with `incoming chmod`
@@ -783,4 +804,55 @@ fn save_index(path: &Path, index: &Index) -> io::Result<()> {
     let mut file = PendingFile::create(path)?;
     serde_json::to_writer(&mut file, index).map_err(io::Error::other)?;
     file.install()
+}
+
+/// A link at `path` to `target` points inside the tree: `target` is
+/// relative, and its `..`s never climb above the root, counting from the
+/// folder that holds the link.
+pub fn link_stays_inside(path: &TreePath, target: &[u8]) -> bool {
+    if target.is_empty() || target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = path.as_str().matches('/').count();
+    for name in target.split(|&b| b == b'/') {
+        match name {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_stays_inside_as_safe_links_reads_it() {
+        let p = |s: &str| TreePath::new(s).unwrap();
+        for (path, target, inside) in [
+            ("l", "f", true),
+            ("l", "./d/f", true),
+            ("l", "/etc/passwd", false),
+            ("l", "../f", false),
+            ("l", "", false),
+            ("d/l", "../f", true),
+            ("d/l", "../../f", false),
+            ("d/l", "x/../../f", true),
+            ("d/l", "x/../../../f", false),
+            ("d/e/l", "../../f", true),
+            ("d/l", "..", true),
+            ("l", "d//f/", true),
+        ] {
+            assert_eq!(
+                link_stays_inside(&p(path), target.as_bytes()),
+                inside,
+                "{path} -> {target}"
+            );
+        }
+    }
 }

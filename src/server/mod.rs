@@ -97,8 +97,9 @@ pub async fn open(config: &ServeConfig) -> Result<Export, StartError> {
     let root = config.root.clone();
     let journal = config.journal;
     let budget = config.options.versions;
+    let outside_links = config.options.allow_outside_symlinks;
     tokio::task::spawn_blocking(move || {
-        let export = Export::open(&root, journal)?;
+        let export = Export::open(&root, journal)?.with_outside_links(outside_links);
         match budget {
             Some(budget) => export.with_versions(budget),
             None => Ok(export),
@@ -223,6 +224,8 @@ impl LocalServer {
             tls: None,
             options: ServeOptions {
                 allow_anonymous_writes: true,
+                // A local copy is the user's own: links go as rsync copies them.
+                allow_outside_symlinks: true,
                 max_wait: Duration::from_secs(10),
                 versions: Some(Default::default()),
                 ..Default::default()
@@ -303,6 +306,8 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Without a token, writes are refused unless this is set.
     pub allow_anonymous_writes: bool,
+    /// Writers may make symbolic links that lead out of the export.
+    pub allow_outside_symlinks: bool,
     /// Longest a head long-poll may wait.
     pub max_wait: Duration,
     /// Where to log every request, one line each.

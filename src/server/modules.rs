@@ -80,7 +80,8 @@ impl Modules {
                         conf.path.display()
                     ))
                 })?
-                .with_incoming_chmod(incoming);
+                .with_incoming_chmod(incoming)
+                .with_outside_links(!conf.munge_symlinks);
             modules.push(Module {
                 conf: conf.clone(),
                 export: Arc::new(export),

@@ -13,17 +13,19 @@
 
 use std::collections::HashSet;
 use std::io::{BufReader, Read, Seek, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::push::{Entry, Form, PushError, PushReader};
-use intersync_protocol::{BatchResult, OpResult};
+use intersync_protocol::{BatchResult, OpResult, TreePath};
 
 use super::writes::{self, DeltaFormat, HashWriter, Landing, internal};
 use super::{Body, Incoming, Refusal};
+use crate::beneath::Folder;
 use crate::export::Export;
-use crate::install::{Staged, sync_fs};
+use crate::install::{Temp, sync_fs};
 
 /// Largest body (compressed): the client sends at most 64 MiB of files a
 /// request.
@@ -51,7 +53,29 @@ pub async fn push(export: &Arc<Export>, req: Request<Incoming>) -> Result<Respon
 }
 
 /// A file of the stream, written and checked, or why not.
-type Received = Result<(tempfile::TempPath, u64), Refusal>;
+type Received = Result<(Temp, u64), Refusal>;
+
+/// The folder the last file was written in: files of a push come in path
+/// order, so most share their folder's descriptor (a batch of 1,024 files
+/// must not hold 1,024 of them).
+#[derive(Default)]
+struct Folders {
+    last: Option<(Option<TreePath>, Arc<Folder>)>,
+}
+
+impl Folders {
+    fn holding(&mut self, root: &Path, path: &TreePath) -> Result<Arc<Folder>, Refusal> {
+        let parent = path.parent();
+        if let Some((p, folder)) = &self.last
+            && *p == parent
+        {
+            return Ok(folder.clone());
+        }
+        let folder = Arc::new(Folder::holding(root, path)?);
+        self.last = Some((parent, folder.clone()));
+        Ok(folder)
+    }
+}
 
 fn receive(export: &Export, mut spool: std::fs::File, zstd: bool) -> Result<BatchResult, Refusal> {
     spool.rewind().map_err(internal)?;
@@ -64,6 +88,7 @@ fn receive(export: &Export, mut spool: std::fs::File, zstd: bool) -> Result<Batc
     let mut reader = PushReader::new(input).map_err(bad)?;
     let mut received: Vec<(Entry, Received)> = Vec::new();
     let mut seen = HashSet::new();
+    let mut folders = Folders::default();
     while let Some(entry) = reader.next_entry().map_err(bad)? {
         let got = if !seen.insert(entry.path.clone()) {
             Err(Refusal::new(
@@ -78,7 +103,7 @@ fn receive(export: &Export, mut spool: std::fs::File, zstd: bool) -> Result<Batc
         } else if let Err(refusal) = writes::room_for(export, entry.size) {
             Err(refusal)
         } else {
-            receive_one(export, &entry, &mut reader).map_err(bad)?
+            receive_one(export, &entry, &mut reader, &mut folders).map_err(bad)?
         };
         received.push((entry, got));
     }
@@ -90,15 +115,15 @@ fn receive_one<R: Read>(
     export: &Export,
     entry: &Entry,
     reader: &mut PushReader<R>,
+    folders: &mut Folders,
 ) -> Result<Received, PushError> {
     let root = export.root();
-    let staged = crate::beneath::check_folders(root, &entry.path)
-        .map_err(Refusal::from)
-        .and_then(|()| {
-            Staged::create(&entry.path.under(root))
-                .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))
-        });
-    let mut staged = match staged {
+    let staged = folders.holding(root, &entry.path).and_then(|folder| {
+        let dir = entry.path.under(root);
+        Temp::create(folder, dir.parent().unwrap_or(root))
+            .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))
+    });
+    let (temp, mut file) = match staged {
         Ok(staged) => staged,
         // The bytes are skipped by the next head.
         Err(refusal) => return Ok(Err(refusal)),
@@ -108,7 +133,7 @@ fn receive_one<R: Read>(
     let mut buf = vec![0u8; 64 * 1024];
     let written = match entry.form {
         Form::Whole => {
-            let mut out = HashWriter::new(staged.file());
+            let mut out = HashWriter::new(&mut file);
             loop {
                 let n = reader.read(&mut buf)?;
                 if n == 0 {
@@ -145,7 +170,7 @@ fn receive_one<R: Read>(
                     format!("a patch or delta over {MAX_DELTA} bytes"),
                 ))
             } else {
-                let mut out = std::io::BufWriter::new(staged.file());
+                let mut out = std::io::BufWriter::new(&mut file);
                 let applied =
                     writes::apply_delta(export, &entry.path, &delta, format, &mut out, entry.size);
                 applied.and_then(|got| out.flush().map(|()| got).map_err(internal))
@@ -156,7 +181,7 @@ fn receive_one<R: Read>(
         if version != entry.version || size != entry.size {
             return Err(not_as_announced(entry));
         }
-        Ok((staged.close(), size))
+        Ok((temp, size))
     }))
 }
 
@@ -188,9 +213,9 @@ fn install(export: &Export, received: Vec<(Entry, Received)>) -> Result<BatchRes
             mode: export.incoming_mode(entry.mode, false),
             mtime_ns: entry.mtime_ns,
         };
-        let dest = entry.path.under(root);
         let done = got.and_then(|(temp, size)| {
-            let install = || temp.persist(&dest).map_err(|e| e.error);
+            let name = std::ffi::OsStr::new(entry.path.file_name());
+            let install = |mode, mtime| temp.install(name, mode, mtime);
             writes::land(
                 export,
                 &mut inner,

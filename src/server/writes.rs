@@ -7,7 +7,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -199,9 +198,13 @@ pub async fn put(
     if let Some((_, size)) = put.delta {
         room_for(export, size)?;
     }
-    let dest = path.under(export.root());
-    let pending = PendingFile::create(&dest)
-        .map_err(|e| Refusal::new(StatusCode::CONFLICT, format!("cannot write there: {e}")))?;
+    let pending = PendingFile::create_beneath(export.root(), &path).map_err(|e| match e {
+        crate::beneath::BeneathError::Io { source, .. } => Refusal::new(
+            StatusCode::CONFLICT,
+            format!("cannot write there: {source}"),
+        ),
+        e => Refusal::from(e),
+    })?;
     let (pending, version, size) = match put.delta {
         Some((format, limit)) => {
             // Spooled to an unnamed file, not held in memory, up to a bound.
@@ -236,7 +239,7 @@ pub async fn put(
             &export,
             &mut inner,
             &path,
-            || pending.install(),
+            |mode, mtime| pending.install_with(mode, mtime),
             &put.landing,
             (version, size),
         )?;
@@ -262,15 +265,16 @@ pub async fn put(
         .expect("valid response"))
 }
 
-/// Installs a verified write at `path` (by `install`) if its precondition
-/// still holds, under the export's lock, with its attributes: whether the
-/// file is new, and the records that say so, for the caller to journal
-/// (with `remember_stat` after).
+/// Installs a verified write at `path` if its precondition still holds,
+/// under the export's lock, with its attributes (`install` is given the
+/// mode and time to set before the file takes its name, and says what the
+/// file is as installed): whether the file is new, and the records that say
+/// so, for the caller to journal (with `remember_stat` after).
 pub(super) fn land(
     export: &Export,
     inner: &mut Inner,
     path: &TreePath,
-    install: impl FnOnce() -> std::io::Result<()>,
+    install: impl FnOnce(Option<u32>, Option<i64>) -> std::io::Result<rustix::fs::Stat>,
     landing: &Landing,
     (version, size): (Version, u64),
 ) -> Result<(bool, Vec<Op>), Refusal> {
@@ -279,31 +283,20 @@ pub(super) fn land(
     let current = export.current(inner, path)?;
     check(landing.precondition, current.as_ref())?;
     need_folder(inner, export.root(), path)?;
-    install().map_err(internal)?;
-    let full_path = path.under(export.root());
-    if let Some(mode) = landing.mode {
-        fs::set_permissions(&full_path, fs::Permissions::from_mode(mode)).map_err(internal)?;
-    }
-    if let Some(ns) = landing.mtime_ns {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-        fs::File::open(&full_path)
-            .and_then(|f| f.set_modified(t))
-            .map_err(internal)?;
-    }
-    let meta = fs::symlink_metadata(&full_path).map_err(internal)?;
+    let stat = install(landing.mode, landing.mtime_ns).map_err(internal)?;
     let mut ops = Vec::new();
     let created = current.is_none();
     if created {
         ops.push(Op::Create {
             path: path.clone(),
-            mode: meta.permissions().mode() & 0o7777,
+            mode: stat.st_mode & 0o7777,
         });
     }
     ops.push(Op::Write {
         path: path.clone(),
         version,
         size,
-        mtime_ns: crate::tree::scan::mtime_ns(&meta),
+        mtime_ns: stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec as i64,
     });
     Ok((created, ops))
 }
@@ -574,6 +567,15 @@ fn conflict(why: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::CONFLICT, why)
 }
 
+/// 403: a writer's symbolic link would lead out of the export.
+fn outside_link() -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "the link's target leads out of the export (absolute, or up past its root); \
+         the server allows that only with --allow-outside-symlinks",
+    )
+}
+
 fn precondition_failed(why: &str) -> Refusal {
     Refusal::new(StatusCode::PRECONDITION_FAILED, why.to_owned())
 }
@@ -596,8 +598,11 @@ impl Applying<'_> {
         &self.inner.index.state
     }
 
-    fn full(&self, path: &TreePath) -> std::path::PathBuf {
-        path.under(self.export.root())
+    /// The folder holding `path`, opened beneath the root: the operation
+    /// acts on `path`'s name in it, whatever a local process swaps on the
+    /// way meanwhile.
+    fn folder(&self, path: &TreePath) -> Result<crate::beneath::Folder, Refusal> {
+        Ok(crate::beneath::Folder::holding(self.export.root(), path)?)
     }
 
     fn apply(&self, op: BatchOp) -> Result<Op, Refusal> {
@@ -608,7 +613,7 @@ impl Applying<'_> {
                 if !self.state().get(&path).is_some_and(Entry::is_dir) {
                     return Err(Refusal::new(StatusCode::NOT_FOUND, "no such folder"));
                 }
-                fs::remove_dir(self.full(&path)).map_err(io)?;
+                self.folder(&path)?.rmdir(path.file_name()).map_err(io)?;
                 Ok(Op::Rmdir { path })
             }
             BatchOp::Rename {
@@ -626,9 +631,13 @@ impl Applying<'_> {
                 if self.state().get(&path).is_some() {
                     return Err(precondition_failed("the path exists"));
                 }
+                if !self.export.link_allowed(&path, &target) {
+                    return Err(outside_link());
+                }
                 need_folder(self.inner, self.export.root(), &path)?;
-                let link = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
-                std::os::unix::fs::symlink(link, self.full(&path)).map_err(io)?;
+                self.folder(&path)?
+                    .symlink(&target, path.file_name())
+                    .map_err(io)?;
                 Ok(Op::Symlink { path, target })
             }
         }
@@ -644,8 +653,9 @@ impl Applying<'_> {
             .incoming_mode(Some(mode.unwrap_or(0o755)), true)
             .unwrap_or(0o755)
             & 0o7777;
-        fs::create_dir(self.full(&path)).map_err(io)?;
-        fs::set_permissions(self.full(&path), fs::Permissions::from_mode(mode)).map_err(io)?;
+        self.folder(&path)?
+            .mkdir(path.file_name(), mode)
+            .map_err(io)?;
         Ok(Op::Mkdir { path, mode })
     }
 
@@ -657,7 +667,7 @@ impl Applying<'_> {
             _ => {}
         }
         check_version(entry, if_match)?;
-        fs::remove_file(self.full(&path)).map_err(io)?;
+        self.folder(&path)?.unlink(path.file_name()).map_err(io)?;
         Ok(Op::Unlink { path })
     }
 
@@ -673,6 +683,12 @@ impl Applying<'_> {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "nothing to rename"));
         }
         check_version(entry, if_match)?;
+        // A link that pointed inside may point out from another folder.
+        if let Some(EntryKind::Symlink { target }) = entry.map(|e| &e.kind)
+            && !self.export.link_allowed(&to, target)
+        {
+            return Err(outside_link());
+        }
         if if_absent && self.state().get(&to).is_some() {
             return Err(precondition_failed("the destination exists"));
         }
@@ -689,7 +705,9 @@ impl Applying<'_> {
             },
         };
         trial.apply(&probe).map_err(|e| conflict(e.reason))?;
-        fs::rename(self.full(&from), self.full(&to)).map_err(io)?;
+        self.folder(&from)?
+            .rename(from.file_name(), &self.folder(&to)?, to.file_name())
+            .map_err(io)?;
         Ok(Op::Rename { from, to })
     }
 
@@ -706,17 +724,10 @@ impl Applying<'_> {
         if matches!(entry.kind, EntryKind::Symlink { .. }) {
             return Err(conflict("attributes of symbolic links are not set"));
         }
-        let full = self.full(&path);
         let mode = self.export.incoming_mode(mode, entry.is_dir());
-        if let Some(mode) = mode {
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o7777)).map_err(io)?;
-        }
-        if let Some(ns) = mtime_ns {
-            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-            fs::File::open(&full)
-                .and_then(|f| f.set_modified(t))
-                .map_err(io)?;
-        }
+        self.folder(&path)?
+            .set_attrs(path.file_name(), mode, mtime_ns)
+            .map_err(io)?;
         Ok(Op::Setattr {
             path,
             attrs: Attrs {

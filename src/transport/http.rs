@@ -145,6 +145,12 @@ impl HttpRemote {
             let certs = CertificateDer::pem_file_iter(ca)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| bad(format!("--cacert {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(bad(format!(
+                    "--cacert {}: no certificate in it (a PEM file of \"BEGIN CERTIFICATE\" blocks)",
+                    ca.display()
+                )));
+            }
             for cert in certs {
                 roots
                     .add(cert)
@@ -332,9 +338,15 @@ impl HttpRemote {
             .client
             .request(req)
             .await
-            .map_err(|e| TransportError::Unreachable {
-                url: url.clone(),
-                source: Box::new(e),
+            .map_err(|e| match tls_failure(&e) {
+                Some(reason) => TransportError::Tls {
+                    url: url.clone(),
+                    reason,
+                },
+                None => TransportError::Unreachable {
+                    url: url.clone(),
+                    source: Box::new(e),
+                },
             })?;
         let (parts, body) = resp.into_parts();
         self.received
@@ -1215,6 +1227,60 @@ fn origin(url: &str) -> String {
         .find('/')
         .map_or(url.len(), |i| i + scheme_end);
     url[..host_end].to_ascii_lowercase()
+}
+
+/// The TLS failure among `e`'s causes, in words that say which check
+/// failed. (An `io::Error`'s `source` skips the error it wraps, so each
+/// one is looked into.)
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls(tls));
+        }
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+fn describe_tls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "the server's certificate is signed by no authority trusted here \
+                 (name its CA with --cacert)"
+                .to_owned(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                format!("the server's certificate is not for this host name ({c})")
+            }
+            C::Expired | C::ExpiredContext { .. } => {
+                format!("the server's certificate has expired ({c})")
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                format!("the server's certificate is not valid yet ({c})")
+            }
+            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                "the server's certificate is a CA certificate (CA:TRUE) used as the server's \
+                 own, which rustls refuses (curl may take it): serve a certificate signed by \
+                 that CA, and name the CA with --cacert"
+                    .to_owned()
+            }
+            c => format!("the server's certificate was refused ({c})"),
+        },
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            format!("the server does not answer in TLS there (an http:// URL?): {e}")
+        }
+        rustls::Error::AlertReceived(alert) => {
+            format!("the server ended the handshake ({alert:?})")
+        }
+        e => e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub enum TransportError {
     /// No answer at all: the server is down or unreachable. Worth retrying later.
     #[error("cannot reach {url}")]
     Unreachable { url: String, source: Cause },
+    /// The TLS handshake failed: which check, in words. Not "offline":
+    /// trying again later will not help until something is changed.
+    #[error("TLS with {url} failed: {reason}")]
+    Tls { url: String, reason: String },
     /// A precondition failed (412): the server's copy changed meanwhile.
     #[error("{what}: the server's copy changed meanwhile")]
     Changed { what: String },
@@ -68,6 +72,10 @@ impl TransportError {
             self,
             TransportError::Changed { .. } | TransportError::Refused { .. }
         ) && !self.is_auth()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, TransportError::Tls { .. })
     }
 
     pub fn is_auth(&self) -> bool {

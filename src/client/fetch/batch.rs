@@ -69,14 +69,16 @@ pub(super) struct Job {
 /// in the order given. From a source without batched fetches (a static
 /// export, reads through a cache, an older server), the files with nothing
 /// here to build them from come whole, many GETs at once
-/// (`fetch::parallel`), and the others go to the ladder.
+/// (`fetch::parallel`), and the others go to the ladder. When the disk
+/// here fills up, what was installed stays so and the rest is skipped,
+/// with the error beside the outcomes.
 pub async fn fetch(
     here: &mut Here<'_>,
     remote: &impl Remote,
     files: Vec<FileInstall>,
     ways: Ways,
     report: &mut SyncReport,
-) -> Result<Vec<(FileInstall, Outcome)>, SyncError> {
+) -> Result<(Vec<(FileInstall, Outcome)>, Option<SyncError>), SyncError> {
     let root = here.wc.root().to_owned();
     let mut jobs: Vec<Job> = files
         .into_iter()
@@ -87,20 +89,37 @@ pub async fn fetch(
             outcome: None,
         })
         .collect();
-    if !(ways.batch && batches(here, remote, &mut jobs, ways.patches, report).await?) {
-        let whole: Vec<usize> = (0..jobs.len())
-            .filter(|&i| jobs[i].outcome.is_none() && base_here(here, &jobs[i]).is_none())
-            .collect();
-        super::parallel::fetch_whole(here, remote, &mut jobs, &whole, ways.parallel, report)
-            .await?;
+    let fetched = async {
+        if !(ways.batch && batches(here, remote, &mut jobs, ways.patches, report).await?) {
+            let whole: Vec<usize> = (0..jobs.len())
+                .filter(|&i| jobs[i].outcome.is_none() && base_here(here, &jobs[i]).is_none())
+                .collect();
+            super::parallel::fetch_whole(here, remote, &mut jobs, &whole, ways.parallel, report)
+                .await?;
+        }
+        Ok::<_, SyncError>(())
     }
-    Ok(jobs
+    .await;
+    // A full disk stops the fetching, not the sync: what was installed
+    // stays so, the rest waits (and the push still goes).
+    let stopped = match fetched {
+        Ok(()) => None,
+        Err(e) if e.is_disk_full() => Some(e),
+        Err(e) => return Err(e),
+    };
+    let full = stopped.is_some();
+    let outcomes = jobs
         .into_iter()
         .map(|j| {
-            let outcome = j.outcome.unwrap_or(Outcome::Ladder);
+            let outcome = j.outcome.unwrap_or(if full {
+                Outcome::Skipped
+            } else {
+                Outcome::Ladder
+            });
             (j.file, outcome)
         })
-        .collect())
+        .collect();
+    Ok((outcomes, stopped))
 }
 
 /// The two rounds of batches; false when the server has no fetch request.

@@ -36,11 +36,23 @@ pub async fn fetch(
             .truncate(false)
             .open(&partial)
             .map_err(local)?;
-        let received = remote
+        let received = match remote
             .fetch_into(want.path, want.version, &mut file)
-            .await?;
+            .await
+            .map_err(SyncError::from)
+            .and_then(|n| file.sync_all().map(|()| n).map_err(local))
+        {
+            Ok(received) => received,
+            // A partial that filled the disk is given up: its space back,
+            // for the push and for whatever else needs it.
+            Err(e) if e.is_disk_full() => {
+                drop(file);
+                let _ = fs::remove_file(&partial);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         report.literal_bytes += received;
-        file.sync_all().map_err(local)?;
         drop(file);
         let got = scan::hash_file(&partial).map_err(|e| SyncError::local(&partial, e))?;
         if got == want.version {
