@@ -25,7 +25,6 @@
 //! prints; the `intersync` binary renders what it returns. How the parts
 //! fit, and one file's journey through them: `docs/ARCHITECTURE.md`.
 
-#[cfg(feature = "net")]
 pub mod beneath;
 #[cfg(feature = "net")]
 pub mod client;
