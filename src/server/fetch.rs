@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
@@ -46,16 +46,15 @@ pub async fn fetch(
     export: &Arc<Export>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Refusal> {
-    let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("fetch request: {e}")))?
-        .to_bytes();
+    let (body, share) =
+        super::budget::read_whole(req.into_body(), MAX_REQUEST_BYTES, "fetch request").await?;
     parse_request(&body)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad fetch request: {e}")))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(PIECES_WAITING);
     let export = export.clone();
     tokio::task::spawn_blocking(move || {
+        // The request's memory is counted until its answer is written.
+        let _share = share;
         let sink = Pieces {
             tx: tx.clone(),
             buf: Vec::with_capacity(PIECE),

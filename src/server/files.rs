@@ -3,7 +3,7 @@
 //! opened without following symbolic links, and only below the export's root.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -276,7 +276,7 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
                 .expect("valid response"));
         }
     };
-    let Served { mut file, len, .. } = served;
+    let Served { file, len, .. } = served;
     match ranges {
         None => {
             let body = if head_only {
@@ -314,22 +314,15 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
                     "too many bytes in one multi-range request",
                 ));
             }
-            let body = tokio::task::spawn_blocking(move || multipart(&mut file, &r, len, total))
-                .await
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let (length, body) = multipart(file, &r, len);
             Ok(builder
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(
                     header::CONTENT_TYPE,
                     format!("multipart/byteranges; boundary={BOUNDARY}"),
                 )
-                .header(header::CONTENT_LENGTH, body.len())
-                .body(if head_only {
-                    full(Bytes::new())
-                } else {
-                    full(body)
-                })
+                .header(header::CONTENT_LENGTH, length)
+                .body(if head_only { full(Bytes::new()) } else { body })
                 .expect("valid response"))
         }
     }
@@ -373,31 +366,63 @@ fn ranges_asked(
 
 const BOUNDARY: &str = "intersync-byteranges-4e2b1c";
 
-/// A multipart/byteranges body of `ranges` of `file` (`len` bytes in all;
-/// `total` bytes of ranges).
-fn multipart(
-    file: &mut File,
-    ranges: &[std::ops::RangeInclusive<u64>],
-    len: u64,
-    total: u64,
-) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(total as usize + ranges.len() * 100);
-    for range in ranges {
-        let (start, end) = (*range.start(), *range.end());
-        out.extend_from_slice(
-            format!(
-                "--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        file.seek(SeekFrom::Start(start))?;
-        let at = out.len();
-        out.resize(at + (end - start + 1) as usize, 0);
-        file.read_exact(&mut out[at..])?;
-        out.extend_from_slice(b"\r\n");
+/// A multipart/byteranges body of `ranges` of `file` (`len` bytes in all),
+/// and its length. It is streamed, a piece at a time, so that a slow
+/// reader of many ranges holds a piece, not the whole answer; the file is
+/// read with `pread`, so one truncated meanwhile ends the body early.
+fn multipart(file: File, ranges: &[std::ops::RangeInclusive<u64>], len: u64) -> (u64, Body) {
+    /// A part's head or the closing boundary, or bytes of the file.
+    enum Piece {
+        Text(Bytes),
+        File { at: u64, len: u64 },
     }
-    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    Ok(out)
+    const PIECE: u64 = 256 * 1024;
+    let mut pieces = std::collections::VecDeque::with_capacity(ranges.len() * 2 + 1);
+    let mut length = 0;
+    for (i, range) in ranges.iter().enumerate() {
+        let (start, end) = (*range.start(), *range.end());
+        // The CRLF before a boundary belongs to the boundary (RFC 2046).
+        let head = format!(
+            "{}--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{end}/{len}\r\n\r\n",
+            if i == 0 { "" } else { "\r\n" }
+        );
+        length += head.len() as u64 + (end - start + 1);
+        pieces.push_back(Piece::Text(Bytes::from(head)));
+        pieces.push_back(Piece::File {
+            at: start,
+            len: end - start + 1,
+        });
+    }
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    length += tail.len() as u64;
+    pieces.push_back(Piece::Text(Bytes::from(tail)));
+    let file = Arc::new(file);
+    let frames =
+        futures_util::stream::try_unfold((file, pieces), |(file, mut pieces)| async move {
+            let data = match pieces.pop_front() {
+                None => return Ok(None),
+                Some(Piece::Text(text)) => text,
+                Some(Piece::File { at, len }) => {
+                    let n = len.min(PIECE);
+                    if n < len {
+                        pieces.push_front(Piece::File {
+                            at: at + n,
+                            len: len - n,
+                        });
+                    }
+                    let from = file.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; n as usize];
+                        std::os::unix::fs::FileExt::read_exact_at(&*from, &mut buf, at)?;
+                        Ok::<_, io::Error>(Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(io::Error::other)??
+                }
+            };
+            Ok(Some((Frame::data(data), (file, pieces))))
+        });
+    (length, StreamBody::new(frames).boxed())
 }
 
 /// The `len` bytes of `file` from `start`, as a streamed body.

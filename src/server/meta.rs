@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::header::{self};
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
@@ -229,13 +228,16 @@ async fn answer_signature(
     req: Request<Incoming>,
     refine: bool,
 ) -> Result<Response<Body>, Refusal> {
-    let (sig, zstd_ok) = read_signature(req).await?;
+    let (sig, zstd_ok, share) = read_signature(req).await?;
     let export = export.clone();
     // Set when this request is dropped (its client went away): the work
     // for it stops.
     let gone = GoneOnDrop::default();
     let stop = gone.0.clone();
     let answer = tokio::task::spawn_blocking(move || -> Result<_, Refusal> {
+        // The signature's memory is counted until the work on it ends,
+        // even when its client has gone.
+        let _share = share;
         let (data, version) = current_content(&export, &path)?;
         let answer = match refine {
             true => crate::delta::refine::plan_until(sig.view(), &data, &stop)
@@ -262,19 +264,15 @@ async fn answer_signature(
 }
 
 /// A signature from a request's body, and whether the client takes zstd.
-async fn read_signature(req: Request<Incoming>) -> Result<(Signature, bool), Refusal> {
+/// The share of the memory budget it holds goes back when the returned
+/// [`Share`](super::budget::Share) is dropped, after the answer is made.
+async fn read_signature(
+    req: Request<Incoming>,
+) -> Result<(Signature, bool, super::budget::Share), Refusal> {
     let zstd_ok = super::files::accepts_zstd(req.headers());
-    let body = Limited::new(req.into_body(), MAX_SIGNATURE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("signature body: {e}"),
-            )
-        })?
-        .to_bytes();
-    let sig = Signature::from_bytes(body.to_vec())
+    let (body, share) =
+        super::budget::read_whole(req.into_body(), MAX_SIGNATURE_BYTES, "signature").await?;
+    let sig = Signature::from_bytes(body)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
     let block_len = sig.header().block_len;
     if block_len < MIN_SIGNATURE_BLOCK_LEN {
@@ -285,7 +283,7 @@ async fn read_signature(req: Request<Incoming>) -> Result<(Signature, bool), Ref
             ),
         ));
     }
-    Ok((sig, zstd_ok))
+    Ok((sig, zstd_ok, share))
 }
 
 /// The file's current content, mapped, and its version hashed from exactly

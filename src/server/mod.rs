@@ -6,6 +6,7 @@
 //! Every request path is checked as a [`TreePath`] before it touches the
 //! disk; every refusal is a 4xx with a one-line reason.
 
+mod budget;
 mod conn;
 pub use conn::Limits;
 mod fetch;

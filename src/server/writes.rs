@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, BodyStream, Limited};
+use http_body_util::BodyStream;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use intersync_protocol::api::{
@@ -471,13 +471,11 @@ const OPS_A_LOCK: usize = 64;
 /// `POST /.intersync/ops`: operations applied in order, each on its own
 /// (all or nothing), each with its own result.
 pub async fn ops(export: &Arc<Export>, req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
-    let body = Limited::new(req.into_body(), MAX_BATCH_BYTES)
-        .collect()
-        .await
-        .map_err(|e| Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, format!("batch body: {e}")))?
-        .to_bytes();
+    let (body, share) =
+        super::budget::read_whole(req.into_body(), MAX_BATCH_BYTES, "batch of operations").await?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad batch: {e}")))?;
+    drop((body, share));
     if batch.ops.len() > MAX_BATCH_OPS {
         return Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
