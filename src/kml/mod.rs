@@ -45,7 +45,7 @@ impl Default for JournalOptions {
 
 #[derive(Debug, Error)]
 pub enum JournalError {
-    #[error("KML segment {}", path.display())]
+    #[error("journal file {} is damaged", path.display())]
     Corrupt { path: PathBuf, source: KmlError },
     #[error("KML segment {} starts at sequence {found}, expected {expected}: a segment is missing", path.display())]
     Gap {

@@ -263,6 +263,37 @@ impl Body for IdleBody {
     }
 }
 
+/// Longest a closing connection reads on, and longest it waits for each
+/// piece (nginx's `lingering_time` and `lingering_timeout`).
+const LINGER: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// Closes a connection the way nginx's lingering close does: the answer
+/// is sent and the sending side shut, then what the client still sends
+/// (the rest of a body refused before it was read, such as a 507 or 413)
+/// is read and dropped until it stops, for a bounded time. Closing at once
+/// would make the kernel answer those bytes with a reset, which can
+/// destroy the answer before the client reads it: the client would see
+/// "broken pipe" instead of why it was refused.
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + LINGER;
+    let mut sink = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(
+        LINGER_IDLE.min(until.saturating_duration_since(tokio::time::Instant::now())),
+        io.read(&mut sink),
+    )
+    .await
+    {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// A connection whose writes may wait at most `idle` for the client to
 /// read. (Reads are left alone: a long-poll waits on purpose, and headers
 /// and bodies have their own timers.)

@@ -130,6 +130,12 @@ pub async fn serve_state_file(
         .len();
     let len = committed.map_or(on_disk, |c| c.min(on_disk));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kml");
+    if committed.is_none() {
+        let (path, name) = (path.to_owned(), name.to_owned());
+        tokio::task::spawn_blocking(move || intact_state_file(&path, &name))
+            .await
+            .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    }
     if committed.is_none()
         && req.method() == Method::GET
         && !req.headers().contains_key(header::RANGE)
@@ -154,6 +160,55 @@ pub async fn serve_state_file(
         },
     )
     .await
+}
+
+/// Sealed segments and checkpoints found intact, by path and what their
+/// metadata said then: each is read and checked once, not at every request.
+static INTACT: std::sync::Mutex<Vec<(std::path::PathBuf, FileId)>> =
+    std::sync::Mutex::new(Vec::new());
+/// Inode, length, modification and change times: a file the same by all
+/// four was not written since.
+type FileId = (u64, u64, i64, i64);
+/// How many [`INTACT`] remembers.
+const INTACT_KEPT: usize = 1024;
+
+/// Refuses a sealed segment or checkpoint whose records do not all check
+/// (a byte flipped on disk since it was written): the server never hands
+/// out a damaged journal. Written once and never changed, a file is
+/// checked again only when its inode, length or times change.
+fn intact_state_file(path: &Path, name: &str) -> Result<(), Refusal> {
+    use std::os::unix::fs::MetadataExt;
+    let internal = |e: io::Error| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let meta = std::fs::metadata(path).map_err(internal)?;
+    let id = (
+        meta.ino(),
+        meta.len(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+        meta.ctime(),
+    );
+    let lock = || INTACT.lock().unwrap_or_else(|p| p.into_inner());
+    if lock().iter().any(|(p, i)| p == path && *i == id) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(internal)?;
+    let damage = match intersync_protocol::kml::SegmentReader::new(&bytes) {
+        Err(e) => Some(e),
+        Ok(records) => records.filter_map(Result::err).next(),
+    };
+    if let Some(e) = damage {
+        tracing::error!(file = %path.display(), error = %e, "a journal file is damaged; it is not served");
+        return Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the journal file {name} is damaged ({e}); the server does not serve it"),
+        ));
+    }
+    let mut intact = lock();
+    intact.retain(|(p, _)| p != path);
+    if intact.len() >= INTACT_KEPT {
+        intact.remove(0);
+    }
+    intact.push((path.to_owned(), id));
+    Ok(())
 }
 
 /// The client takes `Content-Encoding: zstd` (`zstd;q=0` refuses it).

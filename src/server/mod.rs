@@ -509,7 +509,9 @@ async fn connection(
             Some(tls) => match tokio::time::timeout(limits.handshake, tls.accept(stream)).await {
                 Ok(Ok(s)) => {
                     let io = TokioIo::new(conn::StallGuard::new(s, limits.write_idle));
-                    builder.serve_connection(io, svc).await
+                    let parts = builder.serve_connection(io, svc).without_shutdown().await?;
+                    conn::linger(parts.io.into_inner()).await;
+                    Ok::<(), hyper::Error>(())
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "TLS handshake failed");
@@ -522,7 +524,9 @@ async fn connection(
             },
             None => {
                 let io = TokioIo::new(conn::StallGuard::new(stream, limits.write_idle));
-                builder.serve_connection(io, svc).await
+                let parts = builder.serve_connection(io, svc).without_shutdown().await?;
+                conn::linger(parts.io.into_inner()).await;
+                Ok(())
             }
         }
     };
@@ -566,10 +570,20 @@ impl Service {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        // A refused request's body may be left unread: the connection
+        // then ends after the answer, and says so, so that the client does
+        // not send its next request on it.
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
         let mut response = match self.route(req).await {
             Ok(r) => r,
             Err(refusal) => refusal.into_response(),
         };
+        if has_body && (response.status().is_client_error() || response.status().is_server_error())
+        {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.headers_mut().insert(
             HEADER_SERVER_ID,
             HeaderValue::from_str(&self.export.node().to_string()).expect("hex"),

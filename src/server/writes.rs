@@ -79,11 +79,23 @@ fn header_str<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A failure of the server's own: 507 when its disk is full (or the
+/// quota spent), 500 otherwise.
 pub(super) fn internal(e: impl std::error::Error + 'static) -> Refusal {
-    Refusal::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        crate::monitor::Chain(&e).to_string(),
-    )
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut full = false;
+    while let Some(c) = cause {
+        let errno = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        full |= matches!(errno, Some(libc::ENOSPC | libc::EDQUOT));
+        cause = c.source();
+    }
+    let status = match full {
+        true => StatusCode::INSUFFICIENT_STORAGE,
+        false => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Refusal::new(status, crate::monitor::Chain(&e).to_string())
 }
 
 /// What a written file requires of the current state, and the attributes
@@ -195,7 +207,14 @@ pub async fn put(
         .await
         .map_err(internal)??;
     }
-    if let Some((_, size)) = put.delta {
+    // What the result will take, announced by a delta or by the length of
+    // a whole body.
+    let size = put.delta.map(|(_, size)| size).or_else(|| {
+        req.headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    });
+    if let Some(size) = size {
         room_for(export, size)?;
     }
     let pending = PendingFile::create_beneath(export.root(), &path).map_err(|e| match e {
@@ -311,7 +330,9 @@ pub(super) fn room_for(export: &Export, size: u64) -> Result<(), Refusal> {
     if size > free {
         return Err(Refusal::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            format!("a result of {size} bytes does not fit in the {free} bytes free"),
+            format!(
+                "not enough space: a result of {size} bytes does not fit in the {free} bytes free"
+            ),
         ));
     }
     Ok(())
