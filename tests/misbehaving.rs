@@ -189,15 +189,9 @@ fn edit(path: &Path) {
     fs::write(path, data).unwrap();
 }
 
-/// Makes the working copy follow `to` instead of `from` (the same export).
-fn retarget(wc: &Path, from: &str, to: &str) {
-    let state = wc.join(".intersync/state.json");
-    let text = fs::read_to_string(&state).unwrap().replace(from, to);
-    fs::write(&state, text).unwrap();
-}
-
 /// A static export behind nginx and a faulty proxy, a working copy synced
-/// (through nginx directly), and an edit exported: ready for the faulty sync.
+/// (through nginx directly; it follows the export to the proxy's URL), and
+/// an edit exported: ready for the faulty sync.
 struct Setup {
     site: Dir,
     _clients: Dir,
@@ -216,7 +210,6 @@ fn setup(fault: Fault) -> Setup {
     let wc = clients.path("wc");
     ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
     let proxy = Proxy::start(&nginx.url, fault);
-    retarget(&wc, &nginx.url, &proxy.url);
     edit(&site.path("big.bin"));
     export(&site.path(""));
     Setup {
@@ -327,7 +320,6 @@ fn a_body_cut_short_is_never_installed() {
     let version = blake3::hash(&fs::read(s.site.path("big.bin")).unwrap()).to_hex();
     remove_signatures(&s.site, &version);
     let sound = Proxy::start(&s._nginx.url, Fault::IgnoreIfRange);
-    retarget(&s.wc, &s.proxy.url, &sound.url);
     let out = run(intersync()
         .args(["sync", "--stats"])
         .arg(&sound.url)

@@ -112,20 +112,17 @@ async fn relay(options: &Options, target: SocketAddr) -> Outcome<Relay> {
 }
 
 /// The unmeasured first sync, straight from the server (not over the
-/// link, where a slow one could take many minutes), then the working copy
-/// pointed at the link's URL for the measured sync.
-fn clone(options: &Options, direct: &str, client: &Path, url: &str) -> Outcome<()> {
+/// link, where a slow one could take many minutes). The measured sync then
+/// goes through the link's URL: a working copy follows its export's id, so
+/// the other address is taken as the same export.
+fn clone(options: &Options, direct: &str, client: &Path) -> Outcome<()> {
     io(run_setup(
         Command::new(&options.intersync)
             .arg("sync")
             .arg(direct)
             .arg(client),
-    ))?;
-    let state = client.join(".intersync/state.json");
-    let mut saved: serde_json::Value =
-        io(serde_json::from_slice(&io(std::fs::read(&state))?).map_err(std::io::Error::other))?;
-    saved["url"] = url.into();
-    io(std::fs::write(&state, saved.to_string()))
+    ))
+    .map(drop)
 }
 
 /// A setup step: no deadline.
@@ -269,7 +266,7 @@ async fn smart(
     let relay = relay(options, addr(port)).await?;
     let url = format!("http://{}/", relay.addr);
     let server = Serve::start(options, &root, port)?;
-    clone(options, &format!("http://127.0.0.1:{port}/"), client, &url)?;
+    clone(options, &format!("http://127.0.0.1:{port}/"), client)?;
     // The change happens on the server while it is down; its start-up scan
     // journals it, as it would for any change made behind its back.
     drop(server);
@@ -322,7 +319,7 @@ async fn static_export(
     let nginx = io(Nginx::serve(&www, ""))?;
     let relay = relay(options, nginx.addr()).await?;
     let url = format!("http://{}/site/", relay.addr);
-    clone(options, &format!("{}site/", nginx.url), client, &url)?;
+    clone(options, &format!("{}site/", nginx.url), client)?;
     io(tree::mirror(&s.new, &site))?;
     export(options, &site)?;
     let before = (

@@ -24,7 +24,22 @@ pub struct Followed {
 /// working copy was made from.
 pub async fn server_tree(wc: &WorkingCopy, remote: &impl Remote) -> Result<Followed, SyncError> {
     let head = same_export(wc, remote).await?;
-    tree_from(remote, head, &wc.saved.base.state, &wc.saved.cursor).await
+    let saved = &wc.saved;
+    if saved.server_differs.is_empty() {
+        return tree_from(remote, head, &saved.base.state, &saved.cursor).await;
+    }
+    // The base keeps old entries where the last pull could not bring a
+    // file in; the journal goes on from what the server had there.
+    let mut start = saved.base.state.clone();
+    for (path, entry) in &saved.server_differs {
+        match entry {
+            Some(e) => start.insert(path.clone(), e.clone()),
+            None => {
+                start.remove(path);
+            }
+        }
+    }
+    tree_from(remote, head, &start, &saved.cursor).await
 }
 
 /// The head, if it is the export the working copy was synced with (by

@@ -10,7 +10,7 @@
 //! snapshot of them, and every step that depends on one looks again when
 //! its turn comes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 
 use intersync_protocol::{TreePath, Version};
@@ -38,6 +38,9 @@ pub struct Pulled {
     /// The disk filled up: the files not brought in wait for the next
     /// round (the push still goes); the error to end the sync with.
     pub disk_full: Option<SyncError>,
+    /// Where the new base is not the server's tree: the server's entries
+    /// (see [`Saved::server_differs`](super::working_copy::Saved)).
+    pub server_differs: BTreeMap<TreePath, Option<crate::tree::Entry>>,
 }
 
 /// One pull (see the module documentation).
@@ -89,8 +92,10 @@ pub async fn pull(
     run.installs(remote, ways).await?;
     run.leftovers()?;
     run.attributes()?;
+    let (base, server_differs) = run.new_base(server, &scanned);
     Ok(Pulled {
-        base: run.new_base(server, &scanned),
+        base,
+        server_differs,
         cursor,
         server_id: head.server_id,
         static_export: head.static_export,
@@ -414,9 +419,17 @@ impl Run<'_> {
     /// The new base: the server's tree, but where this pull could not bring
     /// a file in, what the base had (so that it is not pushed as an edit);
     /// stats only where the disk is known to hold the entry.
-    fn new_base(&self, mut server: TreeState, scanned: &Index) -> Index {
+    fn new_base(
+        &self,
+        mut server: TreeState,
+        scanned: &Index,
+    ) -> (Index, BTreeMap<TreePath, Option<crate::tree::Entry>>) {
         let base = &self.wc.saved.base;
+        let mut differs = BTreeMap::new();
         for p in &self.skipped {
+            if base.state.get(p) != server.get(p) {
+                differs.insert(p.clone(), server.get(p).cloned());
+            }
             match base.state.get(p) {
                 Some(e) => server.insert(p.clone(), e.clone()),
                 None => {
@@ -463,9 +476,12 @@ impl Run<'_> {
                 }
             }) && fs::symlink_metadata(p.under(root)).is_err()
         });
-        Index {
-            state: server,
-            stats,
-        }
+        (
+            Index {
+                state: server,
+                stats,
+            },
+            differs,
+        )
     }
 }

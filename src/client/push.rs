@@ -380,9 +380,14 @@ impl<R: Remote> Pusher<'_, R> {
                 Ok(())
             }
             Err(e) if e.waits() => {
+                // The error names the file already; the change says it too.
+                let said = crate::monitor::Chain(&e).to_string();
+                let what = said
+                    .strip_prefix(&format!("{}: ", file.path))
+                    .unwrap_or(&said);
                 report.deferred.push(Change {
                     path: file.path.clone(),
-                    what: crate::monitor::Chain(&e).to_string(),
+                    what: what.to_owned(),
                 });
                 Ok(())
             }

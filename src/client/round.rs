@@ -78,9 +78,11 @@ async fn pull_into(
         server_id,
         static_export,
         disk_full,
+        server_differs,
     } = pull::pull(wc, remote, options, report).await?;
     wc.saved.static_export = static_export;
     wc.saved.base = base;
+    wc.saved.server_differs = server_differs;
     wc.saved.cursor = cursor;
     wc.saved.server_id = Some(server_id);
     Ok(disk_full)

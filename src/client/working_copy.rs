@@ -3,7 +3,7 @@
 //! the node id, partial downloads and the conflicts not yet looked at.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,12 @@ pub enum WorkingCopyError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: not a working copy state file: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
+    #[error(
+        "{}: damaged in bytes {start}..{end} (their checksum does not match), and not used; \
+         move it away and sync again to rebuild it from the server",
+        path.display()
+    )]
+    DamagedState { path: PathBuf, start: u64, end: u64 },
     #[error(
         "{url} serves export {found}, not export {expected} that this working copy was synced \
          with{}: it is another export, or one whose .intersync/ was made anew (its history is \
@@ -85,6 +91,12 @@ pub struct Saved {
     /// them on first open): absent from the disk, yet not deleted.
     #[serde(default)]
     pub placeholders: BTreeSet<TreePath>,
+    /// Where the base is not the server's tree at its sequence (files a
+    /// pull could not bring in keep their old base entry, so that they are
+    /// not taken for local edits): the server's entries there, or `None`
+    /// where it had none. The journal is followed from the server's tree.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_differs: BTreeMap<TreePath, Option<Entry>>,
 }
 
 /// The placeholders of a working copy, shared with a mount that shows them:
@@ -250,13 +262,17 @@ impl WorkingCopy {
         let root = dir.canonicalize().map_err(io_err(dir))?;
         let state_dir = root.join(STATE_DIR);
         let path = state_dir.join("state.json");
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let saved: Saved = serde_json::from_reader(io::BufReader::new(file)).map_err(|e| {
-            WorkingCopyError::BadState {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let json = checked(&bytes).map_err(|(start, end)| WorkingCopyError::DamagedState {
+            path: path.clone(),
+            start,
+            end,
+        })?;
+        let saved: Saved =
+            serde_json::from_slice(json).map_err(|e| WorkingCopyError::BadState {
                 path: path.clone(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let placeholders = Placeholders::default();
         for path in &saved.placeholders {
             if let Some(e) = saved.base.state.get(path).filter(|e| e.version().is_some()) {
@@ -336,10 +352,13 @@ impl WorkingCopy {
     pub fn save(&mut self) -> Result<(), WorkingCopyError> {
         self.saved.placeholders = self.placeholders.paths().into_iter().collect();
         let path = self.state_dir.join("state.json");
+        let json =
+            serde_json::to_vec(&self.saved).map_err(|e| io_err(&path)(io::Error::other(e)))?;
         let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
-        serde_json::to_writer(&mut file, &self.saved)
-            .map_err(|e| io_err(&path)(io::Error::other(e)))?;
-        file.flush().map_err(io_err(&path))?;
+        file.write_all(&json)
+            .and_then(|()| file.write_all(&checksums(&json)))
+            .and_then(|()| file.flush())
+            .map_err(io_err(&path))?;
         file.install().map_err(io_err(&path))
     }
 
@@ -359,6 +378,53 @@ impl WorkingCopy {
     pub fn partial_dir(&self) -> PathBuf {
         self.state_dir.join("partial")
     }
+}
+
+/// The state file is its JSON (one line: serde_json writes no raw
+/// newline) and a line of CRC-32s, one for each [`CHECKED`] bytes of it,
+/// so that a damaged byte is found and placed before anything is read.
+const CHECKED: usize = 64 << 10;
+const CHECKSUMS: &[u8] = b"#crc32/65536";
+
+/// The line of checksums of `json`.
+fn checksums(json: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(CHECKSUMS.len() + 2 + json.len() / CHECKED * 8 + 8);
+    line.push(b'\n');
+    line.extend_from_slice(CHECKSUMS);
+    for piece in json.chunks(CHECKED) {
+        line.extend_from_slice(format!(" {:08x}", crc32fast::hash(piece)).as_bytes());
+    }
+    line.push(b'\n');
+    line
+}
+
+/// The JSON of a state file whose checksums match, or the first damaged
+/// byte range. A file without checksums (written before they were) is
+/// taken as it is.
+fn checked(bytes: &[u8]) -> Result<&[u8], (u64, u64)> {
+    let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
+        return Ok(bytes);
+    };
+    let (json, line) = (&bytes[..newline], &bytes[newline + 1..]);
+    let whole = (0, bytes.len() as u64);
+    let sums = line
+        .strip_prefix(CHECKSUMS)
+        .and_then(|l| l.strip_suffix(b"\n"))
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .ok_or((newline as u64, bytes.len() as u64))?;
+    let mut sums = sums.split(' ').skip(1);
+    for (i, piece) in json.chunks(CHECKED).enumerate() {
+        let start = (i * CHECKED) as u64;
+        let end = start + piece.len() as u64;
+        let stored = sums.next().and_then(|s| u32::from_str_radix(s, 16).ok());
+        if stored != Some(crc32fast::hash(piece)) {
+            return Err((start, end));
+        }
+    }
+    if sums.next().is_some() {
+        return Err(whole);
+    }
+    Ok(json)
 }
 
 fn normalise(url: &str) -> &str {
