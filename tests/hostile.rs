@@ -10,7 +10,7 @@ use std::time::Duration;
 use intersync::delta::{Signature, SignatureOptions};
 use intersync_protocol::signature::SignatureFormat;
 
-use crate::util::{Dir, Server, get, http, intersync, random_bytes};
+use crate::util::{Dir, Server, Tmpfs, get, http, intersync, random_bytes};
 
 fn signature(data: &[u8], block_len: u32) -> Vec<u8> {
     let options = SignatureOptions {
@@ -657,31 +657,6 @@ fn latest_seq(server: &Server) -> u64 {
 }
 
 /// A small tmpfs of its own, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] Dir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = Dir::new();
-        let at = dir.path("");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .status()
-            .expect("mount");
-        assert!(
-            mounted.success(),
-            "cannot mount a tmpfs (the tests run as root)"
-        );
-        Tmpfs(at, dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// E4: a pull that fills the client's disk gives up the partial download
 /// (its space back), still pushes the local edits, and exits 11; once the
 /// server has deleted the file, the next sync completes. It used to keep

@@ -8,6 +8,7 @@ mod bench;
 mod cache;
 mod client;
 mod delta_cli;
+mod faults;
 mod hostile;
 mod misbehaving;
 mod patches;

@@ -326,3 +326,40 @@ impl Nginx {
         ids.len()
     }
 }
+
+/// A tmpfs of a given size mounted on a fresh folder (the tests run as
+/// root), unmounted when dropped: a disk that fills.
+pub struct Tmpfs(pub std::path::PathBuf, #[allow(dead_code)] Dir);
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let dir = Dir::new();
+        let at = dir.path("");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("mount");
+        assert!(
+            mounted.success(),
+            "cannot mount a tmpfs (the tests run as root)"
+        );
+        Tmpfs(at, dir)
+    }
+
+    /// Gives it another size (space returns).
+    pub fn resize(&self, size: &str) {
+        let resized = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("mount");
+        assert!(resized.success(), "cannot resize the tmpfs");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
