@@ -313,3 +313,52 @@ fn a_clone_of_many_small_files_from_nginx_keeps_several_requests_in_flight() {
         assert!(used.contains(&n), "{connections:?}: {n} connections");
     }
 }
+
+/// An update of many small edited files from a static export: each is a
+/// signature and its ranges (two round trips), so several are fetched at
+/// once, over several connections, instead of one after another; each is
+/// still rebuilt from the copy here (fewer bytes than fetching it whole).
+#[test]
+fn edits_of_many_small_files_from_nginx_are_fetched_several_at_once() {
+    let site = Dir::new();
+    for i in 0..60 {
+        site.write(
+            &format!("d{}/f{i:02}.bin", i % 4),
+            &random_bytes(200 + i as u64, 16_000),
+        );
+    }
+    export(&site.path(""));
+    let nginx = Nginx::start(&site.path(""), "");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(intersync().arg("sync").arg(&nginx.url).arg(&wc));
+    let mut edited = 0;
+    for i in 0..60 {
+        let path = site.path(&format!("d{}/f{i:02}.bin", i % 4));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8000..8010].fill(i as u8);
+        fs::write(&path, &bytes).unwrap();
+        edited += bytes.len() as u64;
+    }
+    export(&site.path(""));
+    let before = nginx.requests().len();
+    let out = ok(intersync()
+        .args(["sync", "--stats"])
+        .arg(&nginx.url)
+        .arg(&wc));
+    for i in 0..60 {
+        let name = format!("d{}/f{i:02}.bin", i % 4);
+        assert_eq!(
+            fs::read(wc.join(&name)).unwrap(),
+            fs::read(site.path(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    let n = nginx.connections_since(before);
+    assert!(n >= 4, "the edits came over {n} connection(s)");
+    assert!(
+        received(&out) < edited / 2,
+        "{} bytes for {edited} edited",
+        received(&out)
+    );
+}

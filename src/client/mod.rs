@@ -132,6 +132,25 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    /// Adds what another part of the same round did (its traffic aside:
+    /// the round reads that from the remote).
+    pub fn absorb(&mut self, other: SyncReport) {
+        self.pulled.extend(other.pulled);
+        self.pushed.extend(other.pushed);
+        self.conflicts.extend(other.conflicts);
+        self.deferred.extend(other.deferred);
+        self.files_local += other.files_local;
+        self.files_patched += other.files_patched;
+        self.files_delta += other.files_delta;
+        self.files_blocks += other.files_blocks;
+        self.files_whole += other.files_whole;
+        self.literal_bytes += other.literal_bytes;
+        self.matched_bytes += other.matched_bytes;
+        self.full_fetch_bytes += other.full_fetch_bytes;
+        self.files += other.files;
+        self.total_size += other.total_size;
+    }
+
     pub fn is_partial(&self) -> bool {
         !self.conflicts.is_empty() || !self.deferred.is_empty()
     }

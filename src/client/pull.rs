@@ -274,6 +274,7 @@ impl Run<'_> {
         if stopped.is_some() {
             self.disk_full = stopped;
         }
+        let mut ladder = Vec::new();
         for (file, outcome) in outcomes {
             match outcome {
                 Outcome::Installed(version) => {
@@ -282,10 +283,55 @@ impl Run<'_> {
                 }
                 Outcome::Skipped => self.skipped.push(file.path),
                 Outcome::Ladder if self.disk_full.is_some() => self.skipped.push(file.path),
-                Outcome::Ladder => self.by_ladder(remote, file, ways, &mut moves).await?,
+                Outcome::Ladder => ladder.push(file),
             }
         }
         self.plan.moves = moves;
+        self.small_ones_by_ladder(remote, ladder, ways).await
+    }
+
+    /// Small files a batch could not bring (a static export's edits, which
+    /// are a signature and ranges each), by the one-file ladder, up to
+    /// `ways.parallel` at once: a round trip or two each, so many in
+    /// flight. What is here to copy or move was tried before the batch.
+    async fn small_ones_by_ladder(
+        &mut self,
+        remote: &impl Remote,
+        files: Vec<FileInstall>,
+        ways: Ways,
+    ) -> Result<(), SyncError> {
+        use futures_util::StreamExt;
+        let (wc, local) = (self.wc, &self.plan.local);
+        let results: Vec<_> = futures_util::stream::iter(files)
+            .map(|file| async move {
+                let mut moves = HashMap::new();
+                let mut report = SyncReport::default();
+                let got = {
+                    let mut here = Here {
+                        wc,
+                        local,
+                        moves: &mut moves,
+                    };
+                    let want = batch::wanted(&file);
+                    fetch::fetch(
+                        &mut here,
+                        remote,
+                        &want,
+                        file.copy_from.as_ref(),
+                        ways,
+                        &mut report,
+                    )
+                    .await
+                };
+                (file, got, report)
+            })
+            .buffered(ways.parallel.max(1))
+            .collect()
+            .await;
+        for (file, got, report) in results {
+            self.report.absorb(report);
+            self.installed_as(file, got)?;
+        }
         Ok(())
     }
 
