@@ -33,7 +33,7 @@ enum Command {
     /// Export DIR over HTTP(S): files, the modification log, signatures, deltas and writes.
     Serve(cli::serve::ServeArgs),
     /// Write (or bring up to date) DIR/.intersync/ so that any web server serving DIR is an InterSync source.
-    Export { dir: PathBuf },
+    Export(cli::export::ExportArgs),
     /// Fetch one file from any web server into FILE: conditional, resumable, installed whole.
     Get(cli::get::GetArgs),
     /// One sync round between the export at URL and the working copy DIR, both ways.
@@ -106,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // main() takes rsync command lines before clap sees them.
         Command::Rsync { .. } => unreachable!("handled in main"),
         Command::Serve(args) => cli::serve::run(args),
-        Command::Export { dir } => cli::export::run(&dir),
+        Command::Export(args) => cli::export::run(args),
         Command::Get(args) => cli::get::run(args),
         Command::Sync(args) => cli::sync::sync(args),
         Command::Demo => cli::demo::main(),

@@ -49,6 +49,23 @@ pub struct Head {
     /// client reads on every sync, carries nothing more for it.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub patches: bool,
+    /// Packs of small files' versions (`pack`), at
+    /// `/.intersync/packs/<name>`: immutable, read by range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<PackRef>,
+}
+
+/// A pack as the head lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    /// File name under `/.intersync/packs/`.
+    pub name: String,
+    pub length: u64,
+    /// Bytes of its index, at its start.
+    pub index_length: u64,
+    /// Files in it, and their bytes (before compression).
+    pub files: u64,
+    pub bytes: u64,
 }
 
 fn yes() -> bool {

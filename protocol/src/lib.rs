@@ -14,6 +14,7 @@
 //! - [`fetch`]: `POST /.intersync/fetch`, many files in one request and
 //!   their contents in one stream.
 //! - [`push`]: `POST /.intersync/push`, many files written in one request.
+//! - [`pack`]: packs, many small files' versions in one immutable file.
 //! - [`varint`]: the LEB128 integers of the patch and fetch formats.
 //!
 //! Everything here parses bytes that may come from the network. Parsers return
@@ -26,6 +27,7 @@ pub mod byteranges;
 pub mod delta;
 pub mod fetch;
 pub mod kml;
+pub mod pack;
 pub mod path;
 pub mod push;
 pub mod refine;

@@ -1,13 +1,26 @@
 //! `intersync export DIR`: a folder made a complete source for any web
 //! server (signatures, levels and the head document under `.intersync/`).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use intersync::export::Export;
 
-pub fn run(dir: &Path) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    pub dir: PathBuf,
+    /// Bytes of small files in each pack (0: no packs). A first clone reads
+    /// packs, a few GETs, instead of one GET a file.
+    #[arg(long, default_value_t = DEFAULT_PACK_SIZE)]
+    pub pack_size: u64,
+}
+
+/// Chosen with the scenario benchmark's S0 from nginx (see the README).
+pub const DEFAULT_PACK_SIZE: u64 = 8 << 20;
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
     let export = Export::open(dir, Default::default())?;
-    let (files, written) = export.write_static()?;
+    let (files, written) = export.write_static(args.pack_size)?;
     println!(
         "intersync: exported {files} files of {} (journal at sequence {}, {written} new signatures)",
         dir.display(),

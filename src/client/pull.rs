@@ -85,6 +85,7 @@ pub async fn pull(
         installed: HashMap::new(),
         undeleted: Vec::new(),
         disk_full: None,
+        packs: head.packs.clone(),
     };
     run.drop_stale_partials();
     run.asides()?;
@@ -117,6 +118,8 @@ struct Run<'a> {
     undeleted: Vec<TreePath>,
     /// The disk filled up: no more fetches this round.
     disk_full: Option<SyncError>,
+    /// The packs the head lists (a static export's).
+    packs: Vec<intersync_protocol::api::PackRef>,
 }
 
 impl Run<'_> {
@@ -270,7 +273,7 @@ impl Run<'_> {
             batched
         };
         let (outcomes, stopped) =
-            batch::fetch(&mut here, remote, batched, ways, self.report).await?;
+            batch::fetch(&mut here, remote, batched, ways, &self.packs, self.report).await?;
         if stopped.is_some() {
             self.disk_full = stopped;
         }

@@ -9,6 +9,7 @@
 //! trusts the folder only as far as a scan checks it; files are opened
 //! beneath the root ([`crate::beneath`]), never through a symbolic link.
 
+pub mod packs;
 pub mod watch;
 
 use std::fs::{self, File};
@@ -554,6 +555,7 @@ impl Export {
             }),
             static_export: false,
             patches: self.versions.is_some(),
+            packs: Vec::new(),
         }
     }
 
@@ -681,8 +683,10 @@ impl Export {
     /// Makes the export complete for a plain web server: a signature for
     /// every current version (and its two levels, for large files), none
     /// for versions gone, and the head document
-    /// at `.intersync/head`. Returns (files, signatures written).
-    pub fn write_static(&self) -> Result<(u64, u64), ExportError> {
+    /// at `.intersync/head`, with packs of the small files of about
+    /// `pack_size` bytes each (none when 0; see [`packs`]). Returns (files,
+    /// signatures written).
+    pub fn write_static(&self, pack_size: u64) -> Result<(u64, u64), ExportError> {
         let state = self.state();
         let mut files = 0;
         let mut written = 0;
@@ -714,6 +718,7 @@ impl Export {
         }
         let mut head = self.head();
         head.static_export = true;
+        head.packs = packs::write(&self.root, &self.state_dir.join("packs"), &state, pack_size)?;
         // A static export answers no patches whatever the field says;
         // left out, as when true, it costs every sync nothing.
         head.patches = true;

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use intersync_protocol::api::{
     CheckpointRef, HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head,
-    MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, SegmentRef,
+    MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, PackRef, SegmentRef,
 };
 use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
@@ -1033,6 +1033,25 @@ impl Remote for HttpRemote {
     ) -> Result<Vec<Bytes>, TransportError> {
         let what = format!("{path}, {} ranges", ranges.len());
         self.ranges_of(&self.file_url(path, version), ranges, what)
+            .await
+    }
+
+    async fn pack_range(
+        &self,
+        pack: &PackRef,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, TransportError> {
+        let what = format!("pack {} bytes {}-{}", pack.name, range.start, range.end);
+        // A name from the head: only what `intersync export` writes, so
+        // that it cannot lead anywhere else on the server.
+        let hex = pack.name.strip_suffix(".pack").unwrap_or("");
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TransportError::BadAnswer {
+                what,
+                reason: "not a pack's name".into(),
+            });
+        }
+        self.range_of(&format!(".intersync/packs/{}", pack.name), range, what)
             .await
     }
 

@@ -7,7 +7,7 @@ pub mod get;
 pub mod http;
 
 use bytes::Bytes;
-use intersync_protocol::api::{CheckpointRef, Head, SegmentRef};
+use intersync_protocol::api::{CheckpointRef, Head, PackRef, SegmentRef};
 use intersync_protocol::batch::{BatchOp, OpResult};
 use intersync_protocol::{TreePath, Version};
 use thiserror::Error;
@@ -231,6 +231,14 @@ pub trait Remote {
         version: Version,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>, TransportError>;
+    /// Bytes `range` of a pack the head lists (its index, or its
+    /// contents), by a ranged GET; anything but exactly that range is an
+    /// error.
+    async fn pack_range(
+        &self,
+        pack: &PackRef,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, TransportError>;
     /// The server's signature of a version.
     async fn signature(&self, version: Version) -> Result<Bytes, TransportError>;
     /// The static path's coarse signature of a version

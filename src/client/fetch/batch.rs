@@ -77,6 +77,7 @@ pub async fn fetch(
     remote: &impl Remote,
     files: Vec<FileInstall>,
     ways: Ways,
+    packs: &[intersync_protocol::api::PackRef],
     report: &mut SyncReport,
 ) -> Result<(Vec<(FileInstall, Outcome)>, Option<SyncError>), SyncError> {
     let root = here.wc.root().to_owned();
@@ -93,6 +94,20 @@ pub async fn fetch(
         if !(ways.batch && batches(here, remote, &mut jobs, ways.patches, report).await?) {
             let whole: Vec<usize> = (0..jobs.len())
                 .filter(|&i| jobs[i].outcome.is_none() && base_here(here, &jobs[i]).is_none())
+                .collect();
+            super::packs::fetch_packed(
+                here,
+                remote,
+                &mut jobs,
+                &whole,
+                packs,
+                ways.parallel,
+                report,
+            )
+            .await?;
+            let whole: Vec<usize> = whole
+                .into_iter()
+                .filter(|&i| jobs[i].outcome.is_none())
                 .collect();
             super::parallel::fetch_whole(here, remote, &mut jobs, &whole, ways.parallel, report)
                 .await?;

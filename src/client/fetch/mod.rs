@@ -18,6 +18,7 @@ mod blocks;
 mod delta;
 mod levels;
 pub mod local;
+mod packs;
 mod parallel;
 mod patch;
 mod ranges;
