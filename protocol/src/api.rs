@@ -49,13 +49,21 @@ pub struct Head {
     /// client reads on every sync, carries nothing more for it.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub patches: bool,
-    /// Packs of small files' versions (`pack`), at
-    /// `/.intersync/packs/<name>`: immutable, read by range.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+}
+
+/// Where a static export lists its packs (`pack`): a [`PackList`]. Not in
+/// the head, which every sync reads: only a client with many files to
+/// bring whole reads it.
+pub const PACK_LIST: &str = ".intersync/packs/list.json";
+
+/// The packs of a static export, at [`PACK_LIST`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackList {
     pub packs: Vec<PackRef>,
 }
 
-/// A pack as the head lists it.
+/// A pack as the list names it: `/.intersync/packs/<name>`, immutable,
+/// read by range.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackRef {
     /// File name under `/.intersync/packs/`.

@@ -85,7 +85,12 @@ pub async fn pull(
         installed: HashMap::new(),
         undeleted: Vec::new(),
         disk_full: None,
-        packs: head.packs.clone(),
+        small_files: server
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e.kind, crate::tree::EntryKind::File { size, .. } if size < batch::MAX_BATCHED)
+            })
+            .count() as u64,
     };
     run.drop_stale_partials();
     run.asides()?;
@@ -118,8 +123,9 @@ struct Run<'a> {
     undeleted: Vec<TreePath>,
     /// The disk filled up: no more fetches this round.
     disk_full: Option<SyncError>,
-    /// The packs the head lists (a static export's).
-    packs: Vec<intersync_protocol::api::PackRef>,
+    /// Files of the server's tree small enough to be packed (how much
+    /// reading a static export's pack indexes would cost).
+    small_files: u64,
 }
 
 impl Run<'_> {
@@ -272,8 +278,15 @@ impl Run<'_> {
         } else {
             batched
         };
-        let (outcomes, stopped) =
-            batch::fetch(&mut here, remote, batched, ways, &self.packs, self.report).await?;
+        let (outcomes, stopped) = batch::fetch(
+            &mut here,
+            remote,
+            batched,
+            ways,
+            self.small_files,
+            self.report,
+        )
+        .await?;
         if stopped.is_some() {
             self.disk_full = stopped;
         }

@@ -555,7 +555,6 @@ impl Export {
             }),
             static_export: false,
             patches: self.versions.is_some(),
-            packs: Vec::new(),
         }
     }
 
@@ -718,7 +717,7 @@ impl Export {
         }
         let mut head = self.head();
         head.static_export = true;
-        head.packs = packs::write(&self.root, &self.state_dir.join("packs"), &state, pack_size)?;
+        packs::write(&self.root, &self.state_dir.join("packs"), &state, pack_size)?;
         // A static export answers no patches whatever the field says;
         // left out, as when true, it costs every sync nothing.
         head.patches = true;

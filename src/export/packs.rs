@@ -14,7 +14,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use intersync_protocol::api::PackRef;
+use intersync_protocol::api::{PackList, PackRef};
 use intersync_protocol::pack::{self, MAX_ENTRY_SIZE, PackEntry};
 use intersync_protocol::{TreePath, Version};
 
@@ -26,8 +26,8 @@ use crate::tree::{EntryKind, TreeState};
 const LEVEL: i32 = 9;
 
 /// Writes the packs of `state`'s small files into `dir` (see the module
-/// documentation); the packs the head lists, by name. No packs when
-/// `target` is 0.
+/// documentation) and their list (`api::PACK_LIST`); the packs, by name.
+/// No packs when `target` is 0.
 pub fn write(
     root: &Path,
     dir: &Path,
@@ -85,8 +85,21 @@ pub fn write(
         refs.extend(write_one(root, dir, &chunk)?);
     }
     refs.sort_by(|a, b| a.name.cmp(&b.name));
+    let list = dir.join(LIST);
+    let mut out = PendingFile::create(&list).map_err(io_err(&list))?;
+    serde_json::to_writer(
+        &mut out,
+        &PackList {
+            packs: refs.clone(),
+        },
+    )
+    .map_err(|e| io_err(&list)(std::io::Error::other(e)))?;
+    out.install().map_err(io_err(&list))?;
     Ok(refs)
 }
+
+/// The list's name in `dir`.
+const LIST: &str = "list.json";
 
 /// The packs in `dir`, by name.
 fn existing(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, ExportError> {
@@ -95,7 +108,7 @@ fn existing(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, ExportError
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".pack") {
             out.push((name, e.path()));
-        } else {
+        } else if name != LIST {
             // A temporary left by a crash.
             let _ = fs::remove_file(e.path());
         }

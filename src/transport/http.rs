@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use intersync_protocol::api::{
     CheckpointRef, HEADER_MODE, HEADER_MTIME, HEADER_RESULT_SIZE, HEADER_RESULT_VERSION, Head,
-    MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, PackRef, SegmentRef,
+    MEDIA_DELTA, MEDIA_PATCH, MEDIA_REFINE, PackList, PackRef, SegmentRef,
 };
 use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
@@ -1034,6 +1034,23 @@ impl Remote for HttpRemote {
         let what = format!("{path}, {} ranges", ranges.len());
         self.ranges_of(&self.file_url(path, version), ranges, what)
             .await
+    }
+
+    async fn pack_list(&self) -> Result<Option<PackList>, TransportError> {
+        let what = "the list of packs";
+        let bytes = match self.get_all(intersync_protocol::api::PACK_LIST, what).await {
+            Ok(bytes) => bytes,
+            Err(TransportError::Refused { status, .. }) if (400..500).contains(&status) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| TransportError::Malformed {
+                what: what.into(),
+                source: Box::new(e),
+            })
     }
 
     async fn pack_range(

@@ -7,7 +7,7 @@ pub mod get;
 pub mod http;
 
 use bytes::Bytes;
-use intersync_protocol::api::{CheckpointRef, Head, PackRef, SegmentRef};
+use intersync_protocol::api::{CheckpointRef, Head, PackList, PackRef, SegmentRef};
 use intersync_protocol::batch::{BatchOp, OpResult};
 use intersync_protocol::{TreePath, Version};
 use thiserror::Error;
@@ -231,7 +231,10 @@ pub trait Remote {
         version: Version,
         ranges: &[std::ops::Range<u64>],
     ) -> Result<Vec<Bytes>, TransportError>;
-    /// Bytes `range` of a pack the head lists (its index, or its
+    /// A static export's list of packs (`api::PACK_LIST`); `None` when it
+    /// has none.
+    async fn pack_list(&self) -> Result<Option<PackList>, TransportError>;
+    /// Bytes `range` of a pack the list names (its index, or its
     /// contents), by a ranged GET; anything but exactly that range is an
     /// error.
     async fn pack_range(

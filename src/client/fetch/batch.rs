@@ -77,7 +77,7 @@ pub async fn fetch(
     remote: &impl Remote,
     files: Vec<FileInstall>,
     ways: Ways,
-    packs: &[intersync_protocol::api::PackRef],
+    small_files: u64,
     report: &mut SyncReport,
 ) -> Result<(Vec<(FileInstall, Outcome)>, Option<SyncError>), SyncError> {
     let root = here.wc.root().to_owned();
@@ -100,7 +100,7 @@ pub async fn fetch(
                 remote,
                 &mut jobs,
                 &whole,
-                packs,
+                small_files,
                 ways.parallel,
                 report,
             )

@@ -1,6 +1,6 @@
 //! Small files from packs (`intersync_protocol::pack`), for a source
-//! without batched fetches (a static export): the index of every pack the
-//! head lists is read (all at once, one round trip), then the contents of
+//! without batched fetches (a static export): the index of every pack its
+//! list names is read (all at once, one round trip), then the contents of
 //! the packs worth reading (at least half of their bytes wanted), and each
 //! wanted file is checked against its whole version as it is decompressed,
 //! and installed with the others of its pack (`install::StagedInstalls`).
@@ -22,6 +22,8 @@ use crate::transport::{Remote, TransportError};
 
 /// Fewer files than this are not worth reading pack indexes for.
 const MIN_FILES: usize = 32;
+/// Nor bytes of files fewer than this many times the indexes' bytes.
+const INDEX_RATIO: u64 = 8;
 
 /// Brings what it can of `jobs[picked]` from `packs` (see the module
 /// documentation), noting each one's outcome.
@@ -30,13 +32,21 @@ pub async fn fetch_packed(
     remote: &impl Remote,
     jobs: &mut [Job],
     picked: &[usize],
-    packs: &[PackRef],
+    small_files: u64,
     parallel: usize,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    if picked.len() < MIN_FILES || packs.is_empty() {
+    // The indexes cost 12 bytes a packed file (about every small file of
+    // the tree): worth reading for a clone or a large addition, not for a
+    // few new files in a big tree.
+    let wanted_bytes: u64 = picked.iter().map(|&i| jobs[i].file.size).sum();
+    if picked.len() < MIN_FILES || wanted_bytes < INDEX_RATIO * 12 * small_files {
         return Ok(());
     }
+    let Some(list) = remote.pack_list().await? else {
+        return Ok(());
+    };
+    let packs: &[PackRef] = &list.packs;
     let parallel = parallel.max(1);
     let mut wanted: HashMap<[u8; 8], Vec<usize>> = HashMap::new();
     for &i in picked {
