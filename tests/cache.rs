@@ -2,7 +2,7 @@
 //! ten working copies syncing through it with `--via-cache`, and the
 //! origin's own access log showing that every immutable object (versions,
 //! their signatures and signature levels, patches between two versions,
-//! checkpoints) crossed from the origin to the cache once.
+//! checkpoints, packs) crossed from the origin to the cache once.
 
 use std::collections::HashMap;
 use std::fs;
@@ -121,6 +121,7 @@ fn immutable(path: &str) -> bool {
     ]
     .iter()
     .any(|p| path.starts_with(p))
+        || (path.starts_with("/.intersync/packs/") && path.ends_with(".pack"))
 }
 
 /// The immutable objects `requests` fetched, by path.
@@ -246,4 +247,52 @@ fn ten_working_copies_through_nginx_fetch_each_immutable_object_from_the_origin_
     assert_eq!(count(".fine"), 1, "{after:?}");
     assert_eq!(count("/version/"), 1, "{after:?}");
     assert_eq!(after.len(), 3, "{after:?}");
+}
+
+/// A tree of many small files through the cache comes in packs: the first
+/// copy's request for the list has the origin write them, every pack
+/// crosses from the origin to the cache once however many copies clone,
+/// and no copy asks the origin for the files one by one.
+#[test]
+fn many_small_files_through_nginx_come_in_packs_fetched_from_the_origin_once() {
+    let origin = Dir::new();
+    let root = origin.path("export");
+    for i in 0..300 {
+        let dir = root.join(format!("d{}", i % 6));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join(format!("f{i:03}.txt")),
+            format!("line {i} of a small file\n").repeat(40 + i % 30),
+        )
+        .unwrap();
+    }
+    let log = origin.path("access.log");
+    let server = serve(&root, free_port(), &log);
+    let nginx = Nginx::cache_in_front_of(&server.url);
+    let clients = Dir::new();
+    sync_all(&nginx.url, &clients);
+    for i in 0..CLIENTS {
+        assert_same_tree(&root, &clients.path(&format!("wc{i}")));
+    }
+    let requests = origin_requests(&log);
+    let mut packs: HashMap<&str, usize> = HashMap::new();
+    for (_, path, status) in &requests {
+        if path.ends_with(".pack") && *status < 300 {
+            *packs.entry(path.as_str()).or_default() += 1;
+        }
+    }
+    assert!(
+        !packs.is_empty(),
+        "no pack was read in {} requests",
+        requests.len()
+    );
+    assert!(
+        packs.values().all(|&n| n == 1),
+        "packs fetched more than once: {packs:?}"
+    );
+    let one_by_one = requests
+        .iter()
+        .filter(|(_, p, _)| p.starts_with("/d") || p.starts_with("/.intersync/version/"))
+        .count();
+    assert_eq!(one_by_one, 0, "files asked of the origin one by one");
 }

@@ -10,12 +10,9 @@ pub struct ExportArgs {
     pub dir: PathBuf,
     /// Bytes of small files in each pack (0: no packs). A first clone reads
     /// packs, a few GETs, instead of one GET a file.
-    #[arg(long, default_value_t = DEFAULT_PACK_SIZE)]
+    #[arg(long, default_value_t = intersync::export::packs::DEFAULT_SIZE)]
     pub pack_size: u64,
 }
-
-/// Chosen with the scenario benchmark's S0 from nginx (see the README).
-pub const DEFAULT_PACK_SIZE: u64 = 8 << 20;
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let dir = &args.dir;

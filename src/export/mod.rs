@@ -82,6 +82,9 @@ pub struct Export {
     /// Versions to keep in the background: a batch of many files is not
     /// held up creating a copy of each.
     keeper: Option<std::sync::mpsc::SyncSender<(Version, TreePath)>>,
+    /// The packs' list as last written for a smart server's readers
+    /// through caches, and the checkpoint it was written at.
+    packs: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 pub struct Inner {
@@ -181,6 +184,7 @@ impl Export {
             outside_links: false,
             versions: None,
             keeper: None,
+            packs: Mutex::new(None),
         };
         export.rescan()?;
         export.save_index();
@@ -726,6 +730,34 @@ impl Export {
         serde_json::to_writer(&mut file, &head).map_err(|e| io_err(&path)(io::Error::other(e)))?;
         file.install().map_err(io_err(&path))?;
         Ok((files, written))
+    }
+
+    /// The list of packs (`api::PackList`, as JSON) for clients reading
+    /// through caches, which cannot send a fetch request: packs follow the
+    /// checkpoints (what first clones read), so they are written again,
+    /// keeping those still mostly current, when a newer checkpoint is
+    /// there. One caller writes; the others wait for its list.
+    pub fn pack_list(&self) -> Result<Arc<Vec<u8>>, ExportError> {
+        let mut held = self.packs.lock().unwrap_or_else(|p| p.into_inner());
+        let at = self.head().checkpoint.map_or(0, |c| c.seq);
+        if let Some((seq, list)) = &*held
+            && *seq == at
+        {
+            return Ok(list.clone());
+        }
+        let dir = self.state_dir.join("packs");
+        packs::write(&self.root, &dir, &self.state(), packs::DEFAULT_SIZE)?;
+        let path = dir.join(packs::LIST);
+        let list = Arc::new(fs::read(&path).map_err(io_err(&path))?);
+        *held = Some((at, list.clone()));
+        Ok(list)
+    }
+
+    /// A pack's file, by a name the list gave (32 hex digits and `.pack`).
+    pub fn pack_path(&self, name: &str) -> Option<PathBuf> {
+        let hex = name.strip_suffix(".pack")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.state_dir.join("packs").join(name))
     }
 
     /// Records a file's stat after the API wrote it, so that serving it

@@ -99,7 +99,13 @@ pub fn write(
 }
 
 /// The list's name in `dir`.
-const LIST: &str = "list.json";
+pub const LIST: &str = "list.json";
+
+/// Bytes of small files in a pack, by default. Measured on S0 from nginx
+/// into a tmpfs (best of five): 1 MiB 0.50 s, 2 MiB 0.46 s, 4 MiB 0.49 s,
+/// 8 MiB 0.49 s (28 requests), 16 MiB 0.57 s, 32 MiB 0.60 s (fewer packs
+/// than connections); 8 MiB for fewer requests at the same speed.
+pub const DEFAULT_SIZE: u64 = 8 << 20;
 
 /// The packs in `dir`, by name.
 fn existing(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>, ExportError> {

@@ -115,6 +115,63 @@ pub async fn serve_version(
     respond(req, served).await
 }
 
+/// Serves a pack (immutable, by range too; its files are checked by the
+/// client, each against its version).
+pub async fn serve_pack(req: &Request<Incoming>, path: &Path) -> Result<Response<Body>, Refusal> {
+    let file = File::open(path).map_err(|_| Refusal::new(StatusCode::NOT_FOUND, "no such pack"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Refusal::new(StatusCode::NOT_FOUND, e.to_string()))?
+        .len();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("pack");
+    let served = Served {
+        file,
+        len,
+        etag: format!("\"{name}\""),
+        modified: None,
+        cache_control: super::IMMUTABLE,
+    };
+    respond(req, served).await
+}
+
+/// Serves the list of packs, written first when a newer checkpoint is
+/// there (`Export::pack_list`): revalidated by caches, as the head is not
+/// cached at all.
+pub async fn serve_pack_list(
+    export: &Arc<Export>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let export = export.clone();
+    let list = tokio::task::spawn_blocking(move || export.pack_list())
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(super::writes::internal)?;
+    let etag = format!("\"packs-{}\"", &blake3::hash(&list).to_hex()[..16]);
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::CONTENT_TYPE, "application/json");
+    if req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| etag_matches(inm, &etag))
+    {
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(full(Bytes::new()))
+            .expect("valid response"));
+    }
+    let body = match req.method() == Method::HEAD {
+        true => Bytes::new(),
+        false => Bytes::from(list.as_ref().clone()),
+    };
+    Ok(builder
+        .header(header::CONTENT_LENGTH, list.len())
+        .body(full(body))
+        .expect("valid response"))
+}
+
 /// Serves a journal segment or checkpoint: immutable once sealed; the open
 /// segment (`committed` is its durable length) only up to what is durable.
 pub async fn serve_state_file(

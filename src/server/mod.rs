@@ -615,6 +615,16 @@ impl Service {
                 (&Method::GET | &Method::HEAD, ("sig", name)) if name.contains('.') => {
                     meta::signature_level(&self.export, &req, name).await
                 }
+                (&Method::GET | &Method::HEAD, ("packs", "list.json")) => {
+                    files::serve_pack_list(&self.export, &req).await
+                }
+                (&Method::GET | &Method::HEAD, ("packs", name)) => {
+                    let path = self
+                        .export
+                        .pack_path(name)
+                        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no such pack"))?;
+                    files::serve_pack(&req, &path).await
+                }
                 (&Method::GET, ("sig", version)) => meta::signature(&self.export, version).await,
                 (&Method::GET, ("patch", pair)) => meta::patch(&self.export, pair).await,
                 (&Method::GET | &Method::HEAD, ("version", version)) => {

@@ -1068,8 +1068,42 @@ impl Remote for HttpRemote {
                 reason: "not a pack's name".into(),
             });
         }
-        self.range_of(&format!(".intersync/packs/{}", pack.name), range, what)
-            .await
+        let url = format!(".intersync/packs/{}", pack.name);
+        let header = format!("bytes={}-{}", range.start, range.end - 1);
+        let answer = self
+            .send(Method::GET, &url, &[("range", header)], Bytes::new(), &what)
+            .await?;
+        let want = format!("bytes {}-{}/{}", range.start, range.end - 1, pack.length);
+        let content_range = answer
+            .headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let (status, expected) = (
+            answer.status,
+            match answer.status {
+                StatusCode::PARTIAL_CONTENT if content_range == want => range.end - range.start,
+                // A cache filling itself answers with all of it.
+                StatusCode::OK => pack.length,
+                _ => u64::MAX,
+            },
+        );
+        if expected == u64::MAX {
+            drop(answer.body);
+            return Err(TransportError::BadAnswer {
+                what,
+                reason: format!("asked for a range, got {status} {content_range:?}"),
+            });
+        }
+        let bytes = self.collect(answer.body, &what).await?;
+        if bytes.len() as u64 != expected {
+            return Err(TransportError::BadAnswer {
+                what,
+                reason: format!("{} bytes where {expected} were due", bytes.len()),
+            });
+        }
+        Ok(bytes)
     }
 
     async fn coarse_signature(&self, version: Version) -> Result<Option<Bytes>, TransportError> {

@@ -235,8 +235,9 @@ pub trait Remote {
     /// has none.
     async fn pack_list(&self) -> Result<Option<PackList>, TransportError>;
     /// Bytes `range` of a pack the list names (its index, or its
-    /// contents), by a ranged GET; anything but exactly that range is an
-    /// error.
+    /// contents), by a ranged GET; or the whole pack, when the server
+    /// answered with all of it (a cache filling itself does). Anything
+    /// else is an error.
     async fn pack_range(
         &self,
         pack: &PackRef,

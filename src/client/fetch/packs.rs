@@ -62,12 +62,17 @@ pub async fn fetch_packed(
             .collect()
             .await;
     let mut chosen = Vec::new();
+    // Packs that came whole when their index was asked for.
+    let mut whole = HashMap::new();
     for (n, got) in indexes {
         let bytes = match got {
             Ok(bytes) => bytes,
             Err(e) if e.is_unreachable() => return Err(e.into()),
             Err(_) => continue,
         };
+        if bytes.len() as u64 == packs[n].length && packs[n].length > packs[n].index_length {
+            whole.insert(n, bytes.slice(packs[n].index_length as usize..));
+        }
         let Ok((entries, len)) = pack::parse_index(&bytes) else {
             continue;
         };
@@ -87,12 +92,13 @@ pub async fn fetch_packed(
     }
     let mut contents = futures_util::stream::iter(chosen)
         .map(|(n, entries)| {
-            let p = &packs[n];
+            let (p, came) = (&packs[n], whole.remove(&n));
             async move {
-                (
-                    entries,
-                    remote.pack_range(p, p.index_length..p.length).await,
-                )
+                let got = match came {
+                    Some(bytes) => Ok(bytes),
+                    None => remote.pack_range(p, p.index_length..p.length).await,
+                };
+                (entries, got)
             }
         })
         .buffer_unordered(parallel);
