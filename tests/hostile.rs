@@ -417,6 +417,28 @@ fn a_long_batch_does_not_starve_other_writers() {
     assert_eq!(reply.status, 413, "{}", reply.text());
 }
 
+/// Swaps the export's folder `d` for a link to `outside` and back, over
+/// and over until `stop`, as a hostile local process would; the count.
+fn swap_for_a_link(
+    export: &Dir,
+    outside: &Dir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    let (d, real, out) = (export.path("d"), export.path("d.real"), outside.path(""));
+    std::thread::spawn(move || {
+        let mut swaps = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::fs::rename(&d, &real).unwrap();
+            std::os::unix::fs::symlink(&out, &d).unwrap();
+            std::thread::yield_now();
+            std::fs::remove_file(&d).unwrap();
+            std::fs::rename(&real, &d).unwrap();
+            swaps += 1;
+        }
+        swaps
+    })
+}
+
 /// GETs of `d/f` on one kept-alive connection, each answer's body.
 fn get_many(server: &Server, path: &str, count: usize) -> Vec<Vec<u8>> {
     let mut tcp = std::io::BufReader::new(TcpStream::connect(addr(server)).unwrap());
@@ -456,26 +478,7 @@ fn reads_never_leave_the_export_through_a_swapped_folder() {
     outside.write("f", b"OUTSIDE");
     let server = std::sync::Arc::new(Server::start(&export.path(""), &[]));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let swapper = {
-        let (d, real, out, stop) = (
-            export.path("d"),
-            export.path("d.real"),
-            outside.path(""),
-            stop.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut swaps = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                std::fs::rename(&d, &real).unwrap();
-                std::os::unix::fs::symlink(&out, &d).unwrap();
-                std::thread::yield_now();
-                std::fs::remove_file(&d).unwrap();
-                std::fs::rename(&real, &d).unwrap();
-                swaps += 1;
-            }
-            swaps
-        })
-    };
+    let swapper = swap_for_a_link(&export, &outside, stop.clone());
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let server = server.clone();
@@ -518,26 +521,7 @@ fn writes_never_land_outside_through_a_swapped_folder() {
         &["--allow-anonymous-writes"],
     ));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let swapper = {
-        let (d, real, out, stop) = (
-            export.path("d"),
-            export.path("d.real"),
-            outside.path(""),
-            stop.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut swaps = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                std::fs::rename(&d, &real).unwrap();
-                std::os::unix::fs::symlink(&out, &d).unwrap();
-                std::thread::yield_now();
-                std::fs::remove_file(&d).unwrap();
-                std::fs::rename(&real, &d).unwrap();
-                swaps += 1;
-            }
-            swaps
-        })
-    };
+    let swapper = swap_for_a_link(&export, &outside, stop.clone());
     let writers: Vec<_> = (0..2)
         .map(|w| {
             let server = server.clone();

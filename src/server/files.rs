@@ -151,12 +151,7 @@ pub async fn serve_pack_list(
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::CONTENT_TYPE, "application/json");
-    if req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|inm| etag_matches(inm, &etag))
-    {
+    if has_it_already(req, &etag) {
         return Ok(builder
             .status(StatusCode::NOT_MODIFIED)
             .body(full(Bytes::new()))
@@ -309,12 +304,7 @@ async fn compressed_state_file(
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, super::IMMUTABLE)
         .header(header::VARY, "accept-encoding");
-    if req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|inm| etag_matches(inm, &etag))
-    {
+    if has_it_already(req, &etag) {
         return Ok(builder
             .status(StatusCode::NOT_MODIFIED)
             .body(full(Bytes::new()))
@@ -349,6 +339,14 @@ async fn compressed_state_file(
         .header(header::CONTENT_LENGTH, bytes.len())
         .body(full(bytes))
         .expect("valid response"))
+}
+
+/// The request's `If-None-Match` names `etag`: the client holds it (304).
+fn has_it_already(req: &Request<Incoming>, etag: &str) -> bool {
+    req.headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| etag_matches(inm, etag))
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
