@@ -46,6 +46,14 @@ impl PackEntry {
     }
 }
 
+/// A pack's file name as exports write it (32 hex digits, `.pack`): what
+/// a server serves and a client asks for, so that a name from a list
+/// cannot lead anywhere else.
+pub fn is_name(name: &str) -> bool {
+    name.strip_suffix(".pack")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The first 8 bytes of a version: how an index names it.
 pub fn prefix(version: &Version) -> [u8; 8] {
     version.0[..8].try_into().expect("a version is 32 bytes")

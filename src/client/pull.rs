@@ -85,12 +85,17 @@ pub async fn pull(
         installed: HashMap::new(),
         undeleted: Vec::new(),
         disk_full: None,
-        small_files: server
-            .iter()
-            .filter(|(_, e)| {
-                matches!(e.kind, crate::tree::EntryKind::File { size, .. } if size < batch::MAX_BATCHED)
-            })
-            .count() as u64,
+        // Counted only where packs may be read (no batched fetches): a
+        // smart server's pull does not walk the tree for it.
+        small_files: match ways.batch {
+            true => 0,
+            false => server
+                .iter()
+                .filter(|(_, e)| {
+                    matches!(e.kind, crate::tree::EntryKind::File { size, .. } if size < batch::MAX_BATCHED)
+                })
+                .count() as u64,
+        },
     };
     run.drop_stale_partials();
     run.asides()?;

@@ -746,18 +746,15 @@ impl Export {
             return Ok(list.clone());
         }
         let dir = self.state_dir.join("packs");
-        packs::write(&self.root, &dir, &self.state(), packs::DEFAULT_SIZE)?;
-        let path = dir.join(packs::LIST);
-        let list = Arc::new(fs::read(&path).map_err(io_err(&path))?);
+        let packs = packs::write(&self.root, &dir, &self.state(), packs::DEFAULT_SIZE)?;
+        let list = Arc::new(packs::list_bytes(packs));
         *held = Some((at, list.clone()));
         Ok(list)
     }
 
     /// A pack's file, by a name the list gave (32 hex digits and `.pack`).
     pub fn pack_path(&self, name: &str) -> Option<PathBuf> {
-        let hex = name.strip_suffix(".pack")?;
-        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.state_dir.join("packs").join(name))
+        intersync_protocol::pack::is_name(name).then(|| self.state_dir.join("packs").join(name))
     }
 
     /// Records a file's stat after the API wrote it, so that serving it

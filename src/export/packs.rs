@@ -34,6 +34,10 @@ pub fn write(
     state: &TreeState,
     target: u64,
 ) -> Result<Vec<PackRef>, ExportError> {
+    if target == 0 {
+        let _ = fs::remove_dir_all(dir);
+        return Ok(Vec::new());
+    }
     // The current small versions, one path each, in path order.
     let mut current: BTreeMap<&TreePath, (Version, u32)> = BTreeMap::new();
     let mut seen = HashMap::new();
@@ -49,10 +53,6 @@ pub fn write(
         .values()
         .map(|(v, size)| (pack::prefix(v), *size))
         .collect();
-    if target == 0 {
-        let _ = fs::remove_dir_all(dir);
-        return Ok(Vec::new());
-    }
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut packed = HashMap::new();
     let mut refs = Vec::new();
@@ -87,15 +87,15 @@ pub fn write(
     refs.sort_by(|a, b| a.name.cmp(&b.name));
     let list = dir.join(LIST);
     let mut out = PendingFile::create(&list).map_err(io_err(&list))?;
-    serde_json::to_writer(
-        &mut out,
-        &PackList {
-            packs: refs.clone(),
-        },
-    )
-    .map_err(|e| io_err(&list)(std::io::Error::other(e)))?;
+    out.write_all(&list_bytes(refs.clone()))
+        .map_err(io_err(&list))?;
     out.install().map_err(io_err(&list))?;
     Ok(refs)
+}
+
+/// The list of `packs` as it is written and served (`api::PackList`).
+pub fn list_bytes(packs: Vec<PackRef>) -> Vec<u8> {
+    serde_json::to_vec(&PackList { packs }).expect("a list of packs is JSON")
 }
 
 /// The list's name in `dir`.

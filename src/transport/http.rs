@@ -1059,10 +1059,9 @@ impl Remote for HttpRemote {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, TransportError> {
         let what = format!("pack {} bytes {}-{}", pack.name, range.start, range.end);
-        // A name from the head: only what `intersync export` writes, so
-        // that it cannot lead anywhere else on the server.
-        let hex = pack.name.strip_suffix(".pack").unwrap_or("");
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // A name from the list: only what an export writes, so that it
+        // cannot lead anywhere else on the server.
+        if !intersync_protocol::pack::is_name(&pack.name) {
             return Err(TransportError::BadAnswer {
                 what,
                 reason: "not a pack's name".into(),
