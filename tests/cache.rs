@@ -106,7 +106,7 @@ fn origin_requests(log: &Path) -> Vec<(String, String, u16)> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            assert!(f.len() == 6, "odd access log line {l:?}");
+            assert!(f.len() == 7, "odd access log line {l:?}");
             (f[2].to_owned(), f[3].to_owned(), f[4].parse().unwrap())
         })
         .collect()

@@ -49,6 +49,11 @@ pub struct Head {
     /// client reads on every sync, carries nothing more for it.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub patches: bool,
+    /// The server speaks HTTP/2 in cleartext, on the port this head came
+    /// from, to a client that opens with HTTP/2's preface (prior knowledge,
+    /// RFC 9113 section 3.4). Over TLS, ALPN says the same for itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// Where a static export lists its packs (`pack`): a [`PackList`]. Not in

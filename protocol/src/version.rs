@@ -42,14 +42,21 @@ impl Version {
         format!("\"b3-{self}\"")
     }
 
-    /// Reads an entity tag written by [`Version::etag`]. Weak tags are refused:
-    /// a weak tag does not promise the bytes, and versions are about bytes.
+    /// Reads an entity tag written by [`Version::etag`], or by a server for
+    /// the version's bytes in a content coding (`"b3-<hex>.zst"`, `.gz`).
+    /// Weak tags are refused: a weak tag does not promise the bytes, and
+    /// versions are about bytes.
     pub fn from_etag(tag: &str) -> Result<Version, VersionParseError> {
         let hex = tag
             .trim()
             .strip_prefix("\"b3-")
             .and_then(|t| t.strip_suffix('"'))
             .ok_or(VersionParseError::NotAnEtag)?;
+        // The same version's bytes compressed for the wire.
+        let hex = hex
+            .strip_suffix(".zst")
+            .or_else(|| hex.strip_suffix(".gz"))
+            .unwrap_or(hex);
         hex.parse()
     }
 }

@@ -63,8 +63,10 @@ fn open_sync(
     let remote =
         intersync::transport::HttpRemote::new(&args.url, token, args.connect.cacert.as_deref())?
             .with_bwlimit(args.bwlimit)
+            .with_cleartext_http2(!args.via_cache)
             .with_progress(progress);
     let wc = intersync::client::WorkingCopy::open_or_create(&args.dir, &args.url)?;
+    remote.assume_cleartext_http2(wc.saved.http2);
     let options = intersync::client::SyncOptions {
         pull: !args.push_only,
         push: !args.pull_only,

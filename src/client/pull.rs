@@ -35,6 +35,8 @@ pub struct Pulled {
     pub server_id: String,
     /// The source is a static export: read only.
     pub static_export: bool,
+    /// The server speaks HTTP/2 in cleartext (its head says so).
+    pub http2: bool,
     /// The disk filled up: the files not brought in wait for the next
     /// round (the push still goes); the error to end the sync with.
     pub disk_full: Option<SyncError>,
@@ -110,6 +112,7 @@ pub async fn pull(
         cursor,
         server_id: head.server_id,
         static_export: head.static_export,
+        http2: head.http2,
         disk_full: run.disk_full,
     })
 }

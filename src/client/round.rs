@@ -77,10 +77,12 @@ async fn pull_into(
         cursor,
         server_id,
         static_export,
+        http2,
         disk_full,
         server_differs,
     } = pull::pull(wc, remote, options, report).await?;
     wc.saved.static_export = static_export;
+    wc.saved.http2 = http2;
     wc.saved.base = base;
     wc.saved.server_differs = server_differs;
     wc.saved.cursor = cursor;

@@ -87,6 +87,10 @@ pub struct Saved {
     /// The source is a static export behind a plain web server: read only.
     #[serde(default)]
     pub static_export: bool,
+    /// The server's head said it speaks HTTP/2 in cleartext: the next sync
+    /// speaks it from its first request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
     /// Files of the base not fetched yet (a mounted working copy fetches
     /// them on first open): absent from the disk, yet not deleted.
     #[serde(default)]

@@ -558,6 +558,7 @@ impl Export {
                 length: c.len,
             }),
             static_export: false,
+            http2: false,
             patches: self.versions.is_some(),
         }
     }

@@ -382,3 +382,122 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
         self.inner.is_write_vectored()
     }
 }
+
+/// What a cleartext client with prior knowledge of HTTP/2 sends first
+/// (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the first bytes of a cleartext connection, no more than it takes
+/// to tell HTTP/2's preface from an HTTP/1 request, and gives them back in
+/// front of the rest ([`Rewind`]): whether it is HTTP/2, and the connection.
+pub async fn sniff<S: AsyncRead + Unpin>(mut io: S) -> std::io::Result<(bool, Rewind<S>)> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::with_capacity(H2_PREFACE.len());
+    let mut piece = [0u8; H2_PREFACE.len()];
+    while seen.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&seen) {
+        let n = io.read(&mut piece[..H2_PREFACE.len() - seen.len()]).await?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&piece[..n]);
+    }
+    Ok((
+        seen == H2_PREFACE,
+        Rewind {
+            prefix: seen,
+            at: 0,
+            inner: io,
+        },
+    ))
+}
+
+/// A connection with bytes already read from it put back in front.
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn sniffed(sent: &[u8]) -> (bool, Vec<u8>) {
+        let (mut near, far) = tokio::io::duplex(64);
+        let sent = sent.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // One byte at a time: the preface may come in pieces.
+            for b in sent {
+                near.write_all(&[b]).await.unwrap();
+            }
+        });
+        let (h2, mut io) = sniff(far).await.unwrap();
+        writer.await.unwrap();
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        (h2, all)
+    }
+
+    #[tokio::test]
+    async fn sniffing_tells_http2_from_http1_and_loses_no_byte() {
+        let h2 = [H2_PREFACE, b"\0\0\0\x04\0\0\0\0\0"].concat();
+        assert_eq!(sniffed(&h2).await, (true, h2.clone()));
+        for http1 in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"PUT /a HTTP/1.1\r\n\r\n",
+            b"PRI",
+            b"",
+        ] {
+            assert_eq!(sniffed(http1).await, (false, http1.to_vec()));
+        }
+    }
+}

@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use intersync_protocol::{TreePath, Version};
 use tokio_util::io::ReaderStream;
 
+use super::coding;
 use super::{Body, Incoming, Refusal, full};
 use crate::export::Export;
 use crate::tree::EntryKind;
@@ -34,6 +35,10 @@ pub struct Served {
     pub etag: String,
     pub modified: Option<SystemTime>,
     pub cache_control: &'static str,
+    /// The whole file may be answered compressed, if it compresses and
+    /// the client takes a coding ([`coding`]): a file's content, not a
+    /// journal file, signature or pack (compressed already, or read by range).
+    pub codable: bool,
 }
 
 pub async fn serve_tree_file(
@@ -75,6 +80,7 @@ pub async fn serve_tree_file(
             file,
             etag: version.etag(),
             cache_control: "no-cache",
+            codable: true,
         })
     })
     .await
@@ -108,6 +114,7 @@ pub async fn serve_version(
             file,
             etag: version.etag(),
             cache_control: super::IMMUTABLE,
+            codable: true,
         })
     })
     .await
@@ -130,6 +137,7 @@ pub async fn serve_pack(req: &Request<Incoming>, path: &Path) -> Result<Response
         etag: format!("\"{name}\""),
         modified: None,
         cache_control: super::IMMUTABLE,
+        codable: false,
     };
     respond(req, served).await
 }
@@ -191,7 +199,7 @@ pub async fn serve_state_file(
     if committed.is_none()
         && req.method() == Method::GET
         && !req.headers().contains_key(header::RANGE)
-        && accepts_zstd(req.headers())
+        && coding::accepts(req.headers(), "zstd")
     {
         return compressed_state_file(req, path, file, name).await;
     }
@@ -209,6 +217,7 @@ pub async fn serve_state_file(
             etag,
             modified: None,
             cache_control,
+            codable: false,
         },
     )
     .await
@@ -261,24 +270,6 @@ fn intact_state_file(path: &Path, name: &str) -> Result<(), Refusal> {
     }
     intact.push((path.to_owned(), id));
     Ok(())
-}
-
-/// The client takes `Content-Encoding: zstd` (`zstd;q=0` refuses it).
-pub(super) fn accepts_zstd(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q = parts
-                .find_map(|p| p.trim().strip_prefix("q="))
-                .and_then(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            name.eq_ignore_ascii_case("zstd") && q > 0.0
-        })
 }
 
 /// The compressed forms of the journal files asked for last, shared by
@@ -355,13 +346,38 @@ fn etag_matches(list: &str, etag: &str) -> bool {
         .any(|t| t == "*" || t == etag)
 }
 
-/// Answers a GET or HEAD for a file, honouring the conditional and range headers.
-pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response<Body>, Refusal> {
+/// Answers a GET or HEAD for a file, honouring the conditional and range
+/// headers, and `Accept-Encoding` for the whole of a file that compresses.
+pub async fn respond(
+    req: &Request<Incoming>,
+    mut served: Served,
+) -> Result<Response<Body>, Refusal> {
     let headers = req.headers();
+    let codable = served.codable && served.len >= coding::MIN_CODED;
+    let coded = match coding::chosen(headers) {
+        Some(c) if codable && !headers.contains_key(header::RANGE) => {
+            let file = served
+                .file
+                .try_clone()
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let len = served.len;
+            tokio::task::spawn_blocking(move || coding::pays(&file, len))
+                .await
+                .unwrap_or(false)
+                .then_some(c)
+        }
+        _ => None,
+    };
+    if let Some(c) = coded {
+        served.etag = c.etag(&served.etag);
+    }
     let mut builder = Response::builder()
         .header(header::ETAG, &served.etag)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CACHE_CONTROL, served.cache_control);
+    if codable {
+        builder = builder.header(header::VARY, "accept-encoding");
+    }
     if let Some(m) = served.modified {
         builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(m));
     }
@@ -388,6 +404,16 @@ pub async fn respond(req: &Request<Incoming>, served: Served) -> Result<Response
     };
     let Served { file, len, .. } = served;
     match ranges {
+        None if let Some(c) = coded => Ok(builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_ENCODING, c.name())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(if head_only {
+                full(Bytes::new())
+            } else {
+                coding::compressed(file, len, c)
+            })
+            .expect("valid response")),
         None => {
             let body = if head_only {
                 full(Bytes::new())

@@ -81,7 +81,8 @@ pub async fn head(
                 .expect("valid response"));
         }
     }
-    let head = export.head();
+    let mut head = export.head();
+    head.http2 = true;
     let body = serde_json::to_vec(&head).expect("head serializes");
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
@@ -164,6 +165,7 @@ pub async fn signature_level(
             etag: format!("\"sig-{name}\""),
             modified: None,
             cache_control: super::IMMUTABLE,
+            codable: false,
         },
     )
     .await
@@ -269,7 +271,7 @@ async fn answer_signature(
 async fn read_signature(
     req: Request<Incoming>,
 ) -> Result<(Signature, bool, super::budget::Share), Refusal> {
-    let zstd_ok = super::files::accepts_zstd(req.headers());
+    let zstd_ok = super::coding::accepts(req.headers(), "zstd");
     let (body, share) =
         super::budget::read_whole(req.into_body(), MAX_SIGNATURE_BYTES, "signature").await?;
     let sig = Signature::from_bytes(body)

@@ -7,6 +7,7 @@
 //! disk; every refusal is a 4xx with a one-line reason.
 
 mod budget;
+mod coding;
 mod conn;
 pub use conn::Limits;
 mod fetch;
@@ -286,7 +287,7 @@ pub fn tls_acceptor(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -320,9 +321,9 @@ pub struct ServeOptions {
     pub limits: Limits,
 }
 
-/// One line a request: `TIME PEER METHOD PATH STATUS BYTES`, with the time
-/// as `YYYYMMDDTHHMMSSZ` and BYTES the body's length (`-` when streamed
-/// without one). Written whole, a line at a time, so a reader never sees half.
+/// One line a request: `TIME PEER METHOD PATH STATUS BYTES PROTOCOL`, with
+/// the time as `YYYYMMDDTHHMMSSZ`, BYTES the body's length (`-` when
+/// streamed without one) and PROTOCOL `HTTP/1.1` or `HTTP/2.0`. Written whole, a line at a time, so a reader never sees half.
 #[derive(Debug)]
 pub struct AccessLog {
     file: std::sync::Mutex<std::fs::File>,
@@ -340,7 +341,14 @@ impl AccessLog {
         })
     }
 
-    fn log(&self, peer: SocketAddr, method: &Method, path: &str, response: &Response<Body>) {
+    fn log(
+        &self,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+        version: hyper::Version,
+        response: &Response<Body>,
+    ) {
         use std::io::Write;
         let bytes = response
             .headers()
@@ -349,7 +357,7 @@ impl AccessLog {
             .unwrap_or("-");
         let stamp = crate::tree::scan::utc_stamp(crate::tree::scan::now_ns() / 1_000_000_000);
         let line = format!(
-            "{stamp} {peer} {method} {path} {} {bytes}\n",
+            "{stamp} {peer} {method} {path} {} {bytes} {version:?}\n",
             response.status().as_u16()
         );
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -498,20 +506,12 @@ async fn connection(
             Ok::<_, Infallible>(response.map(|body| conn::Tracked::new(body, busy)))
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // Bounds what one request's headers may make us buffer.
-    builder
-        .max_buf_size(256 * 1024)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.headers);
     let served = async {
         match tls {
             Some(tls) => match tokio::time::timeout(limits.handshake, tls.accept(stream)).await {
                 Ok(Ok(s)) => {
-                    let io = TokioIo::new(conn::StallGuard::new(s, limits.write_idle));
-                    let parts = builder.serve_connection(io, svc).without_shutdown().await?;
-                    conn::linger(parts.io.into_inner()).await;
-                    Ok::<(), hyper::Error>(())
+                    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                    speak(conn::StallGuard::new(s, limits.write_idle), h2, svc, limits).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %crate::monitor::Chain(&e), "TLS handshake failed");
@@ -522,11 +522,17 @@ async fn connection(
                     Ok(())
                 }
             },
+            // Cleartext: HTTP/2 from a client that knows (the head says
+            // so), HTTP/1.1 from everyone else, on the same port.
             None => {
-                let io = TokioIo::new(conn::StallGuard::new(stream, limits.write_idle));
-                let parts = builder.serve_connection(io, svc).without_shutdown().await?;
-                conn::linger(parts.io.into_inner()).await;
-                Ok(())
+                let io = conn::StallGuard::new(stream, limits.write_idle);
+                match tokio::time::timeout(limits.headers, conn::sniff(io)).await {
+                    Ok(Ok((h2, io))) => speak(io, h2, svc, limits).await,
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::debug!(%peer, "sent no request in time");
+                        Ok(())
+                    }
+                }
             }
         }
     };
@@ -539,6 +545,56 @@ async fn connection(
         () = member.evicted() => tracing::debug!(%peer, "closed for a newer connection"),
     }
 }
+
+/// Serves HTTP/2 or HTTP/1.1 on a connection until it ends.
+///
+/// HTTP/2 streams are bounded in number and header size; their flow
+/// control windows are sized for a long fat link (a push at 8 Mbit/s and
+/// 100 ms of latency needs 100 KB in flight), not hyper's 64 KiB default.
+/// HTTP/1.1 connections end with a lingering close ([`conn::linger`]).
+async fn speak<S, Svc>(io: S, h2: bool, svc: Svc, limits: conn::Limits) -> Result<(), hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<conn::Tracked<Body>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let timer = hyper_util::rt::TokioTimer::new();
+    if h2 {
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(timer)
+            .max_concurrent_streams(H2_STREAMS)
+            .max_header_list_size(MAX_HEADERS as u32)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(4 * H2_STREAM_WINDOW)
+            .keep_alive_interval(Some(limits.headers))
+            .keep_alive_timeout(limits.headers)
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+    } else {
+        let parts = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEADERS)
+            .timer(timer)
+            .header_read_timeout(limits.headers)
+            .serve_connection(TokioIo::new(io), svc)
+            .without_shutdown()
+            .await?;
+        conn::linger(parts.io.into_inner()).await;
+        Ok(())
+    }
+}
+
+/// Most bytes of one request's headers (what they may make us buffer).
+const MAX_HEADERS: usize = 256 * 1024;
+/// Requests one HTTP/2 connection may have in flight at once.
+const H2_STREAMS: u32 = 64;
+/// How much one HTTP/2 request's body may send ahead of our reading it.
+const H2_STREAM_WINDOW: u32 = 2 << 20;
 
 /// Background work: save the index now and then, and drop kept versions
 /// past their age every hour (the byte budget is kept as they are added).
@@ -573,12 +629,16 @@ impl Service {
         // A refused request's body may be left unread: the connection
         // then ends after the answer, and says so, so that the client does
         // not send its next request on it.
+        let version = req.version();
         let has_body = !hyper::body::Body::is_end_stream(req.body());
         let mut response = match self.route(req).await {
             Ok(r) => r,
             Err(refusal) => refusal.into_response(),
         };
-        if has_body && (response.status().is_client_error() || response.status().is_server_error())
+        // (HTTP/2 resets the stream instead, and has no such header.)
+        if has_body
+            && version < hyper::Version::HTTP_2
+            && (response.status().is_client_error() || response.status().is_server_error())
         {
             response
                 .headers_mut()
@@ -590,7 +650,7 @@ impl Service {
         );
         tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
         if let Some(log) = &self.options.access_log {
-            log.log(peer, &method, &path, &response);
+            log.log(peer, &method, &path, version, &response);
         }
         response
     }

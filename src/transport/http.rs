@@ -1,6 +1,13 @@
 //! The smart InterSync server over HTTP(S): hyper's pooled client (keep-alive,
 //! TCP_NODELAY), rustls for TLS with the system's roots or a given CA, and
 //! counters of every byte each way.
+//!
+//! HTTP/2 where the server speaks it: over TLS as ALPN settles; in cleartext
+//! when the working copy remembers that the server's head said so (prior
+//! knowledge: switching in the middle of a sync would cost a connection),
+//! so that every request of a sync shares one connection. A server that
+//! turns out not to speak it (a proxy in between) is spoken to in HTTP/1.1
+//! from then on.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +43,17 @@ pub struct HttpRemote {
     /// `RSYNC_PASSWORD`, as rsync takes it).
     authorization: Option<String>,
     client: Client<HttpsConnector, Full<Bytes>>,
+    /// HTTP/2 with prior knowledge, for `http://` URLs at the base's origin
+    /// while [`HttpRemote::h2c`] holds.
+    h2c_client: Client<HttpsConnector, Full<Bytes>>,
+    /// Cleartext requests to the origin go by HTTP/2: its head said it
+    /// speaks it, and it was allowed ([`HttpRemote::with_cleartext_http2`]).
+    h2c: AtomicBool,
+    /// Cleartext HTTP/2 may be tried (not through a cache, say).
+    h2c_allowed: bool,
+    /// A cleartext HTTP/2 request has been answered: a failure now is the
+    /// link's, not a sign that something in between speaks only HTTP/1.1.
+    h2c_proven: AtomicBool,
     requests: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
@@ -49,6 +67,9 @@ pub struct HttpRemote {
     /// head document says); a static export only has paths.
     by_version: AtomicBool,
 }
+
+/// How much one HTTP/2 answer may send ahead of our reading it.
+const H2_STREAM_WINDOW: u32 = 8 << 20;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -171,15 +192,27 @@ impl HttpRemote {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
-            .enable_http1()
+            .enable_all_versions()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        // Flow control windows for a long fat link: hyper's 64 KiB would
+        // hold a 100 ms link to 5 Mbit/s.
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(4 * H2_STREAM_WINDOW)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        let client = builder.build(connector.clone());
+        let h2c_client = builder.http2_only(true).build(connector);
         Ok(HttpRemote {
             base,
             authorization,
             client,
+            h2c_client,
+            h2c: AtomicBool::new(false),
+            h2c_allowed: true,
+            h2c_proven: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -198,6 +231,21 @@ impl HttpRemote {
     ) -> HttpRemote {
         self.progress = Some(progress);
         self
+    }
+
+    /// Whether cleartext HTTP/2 may be spoken to a server whose head offers
+    /// it (not through a cache or proxy, which would pass the origin's head
+    /// on but speak only HTTP/1.1 itself).
+    pub fn with_cleartext_http2(mut self, allowed: bool) -> HttpRemote {
+        self.h2c_allowed = allowed;
+        self
+    }
+
+    /// Speaks HTTP/2 in cleartext from the next request on, if allowed:
+    /// the server's head said it does (in an earlier sync).
+    pub fn assume_cleartext_http2(&self, speaks: bool) {
+        self.h2c
+            .store(speaks && self.h2c_allowed, Ordering::Relaxed);
     }
 
     /// Sends `name: value` with every request to the export's origin.
@@ -334,20 +382,37 @@ impl HttpRemote {
             + body.len() as u64;
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.sent.fetch_add(sent, Ordering::Relaxed);
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| match tls_failure(&e) {
-                Some(reason) => TransportError::Tls {
-                    url: url.clone(),
-                    reason,
-                },
-                None => TransportError::Unreachable {
-                    url: url.clone(),
-                    source: Box::new(e),
-                },
-            })?;
+        let h2c = url.starts_with("http://")
+            && self.h2c.load(Ordering::Relaxed)
+            && origin(&url) == origin(&self.base);
+        let resp = if h2c {
+            let retry = (!self.h2c_proven.load(Ordering::Relaxed)).then(|| clone_request(&req));
+            match self.h2c_client.request(req).await {
+                Ok(resp) => {
+                    self.h2c_proven.store(true, Ordering::Relaxed);
+                    Ok(resp)
+                }
+                Err(e) if let Some(req) = retry => {
+                    tracing::debug!(base = %self.base, error = %crate::monitor::Chain(&e),
+                        "HTTP/2 refused on the way: HTTP/1.1 from now on");
+                    self.h2c.store(false, Ordering::Relaxed);
+                    self.client.request(req).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.client.request(req).await
+        };
+        let resp = resp.map_err(|e| match tls_failure(&e) {
+            Some(reason) => TransportError::Tls {
+                url: url.clone(),
+                reason,
+            },
+            None => TransportError::Unreachable {
+                url: url.clone(),
+                source: Box::new(e),
+            },
+        })?;
         let (parts, body) = resp.into_parts();
         self.received
             .fetch_add(17 + headers_len(&parts.headers), Ordering::Relaxed);
@@ -884,7 +949,11 @@ impl Remote for HttpRemote {
         };
         let have = out.metadata().map_err(local)?.len();
         let mut headers = Vec::new();
-        if have > 0 {
+        if have == 0 {
+            // The whole file: compressed, where the server finds it pays.
+            // (A resumed download asks for a range of the file's bytes.)
+            headers.push(("accept-encoding", "zstd, gzip".to_owned()));
+        } else {
             headers.push(("range", format!("bytes={have}-")));
             // A plain web server's validators are not versions, so an
             // If-Range would never match: resume blind there, and let the
@@ -929,12 +998,29 @@ impl Remote for HttpRemote {
             use std::io::Seek;
             out.seek(std::io::SeekFrom::End(0)).map_err(local)?;
         }
+        // What is decoded goes to the file as it comes, so that a download
+        // cut short resumes (uncoded, by range) after what was decoded.
+        let coding = answer
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        let mut sink: Box<dyn Write + '_> = match coding.as_deref() {
+            None | Some("identity") => Box::new(&mut *out),
+            Some("zstd") => Box::new(zstd::stream::write::Decoder::new(&mut *out).map_err(local)?),
+            Some("gzip") => Box::new(flate2::write::GzDecoder::new(&mut *out)),
+            Some(other) => {
+                return Err(TransportError::BadAnswer {
+                    what,
+                    reason: format!("a coding not asked for: {other}"),
+                });
+            }
+        };
         let mut received = 0u64;
         let mut frames = BodyStream::new(answer.body);
         while let Some(frame) = frames.next().await {
             let frame = frame.map_err(|e| Self::interrupted(&what, e))?;
             if let Ok(data) = frame.into_data() {
-                out.write_all(&data).map_err(local)?;
+                sink.write_all(&data).map_err(|e| sink_error(&what, e))?;
                 received += data.len() as u64;
                 if let Some(p) = &self.progress {
                     p.advance(data.len() as u64);
@@ -942,6 +1028,7 @@ impl Remote for HttpRemote {
                 self.received(data.len() as u64).await;
             }
         }
+        sink.flush().map_err(|e| sink_error(&what, e))?;
         Ok(received)
     }
 
@@ -1290,6 +1377,15 @@ pub(crate) fn resolve(base: &str, location: &str) -> String {
 }
 
 /// The scheme and authority of a URL, lowercased.
+/// A copy of a request that has not been sent, to send it another way.
+fn clone_request(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 fn origin(url: &str) -> String {
     let scheme_end = url.find("://").map_or(0, |i| i + 3);
     let host_end = url[scheme_end..]

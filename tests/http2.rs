@@ -1,0 +1,184 @@
+//! HTTP/2: the server speaks it and HTTP/1.1 on one port (cleartext by
+//! prior knowledge, TLS by ALPN); a working copy whose server said so in
+//! its head speaks it from the first request of its next sync, every
+//! request on one connection; and a proxy that speaks only HTTP/1.1 is
+//! spoken to in HTTP/1.1.
+
+use std::fs;
+use std::path::Path;
+
+use crate::client::{sync_ok, tree};
+use crate::util::{Dir, Nginx, Server, ok, random_bytes, tool};
+
+/// The server's access log: (peer, request path, protocol) a line.
+fn logged(log: &Path) -> Vec<(String, String, String)> {
+    fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 7, "odd access log line {l:?}");
+            (f[1].to_owned(), f[3].to_owned(), f[6].to_owned())
+        })
+        .collect()
+}
+
+/// `curl` fetching `url` as it is told, printing the HTTP version it spoke.
+fn curl_version(url: &str, how: &[&str]) -> String {
+    let out = ok(tool("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version}"])
+        .args(how)
+        .arg(url));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_server_speaks_http2_and_http1_on_one_port() {
+    let export = Dir::new();
+    export.write("a.txt", b"hello");
+    let server = Server::start(&export.path(""), &[]);
+    assert_eq!(
+        curl_version(&server.url("a.txt"), &["--http2-prior-knowledge"]),
+        "2"
+    );
+    assert_eq!(curl_version(&server.url("a.txt"), &["--http1.1"]), "1.1");
+    let head = ok(tool("curl")
+        .args(["-sS", "--http2-prior-knowledge"])
+        .arg(server.url(".intersync/head")));
+    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    assert_eq!(head["http2"], true, "the head says so: {head}");
+
+    // Over TLS, ALPN chooses; a client that offers only HTTP/1.1 gets it.
+    let keys = Dir::new();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = keys.write("cert.pem", generated.cert.pem().as_bytes());
+    let key = keys.write("key.pem", generated.signing_key.serialize_pem().as_bytes());
+    let log = keys.path("access.log");
+    let tls = Server::start(
+        &export.path(""),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let cacert = ["--cacert", cert.to_str().unwrap()];
+    assert_eq!(
+        curl_version(&tls.url("a.txt"), &[&cacert[..], &["--http2"]].concat()),
+        "2"
+    );
+    assert_eq!(
+        curl_version(&tls.url("a.txt"), &[&cacert[..], &["--http1.1"]].concat()),
+        "1.1"
+    );
+    // Our own client offers HTTP/2 by ALPN from its first sync.
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    ok(crate::util::intersync()
+        .arg("sync")
+        .arg("--cacert")
+        .arg(&cert)
+        .arg(&tls.url)
+        .arg(&wc));
+    assert_eq!(fs::read(wc.join("a.txt")).unwrap(), b"hello");
+    let lines = logged(&log);
+    let synced: Vec<_> = lines
+        .iter()
+        .filter(|l| l.1.starts_with("/.intersync/"))
+        .collect();
+    assert!(!synced.is_empty());
+    assert!(
+        synced.iter().all(|l| l.2 == "HTTP/2.0"),
+        "a sync over TLS spoke HTTP/1.1: {synced:?}"
+    );
+}
+
+/// An export of many small files and a few large ones (which come by
+/// several requests each), and its server with an access log (in the
+/// second folder).
+fn export_with_a_log() -> (Dir, Dir, Server) {
+    let export = Dir::new();
+    for i in 0..200 {
+        export.write(&format!("small/{i:03}.txt"), &random_bytes(i, 2_000));
+    }
+    for i in 0..3 {
+        export.write(&format!("big/{i}.bin"), &random_bytes(100 + i, 3 << 20));
+    }
+    let logs = Dir::new();
+    let log = logs.path("access.log");
+    let server = Server::start(&export.path(""), &["--access-log", log.to_str().unwrap()]);
+    (export, logs, server)
+}
+
+/// Edits a few small files and the middle of each large one.
+fn edit(export: &Dir) {
+    for i in (0..200).step_by(20) {
+        export.write(
+            &format!("small/{i:03}.txt"),
+            &random_bytes(1_000 + i, 2_100),
+        );
+    }
+    for i in 0..3 {
+        let path = export.path(&format!("big/{i}.bin"));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[1 << 20..(1 << 20) + 5_000].copy_from_slice(&random_bytes(7 + i, 5_000));
+        fs::write(&path, bytes).unwrap();
+    }
+    // The server notices by its watcher; wait until its head moves.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn a_second_sync_speaks_http2_every_request_on_one_connection() {
+    let (export, logs, server) = export_with_a_log();
+    let log = logs.path("access.log");
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    sync_ok(&server.url, &wc);
+    assert_eq!(tree(&wc), tree(&export.path("")));
+    let first = logged(&log).len();
+    edit(&export);
+    sync_ok(&server.url, &wc);
+    assert_eq!(tree(&wc), tree(&export.path("")));
+    let second: Vec<_> = logged(&log).into_iter().skip(first).collect();
+    assert!(
+        second.len() >= 4,
+        "the edits took several requests: {second:?}"
+    );
+    assert!(
+        second.iter().all(|l| l.2 == "HTTP/2.0"),
+        "the second sync spoke HTTP/1.1: {second:?}"
+    );
+    let peers: std::collections::BTreeSet<_> = second.iter().map(|l| &l.0).collect();
+    assert_eq!(peers.len(), 1, "more than one connection: {second:?}");
+}
+
+#[test]
+fn a_proxy_that_speaks_only_http1_is_spoken_to_in_http1() {
+    let (export, _logs, server) = export_with_a_log();
+    let clients = Dir::new();
+    let wc = clients.path("wc");
+    sync_ok(&server.url, &wc);
+    // The working copy now expects HTTP/2; the same export through nginx
+    // (a reverse proxy here: nothing of it is cached) speaks HTTP/1.1.
+    let proxy = Nginx::cache_in_front_of(&server.url);
+    edit(&export);
+    sync_ok(&proxy.url, &wc);
+    assert_eq!(tree(&wc), tree(&export.path("")));
+    let through = proxy.requests();
+    assert!(
+        through
+            .iter()
+            .any(|r| r.starts_with("POST /.intersync/fetch")),
+        "the sync did not go through the proxy: {through:?}"
+    );
+    assert!(
+        through.iter().any(|r| r.starts_with("PRI * HTTP/2.0 400")),
+        "HTTP/2 was not tried first: {through:?}"
+    );
+}
