@@ -211,6 +211,7 @@ impl Export {
                     // up descriptors); kept only if it still is the version.
                     if let Ok(file) = crate::beneath::open_file(&root, &path)
                         && let Ok(meta) = file.metadata()
+                        && meta.len() >= MIN_KEPT_LEN
                     {
                         kept(version, keeper.put_file(version, &file, meta.len()));
                     }
@@ -230,7 +231,9 @@ impl Export {
     /// keep it, if there is a store and it fits. Failing to keep it only
     /// costs a later patch, so it is reported, not returned.
     pub fn keep(&self, version: Version, file: &File, len: u64) {
-        if let Some(store) = &self.versions {
+        if let Some(store) = &self.versions
+            && len >= MIN_KEPT_LEN
+        {
             kept(version, store.put_file(version, file, len));
         }
     }
@@ -247,7 +250,9 @@ impl Export {
 
     /// [`Export::keep`] for content in memory (or mapped).
     pub fn keep_bytes(&self, version: Version, data: &[u8]) {
-        if let Some(store) = &self.versions {
+        if let Some(store) = &self.versions
+            && data.len() as u64 >= MIN_KEPT_LEN
+        {
             kept(
                 version,
                 store.put(version, &mut &data[..], data.len() as u64),
@@ -772,6 +777,13 @@ impl Export {
         }
     }
 }
+
+/// Versions smaller than this are not kept: one would cost the server a
+/// file of its own and a block of disk, written on every hand-out, to save
+/// a later pull less than a kilobyte (its whole content, compressed in a
+/// fetch stream with its neighbours, costs a few hundred bytes). On a
+/// clone of 200,000 files of 100 bytes that writing took 13 of 35 s.
+pub const MIN_KEPT_LEN: u64 = 1024;
 
 fn kept(version: Version, result: io::Result<bool>) {
     if let Err(e) = result {

@@ -33,8 +33,10 @@ use crate::tree::EntryKind;
 /// Files at least this large go one by one (they resume, and their
 /// patches are immutable GETs a cache can share).
 pub const MAX_BATCHED: u64 = delta::refine::MIN_LEN;
-/// Entries in one request.
-const ENTRIES_A_BATCH: usize = 1024;
+/// Entries in one request. Each answer's installs cost two file-system
+/// syncs: for 200,000 files of 100 bytes, 1,024 a request spent 4.2 s of
+/// a 35 s clone in 392 syncs.
+const ENTRIES_A_BATCH: usize = 4096;
 /// Bytes of files in one request (their sizes, not what crosses).
 const BYTES_A_BATCH: u64 = 64 << 20;
 /// Files this small come whole when the server cannot patch them: a
