@@ -1,8 +1,8 @@
 //! HTTP/2: the server speaks it and HTTP/1.1 on one port (cleartext by
-//! prior knowledge, TLS by ALPN); a working copy whose server said so in
-//! its head speaks it from the first request of its next sync, every
-//! request on one connection; and a proxy that speaks only HTTP/1.1 is
-//! spoken to in HTTP/1.1.
+//! prior knowledge, TLS by ALPN); a sync speaks it after a head that says
+//! so, and a working copy that remembers it from the first request of its
+//! next sync, every request on one connection; and a proxy that speaks only
+//! HTTP/1.1 is spoken to in HTTP/1.1.
 
 use std::fs;
 use std::path::Path;
@@ -141,7 +141,18 @@ fn a_second_sync_speaks_http2_every_request_on_one_connection() {
     let wc = clients.path("wc");
     sync_ok(&server.url, &wc);
     assert_eq!(tree(&wc), tree(&export.path("")));
-    let first = logged(&log).len();
+    // A first clone learns it from the head: what follows is HTTP/2, on
+    // one connection.
+    let clone = logged(&log);
+    let first = clone.len();
+    assert_eq!(clone[0].2, "HTTP/1.1", "{clone:?}");
+    let after_head = &clone[1..];
+    assert!(
+        after_head.len() >= 4 && after_head.iter().all(|l| l.2 == "HTTP/2.0"),
+        "the clone spoke HTTP/1.1 after the head: {clone:?}"
+    );
+    let peers: std::collections::BTreeSet<_> = after_head.iter().map(|l| &l.0).collect();
+    assert_eq!(peers.len(), 1, "more than one connection: {clone:?}");
     edit(&export);
     sync_ok(&server.url, &wc);
     assert_eq!(tree(&wc), tree(&export.path("")));

@@ -135,7 +135,7 @@ async fn get_once(remote: &HttpRemote, url: &str, file: &Path) -> Result<Got, Tr
         if let Ok(data) = frame.into_data() {
             partial.write_all(&data).map_err(local(&partial_path))?;
             received += data.len() as u64;
-            remote.count_received(data.len() as u64).await;
+            remote.pace().await;
         }
     }
     if let Some(len) = expected

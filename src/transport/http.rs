@@ -3,11 +3,13 @@
 //! counters of every byte each way.
 //!
 //! HTTP/2 where the server speaks it: over TLS as ALPN settles; in cleartext
-//! when the working copy remembers that the server's head said so (prior
-//! knowledge: switching in the middle of a sync would cost a connection),
-//! so that every request of a sync shares one connection. A server that
-//! turns out not to speak it (a proxy in between) is spoken to in HTTP/1.1
-//! from then on.
+//! (prior knowledge) for a sync, from its first request when the working
+//! copy remembers that the server's head said so, else from the request
+//! after the head (a first clone, which opens a second connection for its
+//! pipelined requests anyway), so that the requests of a sync share one
+//! connection that stays busy: no slow start after an idle pause. A server
+//! that turns out not to speak it (a proxy in between) is spoken to in
+//! HTTP/1.1 from then on.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,12 +30,13 @@ use intersync_protocol::api::{
 use intersync_protocol::batch::{Batch, BatchOp, BatchResult, OpResult};
 use intersync_protocol::{TreePath, Version};
 
+use super::counted::{CountingConnector, Counts};
 use super::{
     DeltaFormat, Expect, FileMeta, Pieces, Refined, Remote, RemoteDelta, Traffic, TransportError,
     Written,
 };
 
-type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+type HttpsConnector = hyper_rustls::HttpsConnector<CountingConnector>;
 
 /// An InterSync server at a base URL.
 pub struct HttpRemote {
@@ -49,14 +52,14 @@ pub struct HttpRemote {
     /// Cleartext requests to the origin go by HTTP/2: its head said it
     /// speaks it, and it was allowed ([`HttpRemote::with_cleartext_http2`]).
     h2c: AtomicBool,
-    /// Cleartext HTTP/2 may be tried (not through a cache, say).
+    /// Cleartext HTTP/2 may be spoken ([`HttpRemote::with_cleartext_http2`]).
     h2c_allowed: bool,
     /// A cleartext HTTP/2 request has been answered: a failure now is the
     /// link's, not a sign that something in between speaks only HTTP/1.1.
     h2c_proven: AtomicBool,
     requests: AtomicU64,
-    sent: AtomicU64,
-    received: AtomicU64,
+    /// Bytes that crossed the sockets, each way.
+    counts: std::sync::Arc<Counts>,
     /// Most bytes per second to receive, like rsync's --bwlimit.
     bwlimit: Option<u64>,
     /// Headers every request to the origin carries.
@@ -67,6 +70,12 @@ pub struct HttpRemote {
     /// head document says); a static export only has paths.
     by_version: AtomicBool,
 }
+
+/// How long a kept-alive connection may wait for the next request: under
+/// the 30 s after which our server closes one (nginx's is 75 s), so that a
+/// request after a long pause (a scan of a large tree between two
+/// requests) is never sent on a connection the server is closing.
+const POOL_IDLE: Duration = Duration::from_secs(20);
 
 /// How much one HTTP/2 answer may send ahead of our reading it.
 const H2_STREAM_WINDOW: u32 = 8 << 20;
@@ -82,12 +91,6 @@ fn percent_path(path: &TreePath) -> String {
         .remove(b'.')
         .remove(b'~');
     percent_encoding::utf8_percent_encode(path.as_str(), SET).to_string()
-}
-
-fn headers_len(h: &HeaderMap) -> u64 {
-    h.iter()
-        .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
-        .sum()
 }
 
 /// `scheme://user:password@host/...` into the URL without the login, and
@@ -185,6 +188,7 @@ impl HttpRemote {
         .map_err(|e| bad(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let counts = std::sync::Arc::new(Counts::default());
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -193,12 +197,12 @@ impl HttpRemote {
             .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(CountingConnector::new(http, counts.clone()));
         // Flow control windows for a long fat link: hyper's 64 KiB would
         // hold a 100 ms link to 5 Mbit/s.
         let mut builder = Client::builder(TokioExecutor::new());
         builder
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(POOL_IDLE)
             .http2_initial_stream_window_size(H2_STREAM_WINDOW)
             .http2_initial_connection_window_size(4 * H2_STREAM_WINDOW)
             .timer(hyper_util::rt::TokioTimer::new())
@@ -211,11 +215,10 @@ impl HttpRemote {
             client,
             h2c_client,
             h2c: AtomicBool::new(false),
-            h2c_allowed: true,
+            h2c_allowed: false,
             h2c_proven: AtomicBool::new(false),
             requests: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
+            counts,
             bwlimit: None,
             extra_headers: Vec::new(),
             started: std::time::Instant::now(),
@@ -234,8 +237,11 @@ impl HttpRemote {
     }
 
     /// Whether cleartext HTTP/2 may be spoken to a server whose head offers
-    /// it (not through a cache or proxy, which would pass the origin's head
-    /// on but speak only HTTP/1.1 itself).
+    /// it: from the request after the head, or from the first with
+    /// [`HttpRemote::assume_cleartext_http2`]. Off unless asked for: a
+    /// command that makes one request after the head would pay a second
+    /// connection for it; and never through a cache or proxy, which would
+    /// pass the origin's head on but speak only HTTP/1.1 itself.
     pub fn with_cleartext_http2(mut self, allowed: bool) -> HttpRemote {
         self.h2c_allowed = allowed;
         self
@@ -260,16 +266,12 @@ impl HttpRemote {
         self
     }
 
-    /// Counts body bytes read outside this module (and applies --bwlimit).
-    pub(crate) async fn count_received(&self, n: u64) {
-        self.received(n).await;
-    }
-
-    /// Counts `n` received bytes and, under a bandwidth limit, waits until
-    /// the average rate is back under it.
-    async fn received(&self, n: u64) {
-        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+    /// Under a bandwidth limit, waits until the average rate of what was
+    /// received is back under it (after each piece of a body, in this
+    /// module or outside it).
+    pub(crate) async fn pace(&self) {
         if let Some(rate) = self.bwlimit {
+            let total = self.counts.received.load(Ordering::Relaxed);
             let due = Duration::from_secs_f64(total as f64 / rate as f64);
             let elapsed = self.started.elapsed();
             if due > elapsed {
@@ -377,11 +379,7 @@ impl HttpRemote {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let sent = (method.as_str().len() + url.len() + 12) as u64
-            + headers_len(req.headers())
-            + body.len() as u64;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.sent.fetch_add(sent, Ordering::Relaxed);
         let h2c = url.starts_with("http://")
             && self.h2c.load(Ordering::Relaxed)
             && origin(&url) == origin(&self.base);
@@ -414,8 +412,6 @@ impl HttpRemote {
             },
         })?;
         let (parts, body) = resp.into_parts();
-        self.received
-            .fetch_add(17 + headers_len(&parts.headers), Ordering::Relaxed);
         let answer = Answer {
             status: parts.status,
             headers: parts.headers,
@@ -526,7 +522,7 @@ impl HttpRemote {
             let frame = frame.map_err(|e| Self::interrupted(what, e))?;
             if let Ok(data) = frame.into_data() {
                 sink.write_all(&data).map_err(|e| sink_error(what, e))?;
-                self.received(data.len() as u64).await;
+                self.pace().await;
             }
         }
         Ok(())
@@ -686,7 +682,7 @@ impl HttpRemote {
             .await
             .map_err(|e| Self::interrupted(what, e))?
             .to_bytes();
-        self.received(bytes.len() as u64).await;
+        self.pace().await;
         Ok(bytes)
     }
 }
@@ -809,7 +805,7 @@ impl Pieces for FetchPieces<'_> {
                 Some(frame) => {
                     let frame = frame.map_err(|e| HttpRemote::interrupted(what, e))?;
                     if let Ok(data) = frame.into_data() {
-                        self.remote.received(data.len() as u64).await;
+                        self.remote.pace().await;
                         self.input = data;
                         self.at = 0;
                     }
@@ -880,6 +876,9 @@ impl Remote for HttpRemote {
         })?;
         self.by_version
             .store(!head.static_export, Ordering::Relaxed);
+        if head.http2 && self.h2c_allowed && !self.h2c.swap(true, Ordering::Relaxed) {
+            tracing::debug!(base = %self.base, "the server speaks HTTP/2: the requests after the head too");
+        }
         Ok(Some(head))
     }
 
@@ -1025,7 +1024,7 @@ impl Remote for HttpRemote {
                 if let Some(p) = &self.progress {
                     p.advance(data.len() as u64);
                 }
-                self.received(data.len() as u64).await;
+                self.pace().await;
             }
         }
         sink.flush().map_err(|e| sink_error(&what, e))?;
@@ -1350,8 +1349,8 @@ impl Remote for HttpRemote {
     fn traffic(&self) -> Traffic {
         Traffic {
             requests: self.requests.load(Ordering::Relaxed),
-            sent_bytes: self.sent.load(Ordering::Relaxed),
-            received_bytes: self.received.load(Ordering::Relaxed),
+            sent_bytes: self.counts.sent.load(Ordering::Relaxed),
+            received_bytes: self.counts.received.load(Ordering::Relaxed),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! server and a local folder later), so that the sync logic does not care,
 //! and so tests can count exactly what crossed the wire.
 
+mod counted;
 pub mod get;
 pub mod http;
 
