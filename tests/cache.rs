@@ -101,14 +101,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// `(method, path, status)` of every request the origin logged.
 fn origin_requests(log: &Path) -> Vec<(String, String, u16)> {
-    fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            assert!(f.len() == 7, "odd access log line {l:?}");
-            (f[2].to_owned(), f[3].to_owned(), f[4].parse().unwrap())
-        })
+    crate::util::access_log(log)
+        .into_iter()
+        .map(|f| (f[2].clone(), f[3].clone(), f[4].parse().unwrap()))
         .collect()
 }
 

@@ -462,11 +462,7 @@ fn sync_over_tls_with_a_token() {
     let export = Dir::new();
     fs::write(export.path("secret.txt"), b"for token holders").unwrap();
     let keys = Dir::new();
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let cert = keys.write("cert.pem", generated.cert.pem().as_bytes());
-    let key = keys.write("key.pem", generated.signing_key.serialize_pem().as_bytes());
+    let (cert, key) = crate::util::self_signed(&keys);
     let token = keys.write("token", b"open sesame\n");
     let server = Server::start(
         &export.path(""),

@@ -12,14 +12,9 @@ use crate::util::{Dir, Nginx, Server, ok, random_bytes, tool};
 
 /// The server's access log: (peer, request path, protocol) a line.
 fn logged(log: &Path) -> Vec<(String, String, String)> {
-    fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            assert_eq!(f.len(), 7, "odd access log line {l:?}");
-            (f[1].to_owned(), f[3].to_owned(), f[6].to_owned())
-        })
+    crate::util::access_log(log)
+        .into_iter()
+        .map(|f| (f[1].clone(), f[3].clone(), f[6].clone()))
         .collect()
 }
 
@@ -50,11 +45,7 @@ fn the_server_speaks_http2_and_http1_on_one_port() {
 
     // Over TLS, ALPN chooses; a client that offers only HTTP/1.1 gets it.
     let keys = Dir::new();
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let cert = keys.write("cert.pem", generated.cert.pem().as_bytes());
-    let key = keys.write("key.pem", generated.signing_key.serialize_pem().as_bytes());
+    let (cert, key) = crate::util::self_signed(&keys);
     let log = keys.path("access.log");
     let tls = Server::start(
         &export.path(""),

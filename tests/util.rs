@@ -210,6 +210,32 @@ impl Reply {
     }
 }
 
+/// A server's access log (`serve --access-log`): the fields of each line,
+/// `TIME PEER METHOD PATH STATUS BYTES PROTOCOL`.
+pub fn access_log(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let fields: Vec<String> = l.split(' ').map(str::to_owned).collect();
+            assert_eq!(fields.len(), 7, "odd access log line {l:?}");
+            fields
+        })
+        .collect()
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and its key,
+/// written as PEM files into `dir`: (certificate, key).
+pub fn self_signed(dir: &Dir) -> (PathBuf, PathBuf) {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    (
+        dir.write("cert.pem", generated.cert.pem().as_bytes()),
+        dir.write("key.pem", generated.signing_key.serialize_pem().as_bytes()),
+    )
+}
+
 /// One HTTP/1.1 request over a fresh connection (TLS when `tls` is given).
 pub fn http(
     method: &str,

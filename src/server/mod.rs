@@ -572,6 +572,7 @@ where
             .max_header_list_size(MAX_HEADERS as u32)
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(4 * H2_STREAM_WINDOW)
+            .max_frame_size(H2_FRAME)
             .keep_alive_interval(Some(limits.headers))
             .keep_alive_timeout(limits.headers)
             .serve_connection(TokioIo::new(io), svc)
@@ -593,6 +594,9 @@ where
 const MAX_HEADERS: usize = 256 * 1024;
 /// Requests one HTTP/2 connection may have in flight at once.
 const H2_STREAMS: u32 = 64;
+/// Largest HTTP/2 frame a client may send (9 bytes each: the protocol's
+/// default of 16 KiB costs 0.05% of a push).
+const H2_FRAME: u32 = 256 * 1024;
 /// How much one HTTP/2 request's body may send ahead of our reading it.
 const H2_STREAM_WINDOW: u32 = 2 << 20;
 

@@ -77,6 +77,10 @@ pub struct HttpRemote {
 /// requests) is never sent on a connection the server is closing.
 const POOL_IDLE: Duration = Duration::from_secs(20);
 
+/// Largest HTTP/2 frame the server may send: each costs 9 bytes, which at
+/// the protocol's default of 16 KiB is 0.05% of a clone (60 KB of S0's 109 MB).
+const H2_FRAME: u32 = 256 * 1024;
+
 /// How much one HTTP/2 answer may send ahead of our reading it.
 const H2_STREAM_WINDOW: u32 = 8 << 20;
 
@@ -205,6 +209,7 @@ impl HttpRemote {
             .pool_idle_timeout(POOL_IDLE)
             .http2_initial_stream_window_size(H2_STREAM_WINDOW)
             .http2_initial_connection_window_size(4 * H2_STREAM_WINDOW)
+            .http2_max_frame_size(H2_FRAME)
             .timer(hyper_util::rt::TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(30));
         let client = builder.build(connector.clone());
@@ -729,6 +734,27 @@ impl<W: Write> Write for LimitedWriter<W> {
     }
 }
 
+/// A file being written that counts what it takes into a progress bar
+/// (the file's own bytes, whatever the coding that brought them).
+struct Advancing<'a, W: Write> {
+    inner: W,
+    progress: Option<&'a crate::monitor::Progress>,
+}
+
+impl<W: Write> Write for Advancing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if let Some(p) = self.progress {
+            p.advance(n as u64);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn push_meta(headers: &mut Vec<(&str, String)>, meta: FileMeta) {
     if let Some(mode) = meta.mode {
         headers.push((HEADER_MODE, format!("{mode:o}")));
@@ -1003,10 +1029,14 @@ impl Remote for HttpRemote {
             .headers
             .get(header::CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        let file = Advancing {
+            inner: &mut *out,
+            progress: self.progress.as_deref(),
+        };
         let mut sink: Box<dyn Write + '_> = match coding.as_deref() {
-            None | Some("identity") => Box::new(&mut *out),
-            Some("zstd") => Box::new(zstd::stream::write::Decoder::new(&mut *out).map_err(local)?),
-            Some("gzip") => Box::new(flate2::write::GzDecoder::new(&mut *out)),
+            None | Some("identity") => Box::new(file),
+            Some("zstd") => Box::new(zstd::stream::write::Decoder::new(file).map_err(local)?),
+            Some("gzip") => Box::new(flate2::write::GzDecoder::new(file)),
             Some(other) => {
                 return Err(TransportError::BadAnswer {
                     what,
@@ -1021,9 +1051,6 @@ impl Remote for HttpRemote {
             if let Ok(data) = frame.into_data() {
                 sink.write_all(&data).map_err(|e| sink_error(&what, e))?;
                 received += data.len() as u64;
-                if let Some(p) = &self.progress {
-                    p.advance(data.len() as u64);
-                }
                 self.pace().await;
             }
         }
