@@ -153,6 +153,12 @@ fn a_clone_and_an_update_of_many_small_files_take_a_few_requests() {
         "{} bytes for {data}",
         sent + received
     );
+    // A clone names each file by the first bytes of its version (9 bytes
+    // an entry), not the whole of it (33).
+    assert!(
+        sent < 1500 * 12 + 8 * 1024,
+        "{sent} bytes sent for 1,500 files"
+    );
 
     // Edit 30 files and add 20: one more round of few requests.
     for i in (0..1500).step_by(50) {

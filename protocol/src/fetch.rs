@@ -59,19 +59,15 @@ pub enum Want<'a> {
     /// The server's librsync signature of `version` (InterSync's block
     /// size policy): what a client needs to push an edit of it as a delta.
     Signature(Version),
+    /// The whole content of the version that begins with these bytes:
+    /// 9 bytes an entry instead of 33, what a clone of many small files
+    /// asks for. The client checks what comes against the whole version it
+    /// knows (another version with the same first bytes fails the check).
+    WholeByPrefix([u8; PREFIX_LEN]),
 }
 
-impl Want<'_> {
-    /// The version wanted.
-    pub fn version(&self) -> Version {
-        match self {
-            Want::Whole(v)
-            | Want::Signature(v)
-            | Want::Patch { version: v, .. }
-            | Want::Delta { version: v, .. } => *v,
-        }
-    }
-}
+/// Bytes of a version in [`Want::WholeByPrefix`].
+pub const PREFIX_LEN: usize = 8;
 
 /// How an entry of the stream answers its request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +181,10 @@ pub fn encode_request(wants: &[Want<'_>], out: &mut Vec<u8>) {
                 out.push(4);
                 out.extend_from_slice(&v.0);
             }
+            Want::WholeByPrefix(prefix) => {
+                out.push(5);
+                out.extend_from_slice(prefix);
+            }
         }
     }
 }
@@ -201,8 +201,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<Vec<Want<'_>>, FetchError> {
         return Err(FetchError::BadMagic);
     }
     let count = r.varint("entry count", MAX_ENTRIES as u64)? as usize;
-    // Each entry takes at least 33 bytes: a count past that is a lie.
-    if count > bytes.len() / 33 + 1 {
+    // Each entry takes at least 9 bytes: a count past that is a lie.
+    if count > bytes.len() / (1 + PREFIX_LEN) + 1 {
         return Err(FetchError::Truncated {
             what: "entries",
             offset: r.at,
@@ -212,6 +212,13 @@ pub fn parse_request(bytes: &[u8]) -> Result<Vec<Want<'_>>, FetchError> {
     for _ in 0..count {
         let at = r.at;
         let tag = r.take(1, "entry kind")?[0];
+        if tag == 5 {
+            let prefix = r.take(PREFIX_LEN, "version prefix")?;
+            wants.push(Want::WholeByPrefix(
+                prefix.try_into().expect("PREFIX_LEN bytes"),
+            ));
+            continue;
+        }
         let version = r.version()?;
         wants.push(match tag {
             0 => Want::Whole(version),
@@ -597,6 +604,7 @@ mod tests {
                 signature: &sig,
             },
             Want::Signature(v(7)),
+            Want::WholeByPrefix([8; PREFIX_LEN]),
         ];
         let mut bytes = Vec::new();
         encode_request(&wants, &mut bytes);

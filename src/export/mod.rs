@@ -94,12 +94,12 @@ pub struct Inner {
     index_dirty: bool,
     /// Which path has each version, as of a journal sequence number:
     /// rebuilt on the first lookup after the journal moved.
-    by_version: Option<(u64, std::collections::HashMap<Version, TreePath>)>,
+    /// In order, so that a version can be found by its first bytes too.
+    by_version: Option<(u64, std::collections::BTreeMap<Version, TreePath>)>,
 }
 
 impl Inner {
-    /// A path whose file has `version` now, as journaled.
-    pub fn path_of(&mut self, version: Version) -> Option<&TreePath> {
+    fn by_version(&mut self) -> &std::collections::BTreeMap<Version, TreePath> {
         let seq = self.index.state.seq;
         if self.by_version.as_ref().is_none_or(|(at, _)| *at != seq) {
             let map = self
@@ -110,7 +110,25 @@ impl Inner {
                 .collect();
             self.by_version = Some((seq, map));
         }
-        self.by_version.as_ref()?.1.get(&version)
+        &self.by_version.as_ref().expect("just made").1
+    }
+
+    /// A path whose file has `version` now, as journaled.
+    pub fn path_of(&mut self, version: Version) -> Option<&TreePath> {
+        self.by_version().get(&version)
+    }
+
+    /// A version some file has now that begins with `prefix` (the first
+    /// in order, should two).
+    pub fn version_with_prefix(&mut self, prefix: &[u8]) -> Option<Version> {
+        let (mut low, mut high) = ([0u8; 32], [0xffu8; 32]);
+        let n = prefix.len().min(32);
+        low[..n].copy_from_slice(&prefix[..n]);
+        high[..n].copy_from_slice(&prefix[..n]);
+        self.by_version()
+            .range(Version(low)..=Version(high))
+            .next()
+            .map(|(v, _)| *v)
     }
 }
 

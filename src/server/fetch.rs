@@ -99,6 +99,17 @@ fn answer_one<W: Write>(
 ) -> io::Result<()> {
     match *want {
         Want::Whole(version) => whole(export, version, out),
+        Want::WholeByPrefix(prefix) => {
+            // (The lock is let go before `whole` takes it again.)
+            let found = export.lock().version_with_prefix(&prefix);
+            match found {
+                Some(version) => whole(export, version, out),
+                None => {
+                    out.start(Form::Gone, None)?;
+                    out.end()
+                }
+            }
+        }
         Want::Patch {
             version,
             from,

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use intersync_protocol::Version;
-use intersync_protocol::fetch::{Event, FetchError, Form, StreamParser, Want, encode_request};
+use intersync_protocol::fetch::{
+    Event, FetchError, Form, PREFIX_LEN, StreamParser, Want, encode_request,
+};
 use intersync_protocol::signature::SignatureFormat;
 
 use super::{Here, Wanted, Ways, set_file_attrs};
@@ -188,7 +190,10 @@ enum WantOwned {
 impl WantOwned {
     fn borrowed(&self) -> Want<'_> {
         match self {
-            WantOwned::Whole(v) => Want::Whole(*v),
+            // The client checks the content against the whole version.
+            WantOwned::Whole(v) => {
+                Want::WholeByPrefix(v.0[..PREFIX_LEN].try_into().expect("a version is longer"))
+            }
             WantOwned::Patch(version, from, or_whole) => Want::Patch {
                 version: *version,
                 from: *from,
