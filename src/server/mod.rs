@@ -323,7 +323,8 @@ pub struct ServeOptions {
 
 /// One line a request: `TIME PEER METHOD PATH STATUS BYTES PROTOCOL`, with
 /// the time as `YYYYMMDDTHHMMSSZ`, BYTES the body's length (`-` when
-/// streamed without one) and PROTOCOL `HTTP/1.1` or `HTTP/2.0`. Written whole, a line at a time, so a reader never sees half.
+/// streamed without one) and PROTOCOL `HTTP/1.1` or `HTTP/2.0`. Written
+/// whole, a line at a time, so a reader never sees half.
 #[derive(Debug)]
 pub struct AccessLog {
     file: std::sync::Mutex<std::fs::File>,
