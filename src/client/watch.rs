@@ -44,7 +44,7 @@ pub async fn watch(
 ) -> Result<(), SyncError> {
     let (tx, local_changes) = mpsc::unbounded_channel::<()>();
     let state_dir = wc.root().join(STATE_DIR);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let mut watcher = crate::export::watch::watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
             Ok(e) => {
                 crate::export::watch::may_change(e)
