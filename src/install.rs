@@ -10,6 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use intersync_protocol::TreePath;
 use rand::RngCore;
@@ -252,21 +253,53 @@ impl StagedInstalls {
     }
 
     /// Installs every file added (see the type's documentation); the
-    /// destinations installed, in the order added. On an error, those
-    /// before it are installed and the rest removed.
-    pub fn commit(&mut self, root: &Path) -> io::Result<Vec<PathBuf>> {
+    /// files installed, in the order added. On an error, those before it
+    /// are installed and the rest removed.
+    pub fn commit(&mut self, root: &Path) -> io::Result<Vec<Landed>> {
         if self.staged.is_empty() {
             return Ok(Vec::new());
         }
         let fs = File::open(root)?;
         rustix::fs::syncfs(&fs)?;
+        let seen = SystemTime::now();
         let mut installed = Vec::with_capacity(self.staged.len());
         for (temp, dest) in self.staged.drain(..) {
             temp.persist(&dest).map_err(|e| e.error)?;
-            installed.push(dest);
+            let stat = std::fs::symlink_metadata(&dest).ok();
+            installed.push(Landed { dest, stat, seen });
         }
         rustix::fs::syncfs(&fs)?;
         Ok(installed)
+    }
+
+    /// [`StagedInstalls::commit`] on a thread of its own: the next batch is
+    /// received and written while this one's syncs wait for the disk
+    /// (on 200,000 small files, 3-4 s of a 16 s clone).
+    pub fn commit_behind(mut self, root: &Path) -> Committing {
+        let root = root.to_owned();
+        Committing(std::thread::spawn(move || self.commit(&root)))
+    }
+}
+
+/// A file [`StagedInstalls::commit`] put at its name.
+pub struct Landed {
+    pub dest: PathBuf,
+    /// Its stat right after the rename (the rename moves its ctime).
+    pub stat: Option<std::fs::Metadata>,
+    /// A time before that stat, for a scanner's test of racy stats.
+    pub seen: SystemTime,
+}
+
+/// A [`StagedInstalls::commit_behind`] under way. Dropped, the thread
+/// still finishes: each file is installed whole or not at all.
+pub struct Committing(std::thread::JoinHandle<io::Result<Vec<Landed>>>);
+
+impl Committing {
+    /// What the commit installed; its error, if it stopped.
+    pub fn wait(self) -> io::Result<Vec<Landed>> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the thread installing a batch panicked")))
     }
 }
 

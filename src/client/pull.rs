@@ -271,7 +271,7 @@ impl Run<'_> {
                 self.report,
             )?;
             match local {
-                Some(version) => self.installed_as(file, Ok(version))?,
+                Some(version) => self.installed_as(file, Ok(version), None)?,
                 None => batched.push(file),
             }
         }
@@ -301,9 +301,9 @@ impl Run<'_> {
         let mut ladder = Vec::new();
         for (file, outcome) in outcomes {
             match outcome {
-                Outcome::Installed(version) => {
+                Outcome::Installed(version, stat) => {
                     fetch::keep(self.wc, &batch::wanted(&file), version);
-                    self.installed_as(file, Ok(version))?;
+                    self.installed_as(file, Ok(version), stat)?;
                 }
                 Outcome::Skipped => self.skipped.push(file.path),
                 Outcome::Ladder if self.disk_full.is_some() => self.skipped.push(file.path),
@@ -354,7 +354,7 @@ impl Run<'_> {
             .await;
         for (file, got, report) in results {
             self.report.absorb(report);
-            self.installed_as(file, got)?;
+            self.installed_as(file, got, None)?;
         }
         Ok(())
     }
@@ -402,26 +402,29 @@ impl Run<'_> {
             self.report,
         )
         .await;
-        self.installed_as(file, got)
+        self.installed_as(file, got, None)
     }
 
-    /// What a fetch of `file` came to: installed (its stat noted), or left
-    /// for the next round.
+    /// What a fetch of `file` came to: installed (its stat noted: the one
+    /// the install took, else one taken now), or left for the next round.
     fn installed_as(
         &mut self,
         file: FileInstall,
         got: Result<Version, SyncError>,
+        stat: Option<CachedStat>,
     ) -> Result<(), SyncError> {
         match got {
             Ok(got) if got == file.version => {
                 self.wc.placeholders().remove(&file.path, None);
-                // The stat right after the install: if the file changes
-                // before the pull ends, it will not match.
-                if let Ok(meta) = fs::symlink_metadata(file.path.under(self.wc.root())) {
-                    let stat = CachedStat {
+                let seen_ns = scan::now_ns();
+                let stat = stat.or_else(|| {
+                    let meta = fs::symlink_metadata(file.path.under(self.wc.root())).ok()?;
+                    Some(CachedStat {
                         key: StatKey::of(&meta),
-                        seen_ns: scan::now_ns(),
-                    };
+                        seen_ns,
+                    })
+                });
+                if let Some(stat) = stat {
                     self.installed.insert(file.path, stat);
                 }
             }
@@ -521,20 +524,22 @@ impl Run<'_> {
                 stats.insert(p.clone(), *old);
                 continue;
             }
+            // Installed by this pull: its stat right after the install. An
+            // edit since moves its ctime (or is racy with it), so the next
+            // scan hashes it and finds the edit; no second stat here.
+            if let Some(at_install) = self.installed.get(p) {
+                stats.insert(p.clone(), *at_install);
+                continue;
+            }
             let Ok(meta) = fs::symlink_metadata(p.under(root)) else {
                 continue;
             };
-            let on_disk = scanned.stats.get(p).copied();
-            let fresh = StatKey::of(&meta);
             // Keep a stat only where the disk is known to hold this entry.
-            let vouched = same_content(self.plan.local.get(p), Some(e))
-                && on_disk.is_some_and(|c| c.key == fresh);
-            if let Some(on_disk) = on_disk.filter(|_| vouched) {
-                stats.insert(p.clone(), on_disk);
-            } else if let Some(at_install) = self.installed.get(p).filter(|c| c.key == fresh) {
-                // Unchanged since this pull installed it; otherwise no stat,
-                // so the next scan hashes it and finds the local edit.
-                stats.insert(p.clone(), *at_install);
+            if let Some(on_disk) = scanned.stats.get(p)
+                && same_content(self.plan.local.get(p), Some(e))
+                && on_disk.key == StatKey::of(&meta)
+            {
+                stats.insert(p.clone(), *on_disk);
             }
         }
         // A placeholder is a file of the base that the disk does not have.

@@ -58,6 +58,18 @@ pub struct CachedStat {
 }
 
 impl CachedStat {
+    /// The stat an install took, if it did (`install::Landed`).
+    pub fn landed(landed: &crate::install::Landed) -> Option<CachedStat> {
+        let seen_ns = landed
+            .seen
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        landed.stat.as_ref().map(|meta| CachedStat {
+            key: StatKey::of(meta),
+            seen_ns,
+        })
+    }
+
     /// Whether an unchanged stat proves unchanged content. A file modified
     /// within the filesystem's timestamp granularity of being looked at may
     /// change again without its stat moving, so such a stat is not trusted.

@@ -4,7 +4,8 @@
 //! version last synced, a delta against the copy here, or whole) in one
 //! compressed stream, and installed as they arrive: checked against their
 //! version, then made durable and renamed into place a batch at a time
-//! (`install::StagedInstalls`). What a batch cannot bring (a server
+//! (`install::StagedInstalls`), on a thread of its own while the next
+//! batch streams. What a batch cannot bring (a server
 //! without the request, a patch the server cannot make for a larger file,
 //! an answer that does not check) goes to the one-file ladder.
 //!
@@ -28,9 +29,10 @@ use super::{Here, Wanted, Ways, set_file_attrs};
 use crate::client::reconcile::FileInstall;
 use crate::client::{Change, SyncError, SyncReport};
 use crate::delta::{self, DeltaStats, MappedFile, Signature, SignatureOptions};
-use crate::install::{Staged, StagedInstalls};
+use crate::install::{Committing, Staged, StagedInstalls};
 use crate::transport::{Pieces, Remote, TransportError};
 use crate::tree::EntryKind;
+use crate::tree::scan::CachedStat;
 
 /// Files at least this large go one by one (they resume, and their
 /// patches are immutable GETs a cache can share).
@@ -51,8 +53,9 @@ const SPOOL_SLACK: u64 = 64 << 10;
 /// What became of a file given to [`fetch`].
 #[derive(Debug)]
 pub enum Outcome {
-    /// Installed, with this version.
-    Installed(Version),
+    /// Installed, with this version (and its stat, where the install took
+    /// it).
+    Installed(Version, Option<CachedStat>),
     /// The server no longer has that version (the file changed again):
     /// left for the next round.
     Skipped,
@@ -270,24 +273,105 @@ async fn run_batches(
         Some((_, w)) => Some(remote.fetch_many(request(w)).await?),
         None => return Ok(true),
     };
-    for k in 0..batches.len() {
-        let Some(pieces) = next.take().expect("asked") else {
-            return Ok(false);
-        };
-        let (indices, _) = batches[k];
-        let following = batches.get(k + 1).map(|(_, w)| request(w));
-        let receiving = receive(here, pieces, jobs, indices, remote.progress(), report);
-        let (received, asked) = match following {
-            Some(body) => {
-                let (received, asked) = tokio::join!(receiving, remote.fetch_many(body));
-                (received, Some(asked))
+    let root = here.wc.root().to_owned();
+    let progress = remote.progress();
+    // The batch before, being made durable while this one streams.
+    let mut behind: Option<Behind> = None;
+    let run: Result<bool, SyncError> = async {
+        for k in 0..batches.len() {
+            let Some(pieces) = next.take().expect("asked") else {
+                return Ok(false);
+            };
+            let (indices, _) = batches[k];
+            let following = batches.get(k + 1).map(|(_, w)| request(w));
+            let receiving = receive(pieces, jobs, indices);
+            let ((received, staged, done), asked) = match following {
+                Some(body) => {
+                    let (asked, received) = tokio::join!(remote.fetch_many(body), receiving);
+                    (received, Some(asked))
+                }
+                None => (receiving.await, None),
+            };
+            // One commit at a time, in order: this batch's starts when the
+            // one before it has ended.
+            if let Some(b) = behind.take() {
+                b.settle(&root, jobs, progress, report)?;
             }
-            None => (receiving.await, None),
-        };
-        received?;
-        next = asked.transpose()?;
+            behind = Some(Behind {
+                committing: staged.commit_behind(&root),
+                done,
+            });
+            received?;
+            next = asked.transpose()?;
+        }
+        Ok(true)
     }
-    Ok(true)
+    .await;
+    // Also when the stream broke off: what was received whole is installed.
+    let settled = match behind {
+        Some(b) => b.settle(&root, jobs, progress, report),
+        None => Ok(()),
+    };
+    let all = run?;
+    settled?;
+    Ok(all)
+}
+
+/// A batch's files received whole and checked: (job, how, what they cost),
+/// in the order staged.
+type Done = Vec<(usize, &'static str, DeltaStats)>;
+
+/// A batch committing on its own thread (`StagedInstalls::commit_behind`).
+struct Behind {
+    committing: Committing,
+    done: Done,
+}
+
+impl Behind {
+    /// Waits for the commit, and notes what became of every entry: those
+    /// installed with their stat, the others left for the ladder.
+    fn settle(
+        self,
+        root: &Path,
+        jobs: &mut [Job],
+        progress: Option<&crate::monitor::Progress>,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let installed = self
+            .committing
+            .wait()
+            .map_err(|e| SyncError::local(root, e));
+        let landed = installed.as_deref().unwrap_or_default();
+        for (n, (i, what, stats)) in self.done.into_iter().enumerate() {
+            let job = &mut jobs[i];
+            let Some(landed) = landed.get(n) else {
+                job.outcome = Some(Outcome::Ladder);
+                continue;
+            };
+            report.full_fetch_bytes += job.file.size;
+            report.literal_bytes += stats.literal_bytes;
+            report.matched_bytes += stats.matched_bytes;
+            match what {
+                PATCHED => report.files_patched += 1,
+                DELTA => report.files_delta += 1,
+                _ => report.files_whole += 1,
+            }
+            if let Some(p) = progress {
+                p.plan(job.file.size);
+                p.advance(job.file.size);
+                p.file_done();
+            }
+            report.pulled.push(Change {
+                path: job.file.path.clone(),
+                what: what.into(),
+            });
+            job.outcome = Some(Outcome::Installed(
+                job.file.version,
+                CachedStat::landed(landed),
+            ));
+        }
+        installed.map(drop)
+    }
 }
 
 /// The entry being received.
@@ -326,21 +410,18 @@ struct Receiver<'j> {
     open: Option<usize>,
     current: Receiving,
     staged: StagedInstalls,
-    /// Entries received whole and checked: (job, how, what they cost).
-    done: Vec<(usize, &'static str, DeltaStats)>,
+    /// Entries received whole and checked.
+    done: Done,
 }
 
-/// Receives one answer: installs what checks out, notes what became of
-/// every entry, and commits the installs (also when the stream breaks
-/// off, before the error is returned).
+/// Receives one answer: stages what checks out (for the caller to
+/// commit) and notes what became of the other entries; also when the
+/// stream breaks off, with the error beside what was staged.
 async fn receive<P: Pieces>(
-    here: &Here<'_>,
     mut pieces: P,
     jobs: &mut [Job],
     indices: &[usize],
-    progress: Option<&crate::monitor::Progress>,
-    report: &mut SyncReport,
-) -> Result<(), SyncError> {
+) -> (Result<(), SyncError>, StagedInstalls, Done) {
     let mut parser = StreamParser::new(indices.len());
     let mut r = Receiver {
         jobs,
@@ -351,44 +432,17 @@ async fn receive<P: Pieces>(
         done: Vec::new(),
     };
     let streamed: Result<(), SyncError> = async {
+        // Let the connection send the next batch's request (asked for
+        // beside this) before this batch's installs hold the thread: the
+        // server then makes that answer while this one is written.
+        tokio::task::yield_now().await;
         while let Some(piece) = pieces.next().await? {
             parser.feed(&piece, &mut |event| r.on_event(event))?;
         }
         Ok(parser.finish()?)
     }
     .await;
-    let installed = r
-        .staged
-        .commit(here.wc.root())
-        .map_err(|e| SyncError::local(here.wc.root(), e));
-    let count = installed.as_ref().map_or(0, Vec::len);
-    for (n, (i, what, stats)) in std::mem::take(&mut r.done).into_iter().enumerate() {
-        let job = &mut r.jobs[i];
-        if n >= count {
-            job.outcome = Some(Outcome::Ladder);
-            continue;
-        }
-        report.full_fetch_bytes += job.file.size;
-        report.literal_bytes += stats.literal_bytes;
-        report.matched_bytes += stats.matched_bytes;
-        match what {
-            PATCHED => report.files_patched += 1,
-            DELTA => report.files_delta += 1,
-            _ => report.files_whole += 1,
-        }
-        if let Some(p) = progress {
-            p.plan(job.file.size);
-            p.advance(job.file.size);
-            p.file_done();
-        }
-        report.pulled.push(Change {
-            path: job.file.path.clone(),
-            what: what.into(),
-        });
-        job.outcome = Some(Outcome::Installed(job.file.version));
-    }
-    installed?;
-    streamed
+    (streamed, r.staged, r.done)
 }
 
 const WHOLE: &str = "fetched whole";
@@ -534,7 +588,8 @@ fn apply(
     let local = |e| SyncError::local(base_path, e);
     let base = File::open(base_path).map_err(local)?;
     let base = MappedFile::map(&base).map_err(local)?;
-    let mut staged = Staged::create(&job.dest).map_err(|e| SyncError::local(&job.dest, e))?;
+    let mut staged =
+        Staged::create_in_new_folder(&job.dest).map_err(|e| SyncError::local(&job.dest, e))?;
     let mut out = HashCount {
         inner: std::io::BufWriter::new(staged.file()),
         hasher: blake3::Hasher::new(),

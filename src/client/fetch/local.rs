@@ -14,8 +14,11 @@ use crate::client::{LocalError, SyncError};
 use crate::delta::MappedFile;
 use crate::install::PendingFile;
 
-/// Moves or copies the content to `dest`; how the report says it, or
-/// `None` when nothing here has it (or the copy changed meanwhile).
+/// Moves or copies the content to `dest`, making its folder if need be;
+/// how the report says it, or `None` when nothing here has it (or the
+/// copy changed meanwhile). Nothing is touched when nothing here has it:
+/// on a clone that is every file, and a folder made for each would cost
+/// two system calls a file.
 pub fn fetch(
     root: &Path,
     moves: &mut HashMap<Version, Vec<TreePath>>,
@@ -23,6 +26,13 @@ pub fn fetch(
     dest: &Path,
     want: &Wanted<'_>,
 ) -> Result<Option<String>, SyncError> {
+    let has_source = moves.get(&want.version).is_some_and(|m| !m.is_empty());
+    if !has_source && copy_from.is_none() {
+        return Ok(None);
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(|e| SyncError::local(want.path, e))?;
+    }
     if let Some(src) = moves.get_mut(&want.version).and_then(Vec::pop) {
         fs::rename(src.under(root), dest).map_err(|e| SyncError::local(&src, e))?;
         set_attrs(dest, want.entry).map_err(|e| SyncError::local(want.path, e))?;

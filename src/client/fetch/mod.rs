@@ -112,9 +112,6 @@ pub fn fetch_locally(
 ) -> Result<Option<Version>, SyncError> {
     let root = here.wc.root();
     let dest = want.path.under(root);
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(|e| SyncError::local(want.path, e))?;
-    }
     let Some(what) = local::fetch(root, here.moves, copy_from, &dest, want)? else {
         return Ok(None);
     };

@@ -19,6 +19,7 @@ use super::{Here, set_file_attrs};
 use crate::client::{Change, SyncError, SyncReport};
 use crate::install::{Staged, StagedInstalls};
 use crate::transport::{Remote, TransportError};
+use crate::tree::scan::CachedStat;
 
 /// Fewer files than this are not worth reading pack indexes for.
 const MIN_FILES: usize = 32;
@@ -154,7 +155,7 @@ fn install_from(
     let installed = staged
         .commit(here.wc.root())
         .map_err(|e| SyncError::local(here.wc.root(), e))?;
-    for &i in order.iter().take(installed.len()) {
+    for (&i, landed) in order.iter().zip(&installed) {
         let job = &mut jobs[i];
         report.full_fetch_bytes += job.file.size;
         report.literal_bytes += job.file.size;
@@ -167,7 +168,10 @@ fn install_from(
             path: job.file.path.clone(),
             what: "fetched from a pack".into(),
         });
-        job.outcome = Some(Outcome::Installed(job.file.version));
+        job.outcome = Some(Outcome::Installed(
+            job.file.version,
+            CachedStat::landed(landed),
+        ));
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use super::{Here, set_file_attrs};
 use crate::client::{Change, SyncError, SyncReport};
 use crate::install::{Staged, StagedInstalls};
 use crate::transport::{Remote, TransportError};
+use crate::tree::scan::CachedStat;
 
 /// Files installed together.
 const A_BATCH: usize = 1024;
@@ -59,13 +60,13 @@ pub async fn fetch_whole(
         let installed = staged
             .commit(here.wc.root())
             .map_err(|e| SyncError::local(here.wc.root(), e));
-        let count = installed.as_ref().map_or(0, Vec::len);
+        let landed = installed.as_deref().unwrap_or_default();
         for (n, i) in order.into_iter().enumerate() {
             let job = &mut jobs[i];
-            if n >= count {
+            let Some(landed) = landed.get(n) else {
                 job.outcome = Some(Outcome::Ladder);
                 continue;
-            }
+            };
             report.full_fetch_bytes += job.file.size;
             report.literal_bytes += job.file.size;
             report.files_whole += 1;
@@ -76,7 +77,10 @@ pub async fn fetch_whole(
                 path: job.file.path.clone(),
                 what: "fetched whole".into(),
             });
-            job.outcome = Some(Outcome::Installed(job.file.version));
+            job.outcome = Some(Outcome::Installed(
+                job.file.version,
+                CachedStat::landed(landed),
+            ));
         }
         installed?;
         if let Some(e) = unreachable {
