@@ -1,8 +1,7 @@
 //! HTTP/2: the server speaks it and HTTP/1.1 on one port (cleartext by
-//! prior knowledge, TLS by ALPN); a sync speaks it after a head that says
-//! so, and a working copy that remembers it from the first request of its
-//! next sync, every request on one connection; and a proxy that speaks only
-//! HTTP/1.1 is spoken to in HTTP/1.1.
+//! prior knowledge, TLS by ALPN); a sync whose server says so speaks it
+//! once two requests overlap, and HTTP/1.1 while they go one at a time;
+//! and a proxy that speaks only HTTP/1.1 is spoken to in HTTP/1.1.
 
 use std::fs;
 use std::path::Path;
@@ -89,13 +88,19 @@ fn the_server_speaks_http2_and_http1_on_one_port() {
     );
 }
 
-/// An export of many small files and a few large ones (which come by
-/// several requests each), and its server with an access log (in the
-/// second folder).
+/// An export of many small files and a few large ones, and its server
+/// with an access log (in the second folder). Its 4,500 small files take
+/// two batches, so a clone has two requests in flight at once.
 fn export_with_a_log() -> (Dir, Dir, Server) {
     let export = Dir::new();
     for i in 0..200 {
         export.write(&format!("small/{i:03}.txt"), &random_bytes(i, 2_000));
+    }
+    for i in 0..4_300 {
+        export.write(
+            &format!("tiny/{}/{i:04}.txt", i % 43),
+            &random_bytes(10_000 + i, 60),
+        );
     }
     for i in 0..3 {
         export.write(&format!("big/{i}.bin"), &random_bytes(100 + i, 3 << 20));
@@ -124,26 +129,41 @@ fn edit(export: &Dir) {
     std::thread::sleep(std::time::Duration::from_secs(3));
 }
 
+fn peers(lines: &[(String, String, String)]) -> std::collections::BTreeSet<&String> {
+    lines.iter().map(|l| &l.0).collect()
+}
+
 #[test]
-fn a_second_sync_speaks_http2_every_request_on_one_connection() {
+fn requests_one_at_a_time_go_by_http1_and_overlapping_ones_by_http2() {
     let (export, logs, server) = export_with_a_log();
     let log = logs.path("access.log");
     let clients = Dir::new();
     let wc = clients.path("wc");
     sync_ok(&server.url, &wc);
     assert_eq!(tree(&wc), tree(&export.path("")));
-    // A first clone learns it from the head: what follows is HTTP/2, on
-    // one connection.
+    // The clone's first requests go one after another on one HTTP/1.1
+    // connection; from the first that overlaps another (the second batch,
+    // asked for while the first streams), HTTP/2, on one more connection.
     let clone = logged(&log);
     let first = clone.len();
-    assert_eq!(clone[0].2, "HTTP/1.1", "{clone:?}");
-    let after_head = &clone[1..];
+    let switch = clone
+        .iter()
+        .position(|l| l.2 == "HTTP/2.0")
+        .unwrap_or_else(|| panic!("no request of the clone went by HTTP/2: {clone:?}"));
+    let (before, after) = clone.split_at(switch);
     assert!(
-        after_head.len() >= 4 && after_head.iter().all(|l| l.2 == "HTTP/2.0"),
-        "the clone spoke HTTP/1.1 after the head: {clone:?}"
+        before.len() >= 2 && before.iter().all(|l| l.2 == "HTTP/1.1"),
+        "{clone:?}"
     );
-    let peers: std::collections::BTreeSet<_> = after_head.iter().map(|l| &l.0).collect();
-    assert_eq!(peers.len(), 1, "more than one connection: {clone:?}");
+    assert!(
+        after.iter().all(|l| l.2 == "HTTP/2.0"),
+        "HTTP/1.1 after the first HTTP/2 request: {clone:?}"
+    );
+    assert_eq!(peers(before).len(), 1, "{before:?}");
+    assert_eq!(peers(after).len(), 1, "{after:?}");
+    // A working copy remembers that the server speaks HTTP/2, but a sync
+    // whose requests go one at a time (here, a few edited files) does not
+    // pay its preface and frames.
     edit(&export);
     sync_ok(&server.url, &wc);
     assert_eq!(tree(&wc), tree(&export.path("")));
@@ -153,11 +173,20 @@ fn a_second_sync_speaks_http2_every_request_on_one_connection() {
         "the edits took several requests: {second:?}"
     );
     assert!(
-        second.iter().all(|l| l.2 == "HTTP/2.0"),
-        "the second sync spoke HTTP/1.1: {second:?}"
+        second.iter().all(|l| l.2 == "HTTP/1.1"),
+        "the second sync spoke HTTP/2: {second:?}"
     );
-    let peers: std::collections::BTreeSet<_> = second.iter().map(|l| &l.0).collect();
-    assert_eq!(peers.len(), 1, "more than one connection: {second:?}");
+    assert_eq!(
+        peers(&second).len(),
+        1,
+        "more than one connection: {second:?}"
+    );
+    // Nor does a sync with nothing to do: its one request.
+    let before = logged(&log).len();
+    sync_ok(&server.url, &wc);
+    let noop: Vec<_> = logged(&log).into_iter().skip(before).collect();
+    assert_eq!(noop.len(), 1, "{noop:?}");
+    assert_eq!(noop[0].2, "HTTP/1.1", "{noop:?}");
 }
 
 #[test]
@@ -165,11 +194,9 @@ fn a_proxy_that_speaks_only_http1_is_spoken_to_in_http1() {
     let (export, _logs, server) = export_with_a_log();
     let clients = Dir::new();
     let wc = clients.path("wc");
-    sync_ok(&server.url, &wc);
-    // The working copy now expects HTTP/2; the same export through nginx
-    // (a reverse proxy here: nothing of it is cached) speaks HTTP/1.1.
+    // The origin's head, passed on by nginx (a reverse proxy here: nothing
+    // of it is cached), offers HTTP/2; nginx speaks HTTP/1.1 only.
     let proxy = Nginx::cache_in_front_of(&server.url);
-    edit(&export);
     sync_ok(&proxy.url, &wc);
     assert_eq!(tree(&wc), tree(&export.path("")));
     let through = proxy.requests();
@@ -181,6 +208,6 @@ fn a_proxy_that_speaks_only_http1_is_spoken_to_in_http1() {
     );
     assert!(
         through.iter().any(|r| r.starts_with("PRI * HTTP/2.0 400")),
-        "HTTP/2 was not tried first: {through:?}"
+        "HTTP/2 was not tried when two requests overlapped: {through:?}"
     );
 }

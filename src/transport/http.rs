@@ -3,16 +3,20 @@
 //! counters of every byte each way.
 //!
 //! HTTP/2 where the server speaks it: over TLS as ALPN settles; in cleartext
-//! (prior knowledge) for a sync, from its first request when the working
-//! copy remembers that the server's head said so, else from the request
-//! after the head (a first clone, which opens a second connection for its
-//! pipelined requests anyway), so that the requests of a sync share one
-//! connection that stays busy: no slow start after an idle pause. A server
-//! that turns out not to speak it (a proxy in between) is spoken to in
-//! HTTP/1.1 from then on.
+//! (prior knowledge) for a sync whose server's head said so (in this sync
+//! or, as the working copy remembers, an earlier one), once two requests
+//! overlap. One request at a time (a no-op sync's head, one large file)
+//! costs less in HTTP/1.1: no preface, settings or frame headers. From the
+//! first overlap on, every request shares the one HTTP/2 connection, which
+//! stays busy: no slow start after an idle pause. A server that turns out
+//! not to speak it (a proxy in between) is spoken to in HTTP/1.1 from then
+//! on.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +61,10 @@ pub struct HttpRemote {
     /// A cleartext HTTP/2 request has been answered: a failure now is the
     /// link's, not a sign that something in between speaks only HTTP/1.1.
     h2c_proven: AtomicBool,
+    /// Cleartext HTTP/2 has been spoken: every request goes by it.
+    h2c_open: AtomicBool,
+    /// Requests sent whose answers are not yet read to their end.
+    in_flight: Arc<AtomicUsize>,
     requests: AtomicU64,
     /// Bytes that crossed the sockets, each way.
     counts: std::sync::Arc<Counts>,
@@ -125,7 +133,49 @@ fn split_login(url: &str) -> (String, Option<(String, Option<String>)>) {
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
-    pub(crate) body: hyper::body::Incoming,
+    pub(crate) body: Body,
+}
+
+/// An answer's body, its request counted in flight until it is dropped.
+pub(crate) struct Body {
+    incoming: hyper::body::Incoming,
+    _flight: Flight,
+}
+
+/// One request in [`HttpRemote::in_flight`].
+struct Flight(Arc<AtomicUsize>);
+
+impl Flight {
+    fn new(count: &Arc<AtomicUsize>) -> Flight {
+        count.fetch_add(1, Ordering::Relaxed);
+        Flight(count.clone())
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.incoming).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.incoming.size_hint()
+    }
 }
 
 impl HttpRemote {
@@ -222,6 +272,8 @@ impl HttpRemote {
             h2c: AtomicBool::new(false),
             h2c_allowed: false,
             h2c_proven: AtomicBool::new(false),
+            h2c_open: AtomicBool::new(false),
+            in_flight: Arc::default(),
             requests: AtomicU64::new(0),
             counts,
             bwlimit: None,
@@ -242,8 +294,8 @@ impl HttpRemote {
     }
 
     /// Whether cleartext HTTP/2 may be spoken to a server whose head offers
-    /// it: from the request after the head, or from the first with
-    /// [`HttpRemote::assume_cleartext_http2`]. Off unless asked for: a
+    /// it (or [`HttpRemote::assume_cleartext_http2`] says so), from the
+    /// first request sent while another is in flight. Off unless asked for: a
     /// command that makes one request after the head would pay a second
     /// connection for it; and never through a cache or proxy, which would
     /// pass the origin's head on but speak only HTTP/1.1 itself.
@@ -385,10 +437,16 @@ impl HttpRemote {
                 reason: e.to_string(),
             })?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let overlapping = self.in_flight.load(Ordering::Relaxed) > 0;
+        let flight = Flight::new(&self.in_flight);
         let h2c = url.starts_with("http://")
             && self.h2c.load(Ordering::Relaxed)
-            && origin(&url) == origin(&self.base);
+            && origin(&url) == origin(&self.base)
+            && (overlapping || self.h2c_open.load(Ordering::Relaxed));
         let resp = if h2c {
+            if !self.h2c_open.swap(true, Ordering::Relaxed) {
+                tracing::debug!(base = %self.base, "two requests at once: HTTP/2 from now on");
+            }
             let retry = (!self.h2c_proven.load(Ordering::Relaxed)).then(|| clone_request(&req));
             match self.h2c_client.request(req).await {
                 Ok(resp) => {
@@ -416,11 +474,14 @@ impl HttpRemote {
                 source: Box::new(e),
             },
         })?;
-        let (parts, body) = resp.into_parts();
+        let (parts, incoming) = resp.into_parts();
         let answer = Answer {
             status: parts.status,
             headers: parts.headers,
-            body,
+            body: Body {
+                incoming,
+                _flight: flight,
+            },
         };
         if answer.status == StatusCode::PRECONDITION_FAILED {
             return Err(TransportError::Changed {
@@ -518,7 +579,7 @@ impl HttpRemote {
     /// Streams a body into `sink`, counting what arrives.
     async fn read_body(
         &self,
-        body: hyper::body::Incoming,
+        body: Body,
         sink: &mut impl Write,
         what: &str,
     ) -> Result<(), TransportError> {
@@ -677,11 +738,7 @@ impl HttpRemote {
         Ok(Bytes::from(out))
     }
 
-    async fn collect(
-        &self,
-        body: hyper::body::Incoming,
-        what: &str,
-    ) -> Result<Bytes, TransportError> {
+    async fn collect(&self, body: Body, what: &str) -> Result<Bytes, TransportError> {
         let bytes = body
             .collect()
             .await
@@ -790,7 +847,7 @@ fn etag_version(headers: &HeaderMap, what: &str) -> Result<Version, TransportErr
 /// A fetch stream as it arrives, decompressed (see [`Remote::fetch_many`]).
 pub struct FetchPieces<'a> {
     remote: &'a HttpRemote,
-    frames: BodyStream<hyper::body::Incoming>,
+    frames: BodyStream<Body>,
     decoder: zstd::stream::raw::Decoder<'static>,
     input: Bytes,
     at: usize,
@@ -903,7 +960,7 @@ impl Remote for HttpRemote {
         self.by_version
             .store(!head.static_export, Ordering::Relaxed);
         if head.http2 && self.h2c_allowed && !self.h2c.swap(true, Ordering::Relaxed) {
-            tracing::debug!(base = %self.base, "the server speaks HTTP/2: the requests after the head too");
+            tracing::debug!(base = %self.base, "the server speaks HTTP/2: requests that overlap go by it");
         }
         Ok(Some(head))
     }
