@@ -37,7 +37,9 @@ pub struct Head {
     pub latest_seq: u64,
     /// The segments still kept, oldest first; the last is open and grows.
     pub segments: Vec<SegmentRef>,
-    /// The newest checkpoint, if any.
+    /// The newest checkpoint, if any (left out when none: every sync reads
+    /// a head, and `"checkpoint":null` is 18 of its bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointRef>,
     /// Written by `intersync export` for a plain web server: no smart
     /// endpoints (deltas, writes), signatures as files, ranges for blocks.
