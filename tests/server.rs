@@ -169,10 +169,18 @@ fn head_segments_and_long_poll() {
         doc["latest_seq"], 5,
         "mkdir, and create + write for each of two files"
     );
+    // Every sync reads a head: it names the server in its body only, and
+    // says nothing of a checkpoint when there is none.
+    assert!(doc["server_id"].is_string(), "{doc}");
+    assert_eq!(head.header("x-intersync-server"), "", "{:?}", head.headers);
+    assert!(doc.get("checkpoint").is_none(), "{doc}");
     let tag = head.header("etag").to_owned();
+    let unchanged = get(&server.url(".intersync/head"), &[("if-none-match", &tag)]);
+    assert_eq!(unchanged.status, 304);
     assert_eq!(
-        get(&server.url(".intersync/head"), &[("if-none-match", &tag)]).status,
-        304
+        unchanged.header("x-intersync-server"),
+        doc["server_id"].as_str().unwrap(),
+        "a 304 has no body to say it"
     );
 
     // The open segment read from an offset, as a client tailing it does.

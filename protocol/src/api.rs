@@ -14,7 +14,8 @@ pub const HEADER_RESULT_SIZE: &str = "x-intersync-size";
 pub const HEADER_MTIME: &str = "x-intersync-mtime";
 /// Request header: the permission bits (octal) a written file takes.
 pub const HEADER_MODE: &str = "x-intersync-mode";
-/// Response header: the node id of the server.
+/// Response header: the node id of the server (on every answer but a
+/// head's, whose body says it as `server_id`).
 pub const HEADER_SERVER_ID: &str = "x-intersync-server";
 /// Media type of a librsync delta body.
 pub const MEDIA_DELTA: &str = "application/x-librsync-delta";

@@ -649,10 +649,15 @@ impl Service {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        response.headers_mut().insert(
-            HEADER_SERVER_ID,
-            HeaderValue::from_str(&self.export.node().to_string()).expect("hex"),
-        );
+        // A head's body names the server already; every sync reads one.
+        let named = path.split('?').next() == Some("/.intersync/head")
+            && response.status() == StatusCode::OK;
+        if !named {
+            response.headers_mut().insert(
+                HEADER_SERVER_ID,
+                HeaderValue::from_str(&self.export.node().to_string()).expect("hex"),
+            );
+        }
         tracing::debug!(%peer, %method, %path, status = response.status().as_u16(), "request");
         if let Some(log) = &self.options.access_log {
             log.log(peer, &method, &path, version, &response);
