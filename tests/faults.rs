@@ -14,7 +14,7 @@ use crate::client::sync_ok;
 use crate::util::{Dir, Server, http, intersync, random_bytes};
 
 /// Kills in each of the six scenarios below: 102 in all.
-const KILLS: usize = 17;
+const KILLS: usize = 20;
 
 /// Delays between `lo` and `hi` milliseconds, from `seed` (xorshift).
 fn delays(seed: u64, lo: u64, hi: u64) -> impl Iterator<Item = Duration> {
@@ -152,9 +152,10 @@ fn clients_killed_mid_pull_install_only_whole_files() {
     a_fresh_clone_equals(&server.url, &export.path(""));
 }
 
-/// A client killed while it pushes a thousand new files: the server holds
-/// only whole files, each as the client wrote it, and the next sync sends
-/// the rest; nothing the client wrote is lost.
+/// A client killed while it pushes a thousand new files (and saves its
+/// state, a transaction of hundreds of rows): the server holds only whole
+/// files, each as the client wrote it, and the next sync sends the rest;
+/// nothing the client wrote is lost, and nothing is sent twice.
 #[test]
 fn a_client_killed_mid_push_loses_nothing() {
     let export = Dir::new();
@@ -192,6 +193,17 @@ fn a_client_killed_mid_push_loses_nothing() {
         files(&export.path("")) == files(&wc),
         "the server lacks what the client wrote"
     );
+    // Whatever the kills left of the state (a save cut short, a push the
+    // state never heard was acknowledged), it was repaired: one more sync
+    // sends nothing twice.
+    let journal = || {
+        crate::util::get(&format!("{}.intersync/head", server.url), &[])
+            .header("etag")
+            .to_owned()
+    };
+    let before = journal();
+    sync_ok(&server.url, &wc);
+    assert_eq!(journal(), before, "a sync after the kills wrote again");
     a_fresh_clone_equals(&server.url, &export.path(""));
 }
 
@@ -431,9 +443,10 @@ fn a_client_refuses_a_damaged_journal_served_to_it() {
     assert!(files(&wc).is_empty(), "installed from a damaged journal");
 }
 
-/// A byte flipped in a working copy's state: found before anything is
-/// read from it, named with the range it is in, and the sync does nothing
-/// (a version read wrong would make a file look edited, and pushed).
+/// A byte flipped in a working copy's state (a version, inside a row
+/// SQLite still reads as whole): found before anything is read from it,
+/// named, and the sync does nothing (a version read wrong would make a
+/// file look edited, and pushed).
 #[test]
 fn a_flipped_byte_in_a_working_copys_state_is_found_and_never_used() {
     let export = Dir::new();
@@ -444,22 +457,29 @@ fn a_flipped_byte_in_a_working_copys_state_is_found_and_never_used() {
     let clients = Dir::new();
     let wc = clients.path("wc");
     sync_ok(&server.url, &wc);
-    let state = wc.join(".intersync/state.json");
+    let state = wc.join(".intersync/state.db");
+    assert!(
+        !wc.join(".intersync/state.db-wal").exists(),
+        "the last sync left its log unmerged"
+    );
     let text = std::fs::read(&state).unwrap();
-    // A hex digit of a version: still JSON, still a version, but wrong.
+    let version = blake3::hash(&random_bytes(3, 2000));
     let at = text
-        .windows(9)
-        .position(|w| w == b"\"version\"")
-        .expect("a version")
-        + 12;
+        .windows(32)
+        .position(|w| w == version.as_bytes())
+        .expect("the version of f3 in the state")
+        + 7;
     let mut damaged = text.clone();
-    damaged[at] = if damaged[at] == b'0' { b'1' } else { b'0' };
+    damaged[at] ^= 0x10;
     std::fs::write(&state, &damaged).unwrap();
     let before = crate::client::tree(&export.path(""));
     let out = crate::util::run(intersync().arg("sync").arg(&server.url).arg(&wc));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
-    assert!(said.contains("damaged in bytes 0.."), "{said}");
+    assert!(
+        said.contains("damaged (the row of \"f3\" does not match its checksum)"),
+        "{said}"
+    );
     assert_eq!(
         std::fs::read(&state).unwrap(),
         damaged,

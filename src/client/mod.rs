@@ -33,6 +33,7 @@ mod pull;
 mod push;
 pub mod reconcile;
 mod round;
+mod state_db;
 pub mod upload;
 pub mod watch;
 pub mod working_copy;

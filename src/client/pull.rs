@@ -29,8 +29,8 @@ use crate::tree::scan::{self, CachedStat, Index, StatKey};
 pub struct Pulled {
     /// The new base: the server's tree (but where this pull could not
     /// bring a path in, what the disk still has), with the stats of what
-    /// the disk is known to hold.
-    pub base: Index,
+    /// the disk is known to hold. `None`: the base as it was.
+    pub base: Option<Index>,
     pub cursor: Cursor,
     pub server_id: String,
     /// The source is a static export: read only.
@@ -43,6 +43,16 @@ pub struct Pulled {
     /// Where the new base is not the server's tree: the server's entries
     /// (see [`Saved::server_differs`](super::working_copy::Saved)).
     pub server_differs: BTreeMap<TreePath, Option<crate::tree::Entry>>,
+    /// The scan this pull made, when the pull changed nothing (on disk or
+    /// in the base): what a push would find by scanning again.
+    pub scan: Option<Scanned>,
+}
+
+/// A scan against the base: the disk's tree, and the operations that
+/// bring the base to it.
+pub struct Scanned {
+    pub local: Index,
+    pub ops: Vec<intersync_protocol::kml::Op>,
 }
 
 /// One pull (see the module documentation).
@@ -52,11 +62,13 @@ pub async fn pull(
     options: SyncOptions,
     report: &mut SyncReport,
 ) -> Result<Pulled, SyncError> {
+    let started = std::time::Instant::now();
     let Followed {
         tree: server,
         cursor,
         head,
     } = follow::server_tree(wc, remote).await?;
+    tracing::debug!(ms = started.elapsed().as_millis(), "followed the journal");
     let ways = Ways {
         patches: head.patches && !head.static_export,
         by_blocks: head.static_export || options.cacheable_reads,
@@ -65,8 +77,35 @@ pub async fn pull(
     };
     // The disk as it is, against the base.
     let mut scanned = wc.saved.base.clone();
-    wc.scan(&mut scanned)?;
+    let ops = wc.scan(&mut scanned)?.ops;
+    tracing::debug!(
+        ms = started.elapsed().as_millis(),
+        ops = ops.len(),
+        "scanned"
+    );
     let placeholders: BTreeSet<TreePath> = wc.placeholders().paths().into_iter().collect();
+    if ops.is_empty()
+        && server.seq == wc.saved.base.state.seq
+        && wc.saved.server_differs.is_empty()
+        && (placeholders.is_empty() || options.lazy)
+    {
+        // Neither side moved since the last sync: the disk is the base,
+        // which is the server's tree. Nothing to plan, nothing to store.
+        drop_partials_except(wc, &HashSet::new());
+        return Ok(Pulled {
+            base: None,
+            server_differs: BTreeMap::new(),
+            scan: Some(Scanned {
+                local: scanned,
+                ops,
+            }),
+            cursor,
+            server_id: head.server_id,
+            static_export: head.static_export,
+            http2: head.http2,
+            disk_full: None,
+        });
+    }
     let stamp = scan::utc_stamp(scan::now_ns() / 1_000_000_000);
     let plan = reconcile::plan(&reconcile::Inputs {
         base: &wc.saved.base.state,
@@ -79,6 +118,8 @@ pub async fn pull(
     })
     .map_err(|e| SyncError::local(wc.root(), e))?;
     report.conflicts.extend(plan.conflicts.iter().cloned());
+    tracing::debug!(ms = started.elapsed().as_millis(), "planned");
+    let quiet = plan.does_nothing();
     let mut run = Run {
         wc,
         plan,
@@ -106,15 +147,36 @@ pub async fn pull(
     run.leftovers()?;
     run.attributes()?;
     let (base, server_differs) = run.new_base(server, &scanned);
+    tracing::debug!(ms = started.elapsed().as_millis(), "carried out");
+    let scan =
+        (quiet && run.skipped.is_empty() && base.state == wc.saved.base.state).then_some(Scanned {
+            local: scanned,
+            ops,
+        });
     Ok(Pulled {
-        base,
+        base: Some(base),
         server_differs,
+        scan,
         cursor,
         server_id: head.server_id,
         static_export: head.static_export,
         http2: head.http2,
         disk_full: run.disk_full,
     })
+}
+
+/// Removes the partial downloads of versions not `wanted`.
+fn drop_partials_except(wc: &WorkingCopy, wanted: &HashSet<String>) {
+    let Ok(entries) = fs::read_dir(wc.partial_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !wanted.contains(name.to_string_lossy().as_ref()) {
+            tracing::debug!(partial = ?name, "removing a partial download no longer wanted");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A plan being carried out, and what happened so far.
@@ -142,10 +204,6 @@ impl Run<'_> {
     /// otherwise hold their space forever, on a disk that may be full
     /// because of them.
     fn drop_stale_partials(&self) {
-        let dir = self.wc.partial_dir();
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return;
-        };
         let wanted: HashSet<String> = self
             .plan
             .installs
@@ -155,13 +213,7 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !wanted.contains(name.to_string_lossy().as_ref()) {
-                tracing::debug!(partial = ?name, "removing a partial download no longer wanted");
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        drop_partials_except(self.wc, &wanted);
     }
 
     fn pulled(&mut self, path: &TreePath, what: impl Into<String>) {

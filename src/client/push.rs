@@ -21,6 +21,7 @@ use intersync_protocol::batch::BatchOp;
 use intersync_protocol::kml::Op;
 use intersync_protocol::{TreePath, Version};
 
+use super::pull::Scanned;
 use super::upload::{self, Outgoing, Upload};
 use super::{Change, SyncError, SyncReport, WorkingCopy};
 use crate::delta::MappedFile;
@@ -117,15 +118,26 @@ fn plan(ops: &[Op], base: &TreeState, local: &TreeState) -> Vec<Step> {
     steps
 }
 
-/// Pushes local changes; returns whether anything reached the server.
+/// Pushes local changes (those of `scanned`, a scan against the current
+/// base, or else of a new scan); returns whether anything reached the server.
 pub async fn push(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
+    scanned: Option<Scanned>,
     report: &mut SyncReport,
 ) -> Result<bool, SyncError> {
     wc.absorb_fetched();
-    let mut scratch = wc.saved.base.clone();
-    let ops = wc.scan(&mut scratch)?.ops;
+    let Scanned {
+        local: scratch,
+        ops,
+    } = match scanned {
+        Some(s) => s,
+        None => {
+            let mut local = wc.saved.base.clone();
+            let ops = wc.scan(&mut local)?.ops;
+            Scanned { local, ops }
+        }
+    };
     let steps = plan(&ops, &wc.saved.base.state, &scratch.state);
     let mut pusher = Pusher {
         remote,

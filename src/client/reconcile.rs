@@ -71,6 +71,19 @@ pub struct Plan {
     pub local: TreeState,
 }
 
+impl Plan {
+    /// Whether carrying it out leaves the disk and the base as they are.
+    pub fn does_nothing(&self) -> bool {
+        self.changed_on_server.is_empty()
+            && self.asides.is_empty()
+            && self.conflicts.is_empty()
+            && self.removals.is_empty()
+            && self.moves.is_empty()
+            && self.installs.is_empty()
+            && self.attributes.is_empty()
+    }
+}
+
 /// One removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {

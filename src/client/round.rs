@@ -4,7 +4,7 @@
 
 use intersync_protocol::TreePath;
 
-use super::pull::{self, Pulled};
+use super::pull::{self, Pulled, Scanned};
 use super::{Change, SyncError, SyncOptions, SyncReport, WorkingCopy, push};
 use crate::transport::Remote;
 use crate::tree::EntryKind;
@@ -20,6 +20,8 @@ pub async fn sync(
     // A full disk stops a pull's fetching, not the round: local changes
     // are still pushed, then the round ends with that error.
     let mut disk_full = None;
+    // The pull's scan, when the push may take it as its own.
+    let mut scanned = None;
     if wc.moved_from.is_some() && !options.pull {
         // A push alone reads no head: make sure the new URL is the same
         // export before anything is written there.
@@ -29,7 +31,7 @@ pub async fn sync(
         wc.keep_versions(options.keep_versions);
     }
     if options.pull {
-        disk_full = pull_into(wc, remote, options, &mut report).await?;
+        (disk_full, scanned) = pull_into(wc, remote, options, &mut report).await?;
         wc.save()?;
     }
     if options.push && wc.saved.static_export {
@@ -40,10 +42,10 @@ pub async fn sync(
             });
         }
     } else if options.push {
-        let pushed_any = push::push(wc, remote, &mut report).await?;
+        let pushed_any = push::push(wc, remote, scanned, &mut report).await?;
         if pushed_any && options.pull {
             // Our own writes come back as journal records: move past them.
-            let again = pull_into(wc, remote, options, &mut report).await?;
+            let (again, _) = pull_into(wc, remote, options, &mut report).await?;
             disk_full = disk_full.or(again);
         }
     }
@@ -64,13 +66,14 @@ pub async fn sync(
 }
 
 /// A pull, and what it found made the working copy's memory of the
-/// server; the disk-full error that stopped its fetching, if one did.
+/// server; the disk-full error that stopped its fetching, if one did, and
+/// its scan if a push may take it (the pull changed nothing).
 async fn pull_into(
     wc: &mut WorkingCopy,
     remote: &impl Remote,
     options: SyncOptions,
     report: &mut SyncReport,
-) -> Result<Option<SyncError>, SyncError> {
+) -> Result<(Option<SyncError>, Option<Scanned>), SyncError> {
     wc.absorb_fetched();
     let Pulled {
         base,
@@ -80,12 +83,15 @@ async fn pull_into(
         http2,
         disk_full,
         server_differs,
+        scan,
     } = pull::pull(wc, remote, options, report).await?;
     wc.saved.static_export = static_export;
     wc.saved.http2 = http2;
-    wc.saved.base = base;
-    wc.saved.server_differs = server_differs;
+    if let Some(base) = base {
+        wc.replace_base(base);
+        wc.saved.server_differs = server_differs;
+    }
     wc.saved.cursor = cursor;
     wc.saved.server_id = Some(server_id);
-    Ok(disk_full)
+    Ok((disk_full, scan))
 }

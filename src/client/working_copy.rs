@@ -1,10 +1,12 @@
 //! A working copy on disk: its folder, and under `.intersync/` the base
 //! (the server's tree as of the last pull, with stats), the journal cursor,
-//! the node id, partial downloads and the conflicts not yet looked at.
+//! the node id, partial downloads and the conflicts not yet looked at. The
+//! state lives in `state.db` ([`super::state_db`]); what each save must
+//! write is tracked here, as the base is replaced and placeholders fetched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::SyncError;
-use crate::install::PendingFile;
+use super::state_db::{self, Dirty, StateDb};
 use crate::tree::Entry;
 use crate::tree::scan::{self, CachedStat, Index};
 use crate::versions::{Budget, VersionStore};
@@ -27,6 +29,17 @@ pub enum WorkingCopyError {
     Io { path: PathBuf, source: io::Error },
     #[error("{}: not a working copy state file: {reason}", path.display())]
     BadState { path: PathBuf, reason: String },
+    #[error("{}: {source}", path.display())]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{}: damaged ({what} does not match its checksum), and not used; move it away and \
+         sync again to rebuild it from the server",
+        path.display()
+    )]
+    DamagedDb { path: PathBuf, what: String },
     #[error(
         "{}: damaged in bytes {start}..{end} (their checksum does not match), and not used; \
          move it away and sync again to rebuild it from the server",
@@ -72,7 +85,7 @@ pub struct Conflict {
     pub what: String,
 }
 
-/// Everything a working copy remembers, saved as one JSON file.
+/// Everything a working copy remembers (once one JSON file, `state.json`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Saved {
     pub url: String,
@@ -127,17 +140,21 @@ impl Placeholders {
             .push((path, entry, stat));
     }
 
-    /// Gives `index` the stats of fetched files it still has as fetched.
-    fn teach(&self, index: &mut Index, drain: bool) {
+    /// Gives `index` the stats of fetched files it still has as fetched;
+    /// the paths it gave a stat.
+    fn teach(&self, index: &mut Index, drain: bool) -> Vec<TreePath> {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        let mut taught = Vec::new();
         for (path, entry, stat) in fetched.iter() {
             if index.state.get(path) == Some(entry) {
                 index.stats.insert(path.clone(), *stat);
+                taught.push(path.clone());
             }
         }
         if drain {
             fetched.clear();
         }
+        taught
     }
 
     pub fn get(&self, path: &TreePath) -> Option<Entry> {
@@ -214,7 +231,14 @@ impl Placeholders {
 pub struct WorkingCopy {
     root: PathBuf,
     state_dir: PathBuf,
+    /// Read freely; the base is replaced only through
+    /// [`WorkingCopy::replace_base`], which tells the next save what to write.
     pub saved: Saved,
+    db: StateDb,
+    /// The paths whose rows the next save writes.
+    dirty: Dirty,
+    /// The placeholders as last saved.
+    saved_placeholders: BTreeSet<TreePath>,
     placeholders: Arc<Placeholders>,
     /// The versions synced, to push edits as patches from.
     versions: Option<VersionStore>,
@@ -233,8 +257,7 @@ impl WorkingCopy {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let root = dir.canonicalize().map_err(io_err(dir))?;
         let state_dir = root.join(STATE_DIR);
-        let state_file = state_dir.join("state.json");
-        if state_file.exists() {
+        if state_dir.join(state_db::FILE_NAME).exists() || state_dir.join(LEGACY_STATE).exists() {
             // A working copy follows its export's id, not a URL: the same
             // export at a new address (another port, another name, a cache
             // in front) is taken, once its head says it is the same one.
@@ -245,38 +268,53 @@ impl WorkingCopy {
             return Ok(wc);
         }
         fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
-        let mut wc = WorkingCopy {
-            root,
-            state_dir,
-            saved: Saved {
-                url: url.to_owned(),
-                node: rand::rng().next_u64(),
-                ..Saved::default()
-            },
-            placeholders: Arc::default(),
-            versions: None,
-            moved_from: None,
+        let saved = Saved {
+            url: url.to_owned(),
+            node: rand::rng().next_u64(),
+            ..Saved::default()
         };
+        let mut wc = WorkingCopy::with(root, state_dir, saved, Dirty::All)?;
         wc.save()?;
         Ok(wc)
     }
 
-    /// Opens an existing working copy.
+    /// Opens an existing working copy; one whose state is still the JSON
+    /// file of before is moved into the database first.
     pub fn open(dir: &Path) -> Result<WorkingCopy, WorkingCopyError> {
         let root = dir.canonicalize().map_err(io_err(dir))?;
         let state_dir = root.join(STATE_DIR);
-        let path = state_dir.join("state.json");
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let json = checked(&bytes).map_err(|(start, end)| WorkingCopyError::DamagedState {
-            path: path.clone(),
-            start,
-            end,
-        })?;
-        let saved: Saved =
-            serde_json::from_slice(json).map_err(|e| WorkingCopyError::BadState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let legacy = state_dir.join(LEGACY_STATE);
+        if !state_dir.join(state_db::FILE_NAME).exists() {
+            // Not a working copy: say which file is missing, and create nothing.
+            fs::metadata(&legacy).map_err(io_err(&legacy))?;
+        }
+        let db = StateDb::open(&state_dir)?;
+        if db.is_empty()? && legacy.exists() {
+            drop(db);
+            let saved = read_legacy(&legacy)?;
+            let mut wc = WorkingCopy::with(root, state_dir, saved, Dirty::All)?;
+            wc.save()?;
+            fs::remove_file(&legacy).map_err(io_err(&legacy))?;
+            tracing::info!(path = %legacy.display(), "working copy state moved into state.db");
+            return Ok(wc);
+        }
+        let started = std::time::Instant::now();
+        let saved = db.load()?;
+        drop(db);
+        tracing::debug!(
+            ms = started.elapsed().as_millis(),
+            rows = saved.base.state.len(),
+            "state loaded"
+        );
+        WorkingCopy::with(root, state_dir, saved, Dirty::default())
+    }
+
+    fn with(
+        root: PathBuf,
+        state_dir: PathBuf,
+        saved: Saved,
+        dirty: Dirty,
+    ) -> Result<WorkingCopy, WorkingCopyError> {
         let placeholders = Placeholders::default();
         for path in &saved.placeholders {
             if let Some(e) = saved.base.state.get(path).filter(|e| e.version().is_some()) {
@@ -284,9 +322,12 @@ impl WorkingCopy {
             }
         }
         Ok(WorkingCopy {
+            db: StateDb::open(&state_dir)?,
             root,
             state_dir,
+            saved_placeholders: saved.placeholders.clone(),
             saved,
+            dirty,
             placeholders: Arc::new(placeholders),
             versions: None,
             moved_from: None,
@@ -339,7 +380,15 @@ impl WorkingCopy {
 
     /// Moves the stats of placeholders fetched since into the base.
     pub fn absorb_fetched(&mut self) {
-        self.placeholders.teach(&mut self.saved.base, true);
+        for path in self.placeholders.teach(&mut self.saved.base, true) {
+            self.dirty.mark(&path);
+        }
+    }
+
+    /// Makes `base` the base; the next save writes the rows it changed.
+    pub fn replace_base(&mut self, base: Index) {
+        let old = std::mem::replace(&mut self.saved.base, base);
+        mark_changes(&mut self.dirty, &old, &self.saved.base);
     }
 
     /// Scans the disk against `index` (the base, or a copy of it), taking
@@ -352,18 +401,20 @@ impl WorkingCopy {
             .map_err(|e| SyncError::local(&self.root, e))
     }
 
-    /// Saves the state atomically.
+    /// Saves the state in one transaction: the head, and the rows of the
+    /// base that changed since the last save.
     pub fn save(&mut self) -> Result<(), WorkingCopyError> {
-        self.saved.placeholders = self.placeholders.paths().into_iter().collect();
-        let path = self.state_dir.join("state.json");
-        let json =
-            serde_json::to_vec(&self.saved).map_err(|e| io_err(&path)(io::Error::other(e)))?;
-        let mut file = PendingFile::create(&path).map_err(io_err(&path))?;
-        file.write_all(&json)
-            .and_then(|()| file.write_all(&checksums(&json)))
-            .and_then(|()| file.flush())
-            .map_err(io_err(&path))?;
-        file.install().map_err(io_err(&path))
+        let placeholders: BTreeSet<TreePath> = self.placeholders.paths().into_iter().collect();
+        for p in self.saved_placeholders.symmetric_difference(&placeholders) {
+            self.dirty.mark(p);
+        }
+        self.saved.placeholders = placeholders;
+        let started = std::time::Instant::now();
+        self.db.save(&self.saved, &self.dirty)?;
+        tracing::debug!(ms = started.elapsed().as_millis(), "state saved");
+        self.dirty = Dirty::default();
+        self.saved_placeholders = self.saved.placeholders.clone();
+        Ok(())
     }
 
     /// Local changes not yet pushed: what a scan finds against the base.
@@ -384,13 +435,69 @@ impl WorkingCopy {
     }
 }
 
-/// The state file is its JSON (one line: serde_json writes no raw
-/// newline) and a line of CRC-32s, one for each [`CHECKED`] bytes of it,
-/// so that a damaged byte is found and placed before anything is read.
+/// The state file of before the database: its JSON (one line: serde_json
+/// writes no raw newline) and a line of CRC-32s, one for each [`CHECKED`]
+/// bytes of it.
+const LEGACY_STATE: &str = "state.json";
 const CHECKED: usize = 64 << 10;
 const CHECKSUMS: &[u8] = b"#crc32/65536";
 
-/// The line of checksums of `json`.
+/// The state saved in `path` by a version before the database.
+fn read_legacy(path: &Path) -> Result<Saved, WorkingCopyError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let json = checked(&bytes).map_err(|(start, end)| WorkingCopyError::DamagedState {
+        path: path.to_owned(),
+        start,
+        end,
+    })?;
+    serde_json::from_slice(json).map_err(|e| WorkingCopyError::BadState {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Marks what differs between `old` and `new`: a path in one only, or with
+/// another entry or stat.
+fn mark_changes(dirty: &mut Dirty, old: &Index, new: &Index) {
+    if matches!(dirty, Dirty::All) {
+        return;
+    }
+    let (mut a, mut b) = (old.state.iter().peekable(), new.state.iter().peekable());
+    loop {
+        let path = match (a.peek().copied(), b.peek().copied()) {
+            (None, None) => break,
+            (Some((pa, _)), None) => {
+                a.next();
+                Some(pa)
+            }
+            (None, Some((pb, _))) => {
+                b.next();
+                Some(pb)
+            }
+            (Some((pa, ea)), Some((pb, eb))) => match pa.cmp(pb) {
+                std::cmp::Ordering::Less => {
+                    a.next();
+                    Some(pa)
+                }
+                std::cmp::Ordering::Greater => {
+                    b.next();
+                    Some(pb)
+                }
+                std::cmp::Ordering::Equal => {
+                    a.next();
+                    b.next();
+                    (ea != eb || old.stats.get(pa) != new.stats.get(pb)).then_some(pa)
+                }
+            },
+        };
+        if let Some(p) = path {
+            dirty.mark(p);
+        }
+    }
+}
+
+#[cfg(test)]
+/// The line of checksums of `json`, as versions before the database wrote it.
 fn checksums(json: &[u8]) -> Vec<u8> {
     let mut line = Vec::with_capacity(CHECKSUMS.len() + 2 + json.len() / CHECKED * 8 + 8);
     line.push(b'\n');
@@ -433,4 +540,75 @@ fn checked(bytes: &[u8]) -> Result<&[u8], (u64, u64)> {
 
 fn normalise(url: &str) -> &str {
     url.trim_end_matches('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::EntryKind;
+
+    /// A working copy saved as one JSON file (before the database) opens,
+    /// moves into `state.db` once, and keeps all it knew.
+    #[test]
+    fn a_state_of_before_the_database_is_moved_into_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join(STATE_DIR);
+        fs::create_dir_all(&state_dir).unwrap();
+        let mut saved = Saved {
+            url: "http://127.0.0.1:9/".into(),
+            server_id: Some("s1".into()),
+            node: 99,
+            last_sync_ns: Some(5),
+            ..Saved::default()
+        };
+        for n in 0..3u8 {
+            saved.base.state.insert(
+                TreePath::new(&format!("f{n}")).unwrap(),
+                Entry {
+                    kind: EntryKind::File {
+                        version: Version([n; 32]),
+                        size: 1,
+                    },
+                    mode: 0o600,
+                    mtime_ns: 10,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
+        }
+        saved.base.state.seq = 3;
+        saved.conflicts.push(Conflict {
+            path: TreePath::new("f1").unwrap(),
+            kept_as: None,
+            what: "both edited".into(),
+        });
+        let json = serde_json::to_vec(&saved).unwrap();
+        let legacy = state_dir.join(LEGACY_STATE);
+        fs::write(&legacy, [json.clone(), checksums(&json)].concat()).unwrap();
+
+        let wc = WorkingCopy::open(dir.path()).unwrap();
+        assert_eq!(wc.saved.base.state, saved.base.state);
+        assert_eq!(wc.saved.conflicts, saved.conflicts);
+        assert_eq!((wc.saved.node, wc.saved.last_sync_ns), (99, Some(5)));
+        assert!(!legacy.exists(), "the JSON state was left behind");
+        drop(wc);
+        let again = WorkingCopy::open(dir.path()).unwrap();
+        assert_eq!(again.saved.base.state, saved.base.state);
+        assert_eq!(again.saved.server_id.as_deref(), Some("s1"));
+    }
+
+    /// A folder that is not a working copy opens as an error, and is left
+    /// without a database.
+    #[test]
+    fn opening_a_folder_that_is_not_a_working_copy_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(STATE_DIR)).unwrap();
+        assert!(WorkingCopy::open(dir.path()).is_err());
+        assert!(
+            !dir.path()
+                .join(STATE_DIR)
+                .join(state_db::FILE_NAME)
+                .exists()
+        );
+    }
 }

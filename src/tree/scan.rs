@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::{self, Metadata};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +43,21 @@ impl StatKey {
             size: meta.size(),
             mtime_ns: mtime_ns(meta),
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+impl StatKey {
+    /// The key of a stat taken with `fstatat` (the scan's, relative to its
+    /// folder): the same fields, so that it equals the key of a
+    /// [`Metadata`] of the same file.
+    pub fn of_stat(st: &rustix::fs::Stat) -> StatKey {
+        StatKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64,
         }
     }
 }
@@ -134,7 +150,11 @@ pub struct ScanOutcome {
 
 /// One path as found on disk.
 struct Found {
-    meta: Metadata,
+    key: StatKey,
+    /// Permission bits, without the file type.
+    mode: u32,
+    uid: u32,
+    gid: u32,
     kind: FoundKind,
 }
 
@@ -173,35 +193,40 @@ pub fn scan_with(
     keep: Option<&Keep>,
 ) -> io::Result<ScanOutcome> {
     let mut outcome = ScanOutcome::default();
-    let mut found = Vec::new();
-    walk(root, None, &mut found, &mut outcome.skipped, hide)?;
-    let found: HashMap<TreePath, Found> = found.into_iter().collect();
-    let mut paths: Vec<&TreePath> = found.keys().collect();
-    paths.sort();
+    let walked = Walked::default();
+    rayon::scope(|s| walk(s, root.to_owned(), None, &walked, hide));
+    let Walked {
+        found,
+        skipped,
+        failed,
+    } = walked;
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    outcome.skipped = skipped.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let found = Sorted(found);
     let start_seq = index.state.seq;
     let mut scan = Scan {
         root,
-        // Where each inode was, for rename detection.
-        by_inode: index
-            .stats
-            .iter()
-            .map(|(p, s)| ((s.key.dev, s.key.ino), p.clone()))
-            .collect(),
+        by_inode: None,
         index,
         found: &found,
         outcome,
         now_ns: now_ns(),
     };
-    for path in paths {
-        scan.path(path)?;
+    for (path, f) in &found.0 {
+        scan.path(path, f)?;
     }
     // Whatever the state still has that the disk does not: children first.
     let gone: Vec<TreePath> = scan
         .index
         .state
         .iter()
-        .map(|(p, _)| p.clone())
-        .filter(|p| !found.contains_key(p) && !keep.is_some_and(|k| k(p)))
+        .map(|(p, _)| p)
+        .filter(|p| found.get(p).is_none() && !keep.is_some_and(|k| k(p)))
+        .cloned()
         .collect();
     for path in gone.iter().rev() {
         if scan.index.state.get(path).is_some() {
@@ -215,13 +240,27 @@ pub fn scan_with(
     Ok(scan.outcome)
 }
 
+/// What a walk found, in path order.
+struct Sorted(Vec<(TreePath, Found)>);
+
+impl Sorted {
+    fn get(&self, path: &TreePath) -> Option<&Found> {
+        self.0
+            .binary_search_by(|(p, _)| p.cmp(path))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+}
+
 /// A scan under way: the index it brings to what was found, and the
 /// operations that do so.
 struct Scan<'a> {
     root: &'a Path,
     index: &'a mut Index,
-    found: &'a HashMap<TreePath, Found>,
-    by_inode: HashMap<(u64, u64), TreePath>,
+    found: &'a Sorted,
+    /// Where each inode was, for rename detection: made when a path first
+    /// holds an inode its stat does not name (never, when nothing moved).
+    by_inode: Option<HashMap<(u64, u64), TreePath>>,
     outcome: ScanOutcome,
     now_ns: i64,
 }
@@ -243,16 +282,17 @@ impl Scan<'_> {
     }
 
     /// Brings the index to what was found at `path`.
-    fn path(&mut self, path: &TreePath) -> io::Result<()> {
-        let f = &self.found[path];
-        let key = StatKey::of(&f.meta);
+    fn path(&mut self, path: &TreePath, f: &Found) -> io::Result<()> {
+        let key = f.key;
         if let Some(from) = self.renamed_from(path, f, &key) {
             self.push(Op::Rename {
                 from: from.clone(),
                 to: path.clone(),
             })?;
             move_stats(&mut self.index.stats, &from, path);
-            self.by_inode.remove(&(key.dev, key.ino));
+            if let Some(by_inode) = &mut self.by_inode {
+                by_inode.remove(&(key.dev, key.ino));
+            }
             return Ok(());
         }
         if self
@@ -264,7 +304,7 @@ impl Scan<'_> {
             self.remove(path)?;
         }
         let existing = self.index.state.get(path).cloned();
-        let mode = f.meta.mode() & 0o7777;
+        let mode = f.mode;
         match (&f.kind, existing) {
             (FoundKind::Dir, None) => self.push(Op::Mkdir {
                 path: path.clone(),
@@ -300,29 +340,42 @@ impl Scan<'_> {
             key,
             seen_ns: self.now_ns,
         };
-        self.index.stats.insert(path.clone(), seen);
+        match self.index.stats.get_mut(path) {
+            Some(s) => *s = seen,
+            None => {
+                self.index.stats.insert(path.clone(), seen);
+            }
+        }
         Ok(())
     }
 
     /// Where the inode at `path` was, if this is a rename: it was
     /// elsewhere, that place no longer holds it, the kind is the same, and
     /// (for a file) so are its size and mtime.
-    fn renamed_from(&self, path: &TreePath, f: &Found, key: &StatKey) -> Option<TreePath> {
+    fn renamed_from(&mut self, path: &TreePath, f: &Found, key: &StatKey) -> Option<TreePath> {
         let inode = (key.dev, key.ino);
-        let index = &*self.index;
-        if index
+        if self
+            .index
             .stats
             .get(path)
             .is_some_and(|s| (s.key.dev, s.key.ino) == inode)
         {
             return None;
         }
-        let from = self.by_inode.get(&inode)?;
+        let stats = &self.index.stats;
+        let by_inode = self.by_inode.get_or_insert_with(|| {
+            stats
+                .iter()
+                .map(|(p, s)| ((s.key.dev, s.key.ino), p.clone()))
+                .collect()
+        });
+        let index = &*self.index;
+        let from = by_inode.get(&inode)?;
         let old = index.state.get(from)?;
         let moved_away = self
             .found
             .get(from)
-            .is_none_or(|g| (g.meta.dev(), g.meta.ino()) != inode);
+            .is_none_or(|g| (g.key.dev, g.key.ino) != inode);
         // A folder's mtime moves with its contents; its inode is enough.
         let same_file = matches!(f.kind, FoundKind::Dir)
             || index
@@ -410,11 +463,11 @@ impl Scan<'_> {
         if matches!(entry.kind, EntryKind::File { .. }) && entry.mtime_ns != key.mtime_ns {
             attrs.mtime_ns = Some(key.mtime_ns);
         }
-        if entry.uid != f.meta.uid() {
-            attrs.uid = Some(f.meta.uid());
+        if entry.uid != f.uid {
+            attrs.uid = Some(f.uid);
         }
-        if entry.gid != f.meta.gid() {
-            attrs.gid = Some(f.meta.gid());
+        if entry.gid != f.gid {
+            attrs.gid = Some(f.gid);
         }
         if attrs != Attrs::default() {
             self.push(Op::Setattr {
@@ -498,26 +551,79 @@ pub fn hash_file(path: &Path) -> io::Result<Version> {
     Ok(Version::from_hasher(&hasher))
 }
 
-fn walk(
-    dir: &Path,
-    prefix: Option<&TreePath>,
-    out: &mut Vec<(TreePath, Found)>,
-    skipped: &mut Vec<Skipped>,
-    hide: Option<&Hide>,
-) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        // A folder that vanished mid-walk is simply gone.
-        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_some() => return Ok(()),
-        Err(e) => return Err(e),
+/// What the walkers found, shared between them.
+#[derive(Default)]
+struct Walked {
+    found: std::sync::Mutex<Vec<(TreePath, Found)>>,
+    skipped: std::sync::Mutex<Vec<Skipped>>,
+    /// The first error that stops the scan.
+    failed: std::sync::Mutex<Option<io::Error>>,
+}
+
+/// Lists `dir` (the tree's `prefix`, `None` at the top) into `walked`,
+/// each name stat'ed relative to the folder, and walks each folder in it
+/// as a task of its own, so that both cores stat.
+fn walk<'s>(
+    s: &rayon::Scope<'s>,
+    dir: PathBuf,
+    prefix: Option<TreePath>,
+    walked: &'s Walked,
+    hide: Option<&'s Hide>,
+) {
+    let failed = |e: io::Error| {
+        walked
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
     };
-    for entry in entries {
+    let listing = match list(&dir, prefix.as_ref(), hide) {
+        Ok(l) => l,
+        // A folder that vanished mid-walk is simply gone.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_some() => return,
+        Err(e) => return failed(e),
+    };
+    let Listing { found, skipped } = listing;
+    for (path, f) in &found {
+        if matches!(f.kind, FoundKind::Dir) {
+            let (dir, path) = (dir.join(path.file_name()), path.clone());
+            s.spawn(move |s| walk(s, dir, Some(path), walked, hide));
+        }
+    }
+    if !skipped.is_empty() {
+        let mut all = walked.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(skipped);
+    }
+    let mut all = walked.found.lock().unwrap_or_else(|p| p.into_inner());
+    all.extend(found);
+}
+
+/// One folder's entries.
+struct Listing {
+    found: Vec<(TreePath, Found)>,
+    skipped: Vec<Skipped>,
+}
+
+fn list(dir: &Path, prefix: Option<&TreePath>, hide: Option<&Hide>) -> io::Result<Listing> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut listing = Listing {
+        found: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let full = entry.path();
-        let Some(name) = name.to_str() else {
-            skipped.push(Skipped {
-                path: full,
+        let raw = entry.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(raw) else {
+            listing.skipped.push(Skipped {
+                path: dir.join(std::ffi::OsStr::from_bytes(raw)),
                 reason: "name is not UTF-8".into(),
             });
             continue;
@@ -528,45 +634,46 @@ fn walk(
         let path = match prefix.map_or_else(|| TreePath::new(name), |p| p.join(name)) {
             Ok(p) => p,
             Err(e) => {
-                skipped.push(Skipped {
-                    path: full,
+                listing.skipped.push(Skipped {
+                    path: dir.join(name),
                     reason: e.to_string(),
                 });
                 continue;
             }
         };
-        let meta = match fs::symlink_metadata(&full) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let st = match rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
         };
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            FoundKind::Dir
-        } else if ft.is_file() {
-            FoundKind::File
-        } else if ft.is_symlink() {
-            match fs::read_link(&full) {
-                Ok(t) => FoundKind::Symlink(t.into_os_string().into_encoded_bytes()),
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => FoundKind::Dir,
+            FileType::RegularFile => FoundKind::File,
+            FileType::Symlink => match rustix::fs::readlinkat(&fd, entry.file_name(), Vec::new()) {
+                Ok(t) => FoundKind::Symlink(t.into_bytes()),
                 Err(_) => continue,
+            },
+            _ => {
+                listing.skipped.push(Skipped {
+                    path: dir.join(name),
+                    reason: "not a file, folder or symlink".into(),
+                });
+                continue;
             }
-        } else {
-            skipped.push(Skipped {
-                path: full,
-                reason: "not a file, folder or symlink".into(),
-            });
-            continue;
         };
-        let is_dir = matches!(kind, FoundKind::Dir);
-        if hide.is_some_and(|h| h(&path, is_dir)) {
+        if hide.is_some_and(|h| h(&path, matches!(kind, FoundKind::Dir))) {
             continue;
         }
-        out.push((path.clone(), Found { meta, kind }));
-        if is_dir {
-            walk(&full, Some(&path), out, skipped, hide)?;
-        }
+        let found = Found {
+            key: StatKey::of_stat(&st),
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            kind,
+        };
+        listing.found.push((path, found));
     }
-    Ok(())
+    Ok(listing)
 }
 
 #[cfg(test)]

@@ -60,6 +60,18 @@ pub struct TreeState {
 }
 
 impl TreeState {
+    /// The state of `entries` at `seq` (built in one pass when they come
+    /// in path order, as a database reads them).
+    pub fn from_entries(
+        seq: u64,
+        entries: impl IntoIterator<Item = (TreePath, Entry)>,
+    ) -> TreeState {
+        TreeState {
+            seq,
+            entries: entries.into_iter().collect(),
+        }
+    }
+
     pub fn get(&self, path: &TreePath) -> Option<&Entry> {
         self.entries.get(path)
     }
