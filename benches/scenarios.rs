@@ -1,4 +1,4 @@
-//! The scenario benchmark: S0 to S8 with InterSync (smart server and static
+//! The scenario benchmark: S0 to S9 with InterSync (smart server and static
 //! export behind nginx), a full fetch with curl, rsync (plain and `-z`) and
 //! zsync, side by side, every byte counted at the socket, over loopback and
 //! two slow links.
@@ -6,6 +6,10 @@
 //!     cargo bench --bench scenarios [-- --scale 0.02] [--runs 3] [--slow-runs 1] [--max-step 300]
 //!         [--links loopback,slow,slow-delayed] [--tools smart,static,full,rsync,rsync-z,zsync]
 //!         [--scenarios S0,S1,...] [--out target/bench] [--add EARLIER.json] [--note TEXT]
+//!
+//! S9 (a million files: `S9`, `S9e1`, `S9e100`) runs only when named, as
+//! `--scenarios S9,S9e1,S9e100 --tools smart,rsync`: each run of each tool
+//! copies and first syncs the whole tree before the step it measures.
 //!
 //! Needs nginx, curl, rsync, zsync, zsyncmake and, for the slow links, root
 //! and iproute2 (`.ci/run` installs them). Writes `scenarios.md`,

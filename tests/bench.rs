@@ -125,6 +125,41 @@ fn every_tool_on_every_scenario_at_small_scale() {
     assert!(s8u.total_bytes() < s8u_z.total_bytes(), "{s8u:?}");
 }
 
+/// S9, a very large tree, at a fiftieth of its size (20,000 files): a
+/// no-op costs one request and under a kilobyte, one edit and a hundred
+/// edits each a few requests, and every tree comes out right.
+#[test]
+fn the_million_file_scenarios_at_small_scale() {
+    let work = Dir::new();
+    let options = Options {
+        scale: 0.02,
+        runs: 1,
+        tools: vec![Tool::Smart, Tool::Rsync],
+        scenarios: ["S9", "S9e1", "S9e100"].map(String::from).to_vec(),
+        intersync: env!("CARGO_BIN_EXE_intersync").into(),
+        link: bench::link::Link::Loopback,
+        max_step: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let figures = runtime
+        .block_on(bench::run(&work.path(""), &options, |_, _, _| {}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for f in &figures {
+        println!("{f:?}");
+    }
+    assert_eq!(figures.len(), 6);
+    assert!(figures.iter().all(|f| f.correct), "{figures:#?}");
+    let noop = figure(&figures, "S9", Tool::Smart);
+    assert_eq!(noop.requests, Some(1), "{noop:?}");
+    assert!(noop.total_bytes() < 1024, "{noop:?}");
+    assert!(noop.note.contains("restart"), "{noop:?}");
+    for id in ["S9e1", "S9e100"] {
+        let f = figure(&figures, id, Tool::Smart);
+        assert!(f.requests <= Some(3), "{f:?}");
+        assert!(f.total_bytes() < f.full_fetch_bytes + 4096, "{f:?}");
+    }
+}
+
 /// The slow-link machinery: a network namespace with the shaped `lo`, the
 /// relay holding bytes back, and the run inside it. This test runs itself
 /// again inside a namespace (root is needed, as in CI) and checks what the

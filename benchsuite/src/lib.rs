@@ -115,7 +115,8 @@ pub struct Options {
     /// Runs of each tool and scenario; times are their median.
     pub runs: usize,
     pub tools: Vec<Tool>,
-    /// Scenario ids (`S0` to `S8`, and `S8u`) to run.
+    /// Scenario ids (`S0` to `S8`, `S8u`, and S9's `S9`, `S9e1` and
+    /// `S9e100`) to run.
     pub scenarios: Vec<String>,
     /// The `intersync` binary to measure.
     pub intersync: PathBuf,
@@ -246,6 +247,24 @@ pub fn prepare(dir: &Path, scale: f64, ids: &[String]) -> Result<Vec<Prepared>, 
                     tree::mirror(&upgraded, &new)?;
                     (u.changed_bytes, u.full_fetch_bytes)
                 }
+            }
+            ("S9" | "S9e1" | "S9e100", None) => {
+                // One tree for the three: nothing changed, one file, a hundred.
+                let million = dir.join("million");
+                let count = ((scenario::FULL_MILLION_FILES as f64 * scale) as usize).max(200);
+                if !million.exists() {
+                    std::fs::create_dir_all(&million)?;
+                    scenario::write_million_tree(&million, count)?;
+                }
+                tree::mirror(&million, &old)?;
+                tree::mirror(&million, &new)?;
+                let edits = match id.as_str() {
+                    "S9" => 0,
+                    "S9e1" => 1,
+                    _ => 100,
+                };
+                let c = scenario::edit_million_tree(&new, count, edits)?;
+                (c.changed_bytes, c.full_fetch_bytes)
             }
             _ => {
                 return Err(BenchError::Io(std::io::Error::other(format!(

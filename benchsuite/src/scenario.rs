@@ -2,8 +2,9 @@
 //! fixed seeds, so every benchmark, test and demo sees the same bytes.
 //!
 //! The single-file scenarios S1 to S5 each take a length, and the trees
-//! (S0, S6 and S7 of small random files, S8 of source-like text) a count
-//! of files, so CI can run small versions of the full-size originals.
+//! (S0, S6 and S7 of small random files, S8 of source-like text, S9 of a
+//! million tiny files) a count of files, so CI can run small versions of
+//! the full-size originals.
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -284,6 +285,55 @@ pub fn upgrade_source_tree(root: &std::path::Path, files: usize) -> std::io::Res
         change.changed_bytes += bytes.len() as u64;
         change.full_fetch_bytes += bytes.len() as u64;
         std::fs::write(path, bytes)?;
+    }
+    Ok(change)
+}
+
+/// Files in the full S9 tree.
+pub const FULL_MILLION_FILES: usize = 1_000_000;
+
+fn million_path(root: &std::path::Path, i: usize) -> std::path::PathBuf {
+    root.join(format!("d{:04}", i / 100))
+        .join(format!("f{i:07}"))
+}
+
+/// S9: writes `files` files of 100 B to 4 KiB of random data under `root`,
+/// a hundred to a folder (10,000 folders at full size); returns their
+/// total size.
+pub fn write_million_tree(root: &std::path::Path, files: usize) -> std::io::Result<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x59_00);
+    let mut total = 0;
+    for i in 0..files {
+        let path = million_path(root, i);
+        if i % 100 == 0 {
+            std::fs::create_dir_all(path.parent().expect("in a folder"))?;
+        }
+        let len = rng.random_range(100..=4096);
+        std::fs::write(path, random_bytes(&mut rng, len))?;
+        total += len as u64;
+    }
+    Ok(total)
+}
+
+/// S9's edits: `edits` files spread over a tree written by
+/// [`write_million_tree`], each with 1 to 64 bytes rewritten in place.
+pub fn edit_million_tree(
+    root: &std::path::Path,
+    files: usize,
+    edits: usize,
+) -> std::io::Result<TreeChange> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0x59_01);
+    let mut change = TreeChange::default();
+    for k in 0..edits {
+        let p = million_path(root, (k * (files / edits.max(1)).max(1) + 11) % files);
+        let mut data = std::fs::read(&p)?;
+        let len = rng.random_range(1..=64usize).min(data.len());
+        let at = rng.random_range(0..=data.len() - len);
+        rng.fill_bytes(&mut data[at..at + len]);
+        std::fs::write(&p, &data)?;
+        change.edited += 1;
+        change.changed_bytes += len as u64;
+        change.full_fetch_bytes += data.len() as u64;
     }
     Ok(change)
 }
