@@ -43,8 +43,9 @@ pub struct Pulled {
     /// Where the new base is not the server's tree: the server's entries
     /// (see [`Saved::server_differs`](super::working_copy::Saved)).
     pub server_differs: BTreeMap<TreePath, Option<crate::tree::Entry>>,
-    /// The scan this pull made, when the pull changed nothing (on disk or
-    /// in the base): what a push would find by scanning again.
+    /// The scan this pull made, when it found no local change or the pull
+    /// changed nothing (on disk or in the base): what a push would find by
+    /// scanning again.
     pub scan: Option<Scanned>,
 }
 
@@ -77,6 +78,7 @@ pub async fn pull(
     };
     // The disk as it is, against the base.
     let mut scanned = wc.saved.base.clone();
+    tracing::debug!(ms = started.elapsed().as_millis(), "base copied");
     let ops = wc.scan(&mut scanned)?.ops;
     tracing::debug!(
         ms = started.elapsed().as_millis(),
@@ -148,11 +150,15 @@ pub async fn pull(
     run.attributes()?;
     let (base, server_differs) = run.new_base(server, &scanned);
     tracing::debug!(ms = started.elapsed().as_millis(), "carried out");
-    let scan =
-        (quiet && run.skipped.is_empty() && base.state == wc.saved.base.state).then_some(Scanned {
-            local: scanned,
-            ops,
-        });
+    // With no local changes, the disk is the new base (but for what the
+    // round itself is not to push): a push would scan for nothing. A
+    // change made since the scan is found next round, as one made after a
+    // push's own scan would be.
+    let unchanged = quiet && run.skipped.is_empty() && base.state == wc.saved.base.state;
+    let scan = (ops.is_empty() || unchanged).then_some(Scanned {
+        local: scanned,
+        ops,
+    });
     Ok(Pulled {
         base: Some(base),
         server_differs,
@@ -562,7 +568,7 @@ impl Run<'_> {
                 }
             }
         }
-        let mut stats = HashMap::new();
+        let mut stats = HashMap::with_capacity(server.len());
         let root = self.wc.root();
         for (p, e) in server.iter() {
             if self.plan.kept(p) {

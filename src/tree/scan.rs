@@ -216,18 +216,38 @@ pub fn scan_with(
         outcome,
         now_ns: now_ns(),
     };
-    for (path, f) in &found.0 {
+    // Only what the state cannot vouch for is looked at closely: in a tree
+    // where nothing changed, nothing.
+    let changed: Vec<&(TreePath, Found)> = {
+        let (state, stats) = (&scan.index.state, &scan.index.stats);
+        let mut known = state.iter().peekable();
+        found
+            .0
+            .iter()
+            .filter(|(path, f)| {
+                while known.next_if(|(p, _)| *p < path).is_some() {}
+                let entry = known.next_if(|(p, _)| *p == path).map(|(_, e)| e);
+                !entry.is_some_and(|e| unchanged(e, stats.get(path), f))
+            })
+            .collect()
+    };
+    for (path, f) in changed {
         scan.path(path, f)?;
     }
     // Whatever the state still has that the disk does not: children first.
-    let gone: Vec<TreePath> = scan
-        .index
-        .state
-        .iter()
-        .map(|(p, _)| p)
-        .filter(|p| found.get(p).is_none() && !keep.is_some_and(|k| k(p)))
-        .cloned()
-        .collect();
+    let gone: Vec<TreePath> = {
+        let mut on_disk = found.0.iter().map(|(p, _)| p).peekable();
+        scan.index
+            .state
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| {
+                while on_disk.next_if(|d| d < p).is_some() {}
+                on_disk.next_if(|d| d == p).is_none() && !keep.is_some_and(|k| k(p))
+            })
+            .cloned()
+            .collect()
+    };
     for path in gone.iter().rev() {
         if scan.index.state.get(path).is_some() {
             scan.remove(path)?;
@@ -499,6 +519,27 @@ impl Scan<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether what was found at a path is what the state has there, by its
+/// stat alone: the same inode, a stat that vouches for the content, and
+/// the same attributes. [`Scan::path`] would change nothing for it.
+fn unchanged(e: &Entry, stat: Option<&CachedStat>, f: &Found) -> bool {
+    let Some(stat) = stat else {
+        return false;
+    };
+    let same_inode = (stat.key.dev, stat.key.ino) == (f.key.dev, f.key.ino);
+    let same_owner = e.uid == f.uid && e.gid == f.gid;
+    same_inode
+        && same_owner
+        && match (&e.kind, &f.kind) {
+            (EntryKind::File { .. }, FoundKind::File) => {
+                stat.vouches_for(&f.key) && e.mode == f.mode && e.mtime_ns == f.key.mtime_ns
+            }
+            (EntryKind::Dir, FoundKind::Dir) => e.mode == f.mode,
+            (EntryKind::Symlink { target }, FoundKind::Symlink(found)) => target == found,
+            _ => false,
+        }
 }
 
 fn same_kind(e: &Entry, f: &FoundKind) -> bool {
