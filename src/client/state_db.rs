@@ -110,6 +110,10 @@ impl StateDb {
     pub fn open(state_dir: &Path) -> Result<StateDb, WorkingCopyError> {
         let path = state_dir.join(FILE_NAME);
         let conn = Connection::open(&path).map_err(db_err(&path))?;
+        // Another intersync on the same working copy (a `status` while a
+        // `watch` saves) waits for its transaction rather than failing.
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db_err(&path))?;
         // WAL: a commit appends and syncs once; readers never see half of
         // one, and a kill at any point leaves the last commit.
         conn.execute_batch(
