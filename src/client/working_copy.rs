@@ -1,7 +1,7 @@
 //! A working copy on disk: its folder, and under `.intersync/` the base
 //! (the server's tree as of the last pull, with stats), the journal cursor,
 //! the node id, partial downloads and the conflicts not yet looked at. The
-//! state lives in `state.db` ([`super::state_db`]); what each save must
+//! state lives in `state.db` (`client::state_db`); what each save must
 //! write is tracked here, as the base is replaced and placeholders fetched.
 
 use std::collections::{BTreeMap, BTreeSet};
