@@ -257,7 +257,7 @@ impl WorkingCopy {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let root = dir.canonicalize().map_err(io_err(dir))?;
         let state_dir = root.join(STATE_DIR);
-        if state_dir.join(state_db::FILE_NAME).exists() || state_dir.join(LEGACY_STATE).exists() {
+        if has_saved_state(&state_dir)? {
             // A working copy follows its export's id, not a URL: the same
             // export at a new address (another port, another name, a cache
             // in front) is taken, once its head says it is the same one.
@@ -289,7 +289,17 @@ impl WorkingCopy {
             fs::metadata(&legacy).map_err(io_err(&legacy))?;
         }
         let db = StateDb::open(&state_dir)?;
-        if db.is_empty()? && legacy.exists() {
+        let empty = db.is_empty()?;
+        if !empty && legacy.exists() {
+            // Moved in by a sync killed before it could remove the old file.
+            fs::remove_file(&legacy).map_err(io_err(&legacy))?;
+        }
+        if empty && !legacy.exists() {
+            let path = state_dir.join(state_db::FILE_NAME);
+            let source = io::Error::new(io::ErrorKind::NotFound, "no state saved in it yet");
+            return Err(WorkingCopyError::Io { path, source });
+        }
+        if empty {
             drop(db);
             let saved = read_legacy(&legacy)?;
             let mut wc = WorkingCopy::with(root, state_dir, saved, Dirty::All)?;
@@ -433,6 +443,19 @@ impl WorkingCopy {
     pub fn partial_dir(&self) -> PathBuf {
         self.state_dir.join("partial")
     }
+}
+
+/// Whether `state_dir` holds a saved state: the database with its head
+/// row, or the JSON file of before. A database a first save never reached
+/// (killed at its creation) is none: the working copy is made anew.
+fn has_saved_state(state_dir: &Path) -> Result<bool, WorkingCopyError> {
+    if state_dir.join(LEGACY_STATE).exists() {
+        return Ok(true);
+    }
+    if !state_dir.join(state_db::FILE_NAME).exists() {
+        return Ok(false);
+    }
+    Ok(!StateDb::open(state_dir)?.is_empty()?)
 }
 
 /// The state file of before the database: its JSON (one line: serde_json
@@ -595,6 +618,21 @@ mod tests {
         let again = WorkingCopy::open(dir.path()).unwrap();
         assert_eq!(again.saved.base.state, saved.base.state);
         assert_eq!(again.saved.server_id.as_deref(), Some("s1"));
+    }
+
+    /// A working copy whose first save never happened (its database made,
+    /// then the process killed) is made anew by the next sync.
+    #[test]
+    fn a_database_that_never_got_its_first_save_is_made_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join(STATE_DIR);
+        fs::create_dir_all(&state_dir).unwrap();
+        drop(StateDb::open(&state_dir).unwrap());
+        assert!(WorkingCopy::open(dir.path()).is_err());
+        let wc = WorkingCopy::open_or_create(dir.path(), "http://127.0.0.1:9/").unwrap();
+        assert_eq!(wc.saved.url, "http://127.0.0.1:9/");
+        drop(wc);
+        assert!(WorkingCopy::open(dir.path()).is_ok());
     }
 
     /// A folder that is not a working copy opens as an error, and is left
