@@ -525,19 +525,23 @@ impl Scan<'_> {
 /// stat alone: the same inode, a stat that vouches for the content, and
 /// the same attributes. [`Scan::path`] would change nothing for it.
 fn unchanged(e: &Entry, stat: Option<&CachedStat>, f: &Found) -> bool {
-    let Some(stat) = stat else {
-        return false;
-    };
-    let same_inode = (stat.key.dev, stat.key.ino) == (f.key.dev, f.key.ino);
+    let same_inode = stat.is_some_and(|s| (s.key.dev, s.key.ino) == (f.key.dev, f.key.ino));
     let same_owner = e.uid == f.uid && e.gid == f.gid;
-    same_inode
-        && same_owner
+    same_owner
         && match (&e.kind, &f.kind) {
             (EntryKind::File { .. }, FoundKind::File) => {
-                stat.vouches_for(&f.key) && e.mode == f.mode && e.mtime_ns == f.key.mtime_ns
+                same_inode
+                    && stat.is_some_and(|s| s.vouches_for(&f.key))
+                    && e.mode == f.mode
+                    && e.mtime_ns == f.key.mtime_ns
             }
-            (EntryKind::Dir, FoundKind::Dir) => e.mode == f.mode,
-            (EntryKind::Symlink { target }, FoundKind::Symlink(found)) => target == found,
+            // A folder the state has without a stat (a pull made it) is
+            // still that folder: no rename can land on a path the state
+            // holds, and its contents are looked at one by one.
+            (EntryKind::Dir, FoundKind::Dir) => (same_inode || stat.is_none()) && e.mode == f.mode,
+            (EntryKind::Symlink { target }, FoundKind::Symlink(found)) => {
+                same_inode && target == found
+            }
             _ => false,
         }
 }
