@@ -78,7 +78,6 @@ pub async fn pull(
     };
     // The disk as it is, against the base.
     let mut scanned = wc.saved.base.clone();
-    tracing::debug!(ms = started.elapsed().as_millis(), "base copied");
     let ops = wc.scan(&mut scanned)?.ops;
     tracing::debug!(
         ms = started.elapsed().as_millis(),

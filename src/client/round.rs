@@ -35,7 +35,11 @@ pub async fn sync(
         wc.save()?;
     }
     if options.push && wc.saved.static_export {
-        if !wc.pending()?.is_empty() {
+        let pending = match scanned {
+            Some(s) => s.ops,
+            None => wc.pending()?,
+        };
+        if !pending.is_empty() {
             report.deferred.push(Change {
                 path: TreePath::new("(local changes)").expect("a valid path"),
                 what: "the source is a static export, which is read only".into(),
