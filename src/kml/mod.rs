@@ -22,7 +22,7 @@ use intersync_protocol::kml::{
 use thiserror::Error;
 
 use crate::install::PendingFile;
-use crate::tree::{TreeError, TreeState};
+use crate::tree::{TreeError, TreeState, Undo};
 
 /// When to seal segments and write checkpoints.
 #[derive(Clone, Copy, Debug)]
@@ -241,17 +241,20 @@ impl Journal {
         let time_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let mut trial = state.clone();
+        let mut undo = Undo::default();
         let mut records = Vec::with_capacity(ops.len());
         let mut bytes = Vec::new();
         for op in ops {
             let rec = KmlRecord {
-                seq: trial.seq + 1,
+                seq: state.seq + 1,
                 time_ns,
                 node,
                 op,
             };
-            trial.apply(&rec)?;
+            if let Err(e) = state.apply_noting(&rec, &mut undo) {
+                state.undo(undo);
+                return Err(e.into());
+            }
             rec.encode(&mut bytes);
             records.push(rec);
         }
@@ -266,12 +269,12 @@ impl Journal {
         if let Err(e) = written {
             // Leave no partial record for the next append to follow.
             let _ = self.open.set_len(before);
+            state.undo(undo);
             return Err(JournalError::Io {
                 path: open_path,
                 source: e,
             });
         }
-        *state = trial;
         let seg = self.segments.last_mut().expect("open segment");
         seg.len += bytes.len() as u64;
         seg.last_seq = state.seq;

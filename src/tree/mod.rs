@@ -4,4 +4,4 @@
 pub mod scan;
 pub mod state;
 
-pub use state::{Entry, EntryKind, TreeError, TreeState};
+pub use state::{Entry, EntryKind, TreeError, TreeState, Undo};

@@ -52,6 +52,15 @@ pub struct TreeError {
 }
 
 /// Every path of a tree, ordered so that a folder comes before what it holds.
+/// What some applied records changed: each path they touched, as it was
+/// before, in the order touched. Costs what the records touch, not the tree
+/// (where a copy of the state would cost the tree on every append).
+#[derive(Debug, Default)]
+pub struct Undo {
+    seq: Option<u64>,
+    before: Vec<(TreePath, Option<Entry>)>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeState {
     /// Sequence number of the last record applied (0: none).
@@ -130,6 +139,73 @@ impl TreeState {
         self.change(&rec.op, rec.time_ns).map_err(fail)?;
         self.seq = rec.seq;
         Ok(())
+    }
+
+    /// [`TreeState::apply`], noting in `undo` what it changes so that
+    /// [`TreeState::undo`] can put it back. A record that fails is undone
+    /// at once; those before it stay applied (and noted).
+    pub fn apply_noting(&mut self, rec: &KmlRecord, undo: &mut Undo) -> Result<(), TreeError> {
+        undo.seq.get_or_insert(self.seq);
+        let mark = undo.before.len();
+        let note = |p: &TreePath, before: &mut Vec<(TreePath, Option<Entry>)>| {
+            before.push((p.clone(), self.entries.get(p).cloned()));
+        };
+        match &rec.op {
+            Op::Rename { from, to } => {
+                note(from, &mut undo.before);
+                note(to, &mut undo.before);
+                for (p, e) in self.descendants(from) {
+                    undo.before.push((p.clone(), Some(e.clone())));
+                    if let Ok(landing) = to.join(&p.as_str()[from.as_str().len() + 1..]) {
+                        note(&landing, &mut undo.before);
+                    }
+                }
+            }
+            op => note(op.path(), &mut undo.before),
+        }
+        let (seq, applied) = (self.seq, self.apply(rec));
+        if applied.is_err() {
+            for (p, e) in undo.before.drain(mark..).rev() {
+                self.put_back(p, e);
+            }
+            self.seq = seq;
+        }
+        applied
+    }
+
+    /// Applies `recs` in order: all of them, or (when one cannot apply)
+    /// none. The [`Undo`] takes them all back.
+    pub fn apply_all(&mut self, recs: &[KmlRecord]) -> Result<Undo, TreeError> {
+        let mut undo = Undo::default();
+        for rec in recs {
+            if let Err(e) = self.apply_noting(rec, &mut undo) {
+                self.undo(undo);
+                return Err(e);
+            }
+        }
+        Ok(undo)
+    }
+
+    /// Takes back what the records noted in `undo` did: the state is as
+    /// before the first of them.
+    pub fn undo(&mut self, undo: Undo) {
+        for (p, e) in undo.before.into_iter().rev() {
+            self.put_back(p, e);
+        }
+        if let Some(seq) = undo.seq {
+            self.seq = seq;
+        }
+    }
+
+    fn put_back(&mut self, path: TreePath, entry: Option<Entry>) {
+        match entry {
+            Some(e) => {
+                self.entries.insert(path, e);
+            }
+            None => {
+                self.entries.remove(&path);
+            }
+        }
     }
 
     /// What `op` (made at `time_ns`) does to the tree; why it cannot.
@@ -483,5 +559,65 @@ mod tests {
         let mut rebuilt = TreeState::default();
         replay(&mut rebuilt, s.rebuild_ops()).unwrap();
         assert_eq!(rebuilt.entries, s.entries);
+    }
+
+    fn any_op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        const PATHS: [&str; 7] = ["a", "b", "a/x", "a/y", "b/x", "a/x/z", "c"];
+        let path = || proptest::sample::select(&PATHS[..]).prop_map(p);
+        prop_oneof![
+            path().prop_map(|path| Op::Create { path, mode: 0o644 }),
+            (path(), any::<u8>()).prop_map(|(path, b)| Op::Write {
+                path,
+                version: Version([b; 32]),
+                size: 1,
+                mtime_ns: 9,
+            }),
+            path().prop_map(|path| Op::Mkdir { path, mode: 0o755 }),
+            path().prop_map(|path| Op::Unlink { path }),
+            path().prop_map(|path| Op::Rmdir { path }),
+            (path(), path()).prop_map(|(from, to)| Op::Rename { from, to }),
+            path().prop_map(|path| Op::Setattr {
+                path,
+                attrs: Attrs {
+                    mode: Some(0o600),
+                    ..Attrs::default()
+                },
+            }),
+            path().prop_map(|path| Op::Symlink {
+                path,
+                target: b"t".to_vec(),
+            }),
+            (path(), path()).prop_map(|(path, target)| Op::Link { path, target }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever records apply or fail, a failed one changes nothing,
+        /// and the undo of all that applied gives the state they started
+        /// from: what a journal append relies on instead of a copy.
+        #[test]
+        fn an_undo_takes_back_exactly_what_was_applied(
+            ops in proptest::collection::vec(any_op(), 1..40),
+        ) {
+            let mut s = TreeState::default();
+            replay(&mut s, vec![
+                Op::Mkdir { path: p("a"), mode: 0o755 },
+                Op::Mkdir { path: p("a/x"), mode: 0o755 },
+                write("a/x/z", 1),
+                write("a/y", 2),
+            ]).unwrap();
+            let start = s.clone();
+            let mut undo = Undo::default();
+            for (i, op) in ops.into_iter().enumerate() {
+                let before = s.clone();
+                let rec = KmlRecord { seq: s.seq + 1, time_ns: i as i64, node: NodeId(1), op };
+                if s.apply_noting(&rec, &mut undo).is_err() {
+                    proptest::prop_assert_eq!(&s, &before);
+                }
+            }
+            s.undo(undo);
+            proptest::prop_assert_eq!(s, start);
+        }
     }
 }
