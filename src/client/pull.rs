@@ -608,12 +608,6 @@ impl Run<'_> {
                 }
             }) && fs::symlink_metadata(p.under(root)).is_err()
         });
-        (
-            Index {
-                state: server,
-                stats,
-            },
-            differs,
-        )
+        (Index::new(server, stats), differs)
     }
 }

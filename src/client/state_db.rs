@@ -179,7 +179,7 @@ impl StateDb {
             url: head.url,
             server_id: head.server_id,
             node: head.node,
-            base: Index { state, stats },
+            base: Index::new(state, stats),
             cursor: head.cursor,
             conflicts: head.conflicts,
             last_sync_ns: head.last_sync_ns,

@@ -9,6 +9,7 @@
 //! trusts the folder only as far as a scan checks it; files are opened
 //! beneath the root ([`crate::beneath`]), never through a symbolic link.
 
+pub mod index_db;
 pub mod packs;
 pub mod watch;
 
@@ -32,6 +33,7 @@ use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
 use crate::tree::{Entry, EntryKind, TreeState};
 use crate::versions::{Budget, VersionStore};
+use index_db::{IndexDb, Touched};
 use intersync_protocol::signature::SignatureFormat;
 
 #[derive(Debug, Error)]
@@ -85,13 +87,18 @@ pub struct Export {
     /// The packs' list as last written for a smart server's readers
     /// through caches, and the checkpoint it was written at.
     packs: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Files the first scan hashed: what the index did not vouch for.
+    hashed_at_open: u64,
 }
 
 pub struct Inner {
     pub journal: Journal,
     pub index: Index,
-    /// The index changed since it was last saved.
-    index_dirty: bool,
+    /// Where the index is saved (none if it could not be opened).
+    index_db: Option<IndexDb>,
+    /// The next save writes the whole index (its rows cannot be trusted,
+    /// or there were none); until then no touched paths are listed.
+    rewrite_index: bool,
     /// Which path has each version, as of a journal sequence number:
     /// rebuilt on the first lookup after the journal moved.
     /// In order, so that a version can be found by its first bytes too.
@@ -99,6 +106,15 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// Drops every stat: the state moved where they were taken (a scan
+    /// the journal did not take), so none can vouch for it. The next scan
+    /// hashes everything, and the next save rewrites the index.
+    fn forget_stats(&mut self) {
+        self.index.stats.clear();
+        self.index.touched = None;
+        self.rewrite_index = true;
+    }
+
     fn by_version(&mut self) -> &std::collections::BTreeMap<Version, TreePath> {
         let seq = self.index.state.seq;
         if self.by_version.as_ref().is_none_or(|(at, _)| *at != seq) {
@@ -155,6 +171,8 @@ pub struct Patch {
 pub struct ScanReport {
     pub records: usize,
     pub hashed_files: u64,
+    /// Files named as a write's temporaries (see [`scan::ScanOutcome`]).
+    pub temporaries: Vec<PathBuf>,
 }
 
 impl Export {
@@ -172,20 +190,54 @@ impl Export {
         options: JournalOptions,
         hide: Option<Arc<scan::Hide>>,
     ) -> Result<Export, ExportError> {
+        let started = std::time::Instant::now();
         let root = root.canonicalize().map_err(io_err(root))?;
         let state_dir = root.join(STATE_DIR);
         fs::create_dir_all(&state_dir).map_err(io_err(&state_dir))?;
         let state_dir_id = dev_ino(&state_dir).map_err(io_err(&state_dir))?;
         let node = node_id(&state_dir)?;
-        // Only a crashed write leaves temporaries, and nothing is in flight yet.
-        sweep_temporaries(&root);
-        let (journal, state, recovery) = Journal::open(&state_dir, options)?;
+        // Only a crashed write leaves temporaries, and nothing is in flight
+        // yet: those of the tree are found by the first scan, below.
+        sweep_temporaries(&state_dir);
+        // The journal and the index are read at once, one on each core.
+        let (journal, saved) = std::thread::scope(|s| {
+            let saved = s.spawn(|| {
+                let db = IndexDb::open(&state_dir)?;
+                let rows = db.load()?;
+                Ok::<_, rusqlite::Error>((db, rows))
+            });
+            let journal = Journal::open(&state_dir, options);
+            (
+                journal,
+                saved.join().expect("reading the index does not panic"),
+            )
+        });
+        let (journal, state, recovery) = journal?;
         if let Some((path, offset, bytes)) = &recovery.truncated {
             tracing::warn!(path = %path.display(), offset, bytes, "KML recovered from a torn write");
         }
-        let index = load_index(&state_dir.join("index.json"), state);
+        tracing::debug!(ms = started.elapsed().as_millis(), "recovered the journal");
+        let (index_db, stats) = match saved {
+            Ok((db, rows)) => (Some(db), index_db::stats_for(rows, &state)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "could not open the index; every start hashes the whole tree"
+                );
+                (None, Default::default())
+            }
+        };
+        // An index that vouches for nothing is written whole at its first
+        // save, rather than path by path.
+        let rewrite_index = stats.is_empty();
+        let mut index = Index::new(state, stats);
+        if !rewrite_index {
+            index.touched = Some(Default::default());
+        }
+        let _ = fs::remove_file(state_dir.join(index_db::LEGACY_FILE_NAME));
+        tracing::debug!(ms = started.elapsed().as_millis(), "loaded the index");
         let seq = latest::Sender::new(journal.last_seq());
-        let export = Export {
+        let mut export = Export {
             root,
             state_dir,
             state_dir_id,
@@ -193,7 +245,8 @@ impl Export {
             inner: Mutex::new(Inner {
                 journal,
                 index,
-                index_dirty: false,
+                index_db,
+                rewrite_index,
                 by_version: None,
             }),
             seq,
@@ -203,9 +256,17 @@ impl Export {
             versions: None,
             keeper: None,
             packs: Mutex::new(None),
+            hashed_at_open: 0,
         };
-        export.rescan()?;
+        let report = export.rescan()?;
+        export.hashed_at_open = report.hashed_files;
+        for path in report.temporaries {
+            tracing::info!(path = %path.display(), "removing a temporary left by a crash");
+            let _ = fs::remove_file(path);
+        }
+        tracing::debug!(ms = started.elapsed().as_millis(), "scanned the folder");
         export.save_index();
+        tracing::debug!(ms = started.elapsed().as_millis(), "opened the export");
         Ok(export)
     }
 
@@ -445,6 +506,12 @@ impl Export {
         hide(path, is_dir)
     }
 
+    /// Files the scan at open hashed: those the saved index did not vouch
+    /// for.
+    pub fn hashed_at_open(&self) -> u64 {
+        self.hashed_at_open
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -485,33 +552,33 @@ impl Export {
     }
 
     pub fn rescan_locked(&self, inner: &mut Inner) -> Result<ScanReport, ExportError> {
-        let before = inner.index.state.clone();
-        let outcome = scan::scan_hiding(&self.root, &mut inner.index, self.hide.as_deref())
-            .map_err(io_err(&self.root))?;
+        let scanned = scan::scan_hiding(&self.root, &mut inner.index, self.hide.as_deref());
+        let mut outcome = match scanned {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                inner.forget_stats();
+                return Err(io_err(&self.root)(e));
+            }
+        };
         for skipped in &outcome.skipped {
             tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "not exported");
         }
         let records = outcome.ops.len();
-        let mut state = before;
-        let appended = inner.journal.append(self.node, outcome.ops, &mut state);
-        if let Err(e) = appended {
-            // The index ran ahead of the journal: forget its stats so the
-            // next scan looks at everything again.
-            inner.index = Index {
-                state,
-                stats: Default::default(),
-            };
-            inner.index_dirty = true;
-            return Err(e.into());
-        }
-        inner.index.state = state;
         if records > 0 {
+            // The scan brought the state to the disk; the journal takes it
+            // there again, with its own times, or leaves it as it was.
+            let Inner { journal, index, .. } = &mut *inner;
+            index.state.undo(std::mem::take(&mut outcome.undo));
+            if let Err(e) = journal.append(self.node, outcome.ops, &mut index.state) {
+                inner.forget_stats();
+                return Err(e.into());
+            }
             self.committed(inner);
         }
-        inner.index_dirty |= outcome.hashed_files > 0;
         Ok(ScanReport {
             records,
             hashed_files: outcome.hashed_files,
+            temporaries: outcome.temporaries,
         })
     }
 
@@ -521,9 +588,8 @@ impl Export {
             return Ok(());
         }
         self.journal_intact()?;
-        let mut state = inner.index.state.clone();
-        inner.journal.append(self.node, ops, &mut state)?;
-        inner.index.state = state;
+        let Inner { journal, index, .. } = &mut *inner;
+        journal.append(self.node, ops, &mut index.state)?;
         self.committed(inner);
         Ok(())
     }
@@ -537,21 +603,42 @@ impl Export {
             }
         }
         self.seq.send_replace(inner.journal.last_seq());
-        inner.index_dirty = true;
     }
 
-    /// Saves the index if it changed. The index only spares the next start
-    /// some hashing (the journal is the truth), so this runs now and then
-    /// and at shutdown, not on every change.
+    /// Saves what changed in the index since the last save. The index only
+    /// spares the next start some hashing (the journal is the truth), so
+    /// this runs now and then and at shutdown, not on every change.
     pub fn save_index(&self) {
         let mut inner = self.lock();
-        if !inner.index_dirty {
+        let Inner {
+            index,
+            index_db: Some(db),
+            rewrite_index,
+            ..
+        } = &mut *inner
+        else {
             return;
-        }
-        match save_index(&self.state_dir.join("index.json"), &inner.index) {
-            Ok(()) => inner.index_dirty = false,
+        };
+        let touched = if *rewrite_index {
+            Touched::All
+        } else {
+            match index.touched.as_mut().map(std::mem::take) {
+                Some(paths) if !paths.is_empty() => Touched::Paths(paths),
+                _ => return,
+            }
+        };
+        match db.save(index, &touched) {
+            Ok(()) => {
+                *rewrite_index = false;
+                index.touched.get_or_insert_default();
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "could not save the index; the next start rescans")
+                tracing::warn!(
+                    path = %db.path().display(), error = %e,
+                    "could not save the index; trying again, whole, later"
+                );
+                *rewrite_index = true;
+                index.touched = None;
             }
         }
     }
@@ -791,7 +878,7 @@ impl Export {
                 seen_ns: scan::now_ns(),
             };
             inner.index.stats.insert(path.clone(), cached);
-            inner.index_dirty = true;
+            inner.index.touch(path);
         }
     }
 }
@@ -849,27 +936,6 @@ fn node_id(state_dir: &Path) -> Result<NodeId, ExportError> {
     Ok(id)
 }
 
-/// The saved index, if it describes the journal's state; otherwise the
-/// journal's state with no stats, so that the first scan hashes everything.
-fn load_index(path: &Path, state: TreeState) -> Index {
-    let saved: Option<Index> = File::open(path)
-        .ok()
-        .and_then(|f| serde_json::from_reader(io::BufReader::new(f)).ok());
-    match saved {
-        Some(index) if index.state == state => index,
-        _ => Index {
-            state,
-            stats: Default::default(),
-        },
-    }
-}
-
-fn save_index(path: &Path, index: &Index) -> io::Result<()> {
-    let mut file = PendingFile::create(path)?;
-    serde_json::to_writer(&mut file, index).map_err(io::Error::other)?;
-    file.install()
-}
-
 /// A link at `path` to `target` points inside the tree: `target` is
 /// relative, and its `..`s never climb above the root, counting from the
 /// folder that holds the link.
@@ -918,5 +984,88 @@ mod tests {
                 "{path} -> {target}"
             );
         }
+    }
+
+    /// Writes `n` files under `root`, each with an mtime a minute old (so
+    /// that a stat of it vouches for its content).
+    fn aged_files(root: &Path, n: usize) {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for i in 0..n {
+            let path = root.join(format!("d{}/f{i}", i % 5));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, format!("file {i}")).unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+
+    /// The index on disk spares a restart the hashing of what did not
+    /// change, even when the journal moved on after its last save (a
+    /// kill): a path's saved stat vouches only for the version it was
+    /// taken with. A damaged index is made anew.
+    #[test]
+    fn a_restart_hashes_only_what_the_saved_index_cannot_vouch_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        aged_files(root, 50);
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert_eq!(opened.hashed_at_open(), 50);
+        drop(opened);
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert_eq!(opened.hashed_at_open(), 0, "everything was vouched for");
+        // Journaled, and the index not saved after: as if killed.
+        fs::write(root.join("d1/f1"), "an edit").unwrap();
+        let report = opened.rescan().unwrap();
+        assert_eq!(report.records, 1, "one write journaled");
+        drop(opened);
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert_eq!(opened.hashed_at_open(), 1, "only the edited file is hashed");
+        assert_eq!(
+            opened
+                .state()
+                .get(&TreePath::new("d1/f1").unwrap())
+                .unwrap()
+                .version(),
+            Some(scan::hash_file(&root.join("d1/f1")).unwrap())
+        );
+        drop(opened);
+        fs::write(root.join(STATE_DIR).join(index_db::FILE_NAME), [0x5a; 8192]).unwrap();
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert_eq!(
+            opened.hashed_at_open(),
+            50,
+            "a damaged index vouches for nothing"
+        );
+        drop(opened);
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert_eq!(opened.hashed_at_open(), 1, "and is whole again");
+    }
+
+    /// Temporaries a crashed write left in the tree are removed at open,
+    /// found by the first scan's walk; nothing else is.
+    #[test]
+    fn temporaries_a_crash_left_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        aged_files(root, 3);
+        let temp = root
+            .join("d1")
+            .join(format!("{}crashed", crate::install::TEMP_PREFIX));
+        fs::write(&temp, "half").unwrap();
+        let opened = Export::open(root, Default::default()).unwrap();
+        assert!(!temp.exists(), "the temporary is removed");
+        assert!(root.join("d1/f1").exists());
+        assert_eq!(
+            opened
+                .state()
+                .iter()
+                .filter(|(_, e)| e.version().is_some())
+                .count(),
+            3
+        );
     }
 }

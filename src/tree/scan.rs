@@ -9,7 +9,7 @@
 //! The scan trusts nothing it reads: names that are not valid tree paths
 //! (not UTF-8, too long) are skipped and reported, never journaled.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -101,6 +101,28 @@ pub struct Index {
     pub state: TreeState,
     /// Stat of each path when last looked at. A path missing here is hashed.
     pub stats: HashMap<TreePath, CachedStat>,
+    /// The paths whose stat a scan changed, when someone saves the index in
+    /// part (the export's): `None` keeps no list.
+    #[serde(skip)]
+    pub touched: Option<BTreeSet<TreePath>>,
+}
+
+impl Index {
+    /// A state and its stats, with no list of touched paths.
+    pub fn new(state: TreeState, stats: HashMap<TreePath, CachedStat>) -> Index {
+        Index {
+            state,
+            stats,
+            touched: None,
+        }
+    }
+
+    /// Notes that `path`'s stat changed, if a list is kept.
+    pub fn touch(&mut self, path: &TreePath) {
+        if let Some(touched) = &mut self.touched {
+            touched.insert(path.clone());
+        }
+    }
 }
 
 /// `YYYYMMDDTHHMMSSZ` for seconds since the epoch.
@@ -146,6 +168,11 @@ pub struct ScanOutcome {
     /// Files hashed because their stat did not settle the question.
     pub hashed_files: u64,
     pub skipped: Vec<Skipped>,
+    /// Files named as a write's temporaries: left by a crash if no write
+    /// is in flight (their owner decides), never part of the tree.
+    pub temporaries: Vec<PathBuf>,
+    /// What applying `ops` changed in the index's state, to take it back.
+    pub undo: super::state::Undo,
 }
 
 /// One path as found on disk.
@@ -198,12 +225,14 @@ pub fn scan_with(
     let Walked {
         found,
         skipped,
+        temporaries,
         failed,
     } = walked;
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     outcome.skipped = skipped.into_inner().unwrap_or_else(|p| p.into_inner());
+    outcome.temporaries = temporaries.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
     found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let found = Sorted(found);
@@ -231,27 +260,12 @@ pub fn scan_with(
             })
             .collect()
     };
-    for (path, f) in changed {
-        scan.path(path, f)?;
-    }
-    // Whatever the state still has that the disk does not: children first.
-    let gone: Vec<TreePath> = {
-        let mut on_disk = found.0.iter().map(|(p, _)| p).peekable();
-        scan.index
-            .state
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| {
-                while on_disk.next_if(|d| d < p).is_some() {}
-                on_disk.next_if(|d| d == p).is_none() && !keep.is_some_and(|k| k(p))
-            })
-            .cloned()
-            .collect()
-    };
-    for path in gone.iter().rev() {
-        if scan.index.state.get(path).is_some() {
-            scan.remove(path)?;
-        }
+    if let Err(e) = scan.apply(changed, keep) {
+        // The state is as it was; the stats the scan changed are the
+        // caller's to forget.
+        let undo = std::mem::take(&mut scan.outcome.undo);
+        scan.index.state.undo(undo);
+        return Err(e);
     }
     debug_assert_eq!(
         scan.index.state.seq - start_seq,
@@ -286,6 +300,34 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Brings the index to each of `changed`, then removes what the disk
+    /// no longer has.
+    fn apply(&mut self, changed: Vec<&(TreePath, Found)>, keep: Option<&Keep>) -> io::Result<()> {
+        for (path, f) in changed {
+            self.path(path, f)?;
+        }
+        // Whatever the state still has that the disk does not: children first.
+        let gone: Vec<TreePath> = {
+            let mut on_disk = self.found.0.iter().map(|(p, _)| p).peekable();
+            self.index
+                .state
+                .iter()
+                .map(|(p, _)| p)
+                .filter(|p| {
+                    while on_disk.next_if(|d| d < p).is_some() {}
+                    on_disk.next_if(|d| d == p).is_none() && !keep.is_some_and(|k| k(p))
+                })
+                .cloned()
+                .collect()
+        };
+        for path in gone.iter().rev() {
+            if self.index.state.get(path).is_some() {
+                self.remove(path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies `op` to the index's state and records it.
     fn push(&mut self, op: Op) -> io::Result<()> {
         let rec = KmlRecord {
@@ -296,7 +338,7 @@ impl Scan<'_> {
         };
         self.index
             .state
-            .apply(&rec)
+            .apply_noting(&rec, &mut self.outcome.undo)
             .map(|()| self.outcome.ops.push(op))
             .map_err(|e| io::Error::other(e.to_string()))
     }
@@ -309,7 +351,7 @@ impl Scan<'_> {
                 from: from.clone(),
                 to: path.clone(),
             })?;
-            move_stats(&mut self.index.stats, &from, path);
+            move_stats(self.index, &from, path);
             if let Some(by_inode) = &mut self.by_inode {
                 by_inode.remove(&(key.dev, key.ino));
             }
@@ -366,6 +408,7 @@ impl Scan<'_> {
                 self.index.stats.insert(path.clone(), seen);
             }
         }
+        self.index.touch(path);
         Ok(())
     }
 
@@ -516,6 +559,7 @@ impl Scan<'_> {
             };
             self.push(op)?;
             self.index.stats.remove(&p);
+            self.index.touch(&p);
         }
         Ok(())
     }
@@ -555,14 +599,16 @@ fn same_kind(e: &Entry, f: &FoundKind) -> bool {
     )
 }
 
-fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &TreePath) {
-    let moved: Vec<TreePath> = stats
+fn move_stats(index: &mut Index, from: &TreePath, to: &TreePath) {
+    let moved: Vec<TreePath> = index
+        .stats
         .keys()
         .filter(|p| p.starts_with(from))
         .cloned()
         .collect();
     for p in moved {
-        let key = stats.remove(&p).expect("listed");
+        let key = index.stats.remove(&p).expect("listed");
+        index.touch(&p);
         let new = if &p == from {
             to.clone()
         } else {
@@ -571,7 +617,8 @@ fn move_stats(stats: &mut HashMap<TreePath, CachedStat>, from: &TreePath, to: &T
                 Err(_) => continue,
             }
         };
-        stats.insert(new, key);
+        index.touch(&new);
+        index.stats.insert(new, key);
     }
 }
 
@@ -601,6 +648,7 @@ pub fn hash_file(path: &Path) -> io::Result<Version> {
 struct Walked {
     found: std::sync::Mutex<Vec<(TreePath, Found)>>,
     skipped: std::sync::Mutex<Vec<Skipped>>,
+    temporaries: std::sync::Mutex<Vec<PathBuf>>,
     /// The first error that stops the scan.
     failed: std::sync::Mutex<Option<io::Error>>,
 }
@@ -628,7 +676,11 @@ fn walk<'s>(
         Err(e) if e.kind() == io::ErrorKind::NotFound && prefix.is_some() => return,
         Err(e) => return failed(e),
     };
-    let Listing { found, skipped } = listing;
+    let Listing {
+        found,
+        skipped,
+        temporaries,
+    } = listing;
     for (path, f) in &found {
         if matches!(f.kind, FoundKind::Dir) {
             let (dir, path) = (dir.join(path.file_name()), path.clone());
@@ -639,6 +691,10 @@ fn walk<'s>(
         let mut all = walked.skipped.lock().unwrap_or_else(|p| p.into_inner());
         all.extend(skipped);
     }
+    if !temporaries.is_empty() {
+        let mut all = walked.temporaries.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(temporaries);
+    }
     let mut all = walked.found.lock().unwrap_or_else(|p| p.into_inner());
     all.extend(found);
 }
@@ -647,6 +703,7 @@ fn walk<'s>(
 struct Listing {
     found: Vec<(TreePath, Found)>,
     skipped: Vec<Skipped>,
+    temporaries: Vec<PathBuf>,
 }
 
 fn list(dir: &Path, prefix: Option<&TreePath>, hide: Option<&Hide>) -> io::Result<Listing> {
@@ -659,6 +716,7 @@ fn list(dir: &Path, prefix: Option<&TreePath>, hide: Option<&Hide>) -> io::Resul
     let mut listing = Listing {
         found: Vec::new(),
         skipped: Vec::new(),
+        temporaries: Vec::new(),
     };
     for entry in rustix::fs::Dir::read_from(&fd)? {
         let entry = entry?;
@@ -673,7 +731,21 @@ fn list(dir: &Path, prefix: Option<&TreePath>, hide: Option<&Hide>) -> io::Resul
             });
             continue;
         };
-        if (prefix.is_none() && name == STATE_DIR) || name.starts_with(TEMP_PREFIX) {
+        if prefix.is_none() && name == STATE_DIR {
+            continue;
+        }
+        if name.starts_with(TEMP_PREFIX) {
+            let regular = match entry.file_type() {
+                FileType::Unknown => {
+                    rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(
+                        |st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile,
+                    )
+                }
+                t => t == FileType::RegularFile,
+            };
+            if regular {
+                listing.temporaries.push(dir.join(name));
+            }
             continue;
         }
         let path = match prefix.map_or_else(|| TreePath::new(name), |p| p.join(name)) {
