@@ -41,7 +41,7 @@ fn mirror_dir(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
             }
             fs::create_dir_all(&to)?;
             mirror_dir(&from, &to, false)?;
-            fs::set_permissions(&to, meta.permissions())?;
+            set_mode(&to, &meta)?;
         } else if meta.file_type().is_symlink() {
             if existing.is_some() {
                 remove(&to)?;
@@ -64,8 +64,18 @@ fn mirror_dir(src: &Path, dst: &Path, top: bool) -> io::Result<()> {
                     .open(&to)?
                     .set_modified(meta.modified()?)?;
             }
-            fs::set_permissions(&to, meta.permissions())?;
+            set_mode(&to, &meta)?;
         }
+    }
+    Ok(())
+}
+
+/// Gives `to` the mode of `like`, only if it differs: a chmod moves the
+/// ctime even to the same mode, and a server's restart would then see every
+/// file as touched and hash it again (what a real unchanged tree never costs).
+fn set_mode(to: &Path, like: &fs::Metadata) -> io::Result<()> {
+    if fs::symlink_metadata(to)?.permissions() != like.permissions() {
+        fs::set_permissions(to, like.permissions())?;
     }
     Ok(())
 }
