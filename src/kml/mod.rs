@@ -383,9 +383,12 @@ fn load_checkpoint(path: &Path, state: &mut TreeState) -> Result<u64, JournalErr
         path: path.to_owned(),
         source,
     };
+    // A checkpoint comes in path order: built in one pass, not by lookups.
+    let mut built = crate::tree::InOrder::default();
     for rec in SegmentReader::new(&bytes).map_err(corrupt)? {
-        state.apply(&rec.map_err(corrupt)?)?;
+        built.push(&rec.map_err(corrupt)?)?;
     }
+    *state = built.finish();
     Ok(bytes.len() as u64)
 }
 

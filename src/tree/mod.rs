@@ -4,4 +4,4 @@
 pub mod scan;
 pub mod state;
 
-pub use state::{Entry, EntryKind, TreeError, TreeState, Undo};
+pub use state::{Entry, EntryKind, InOrder, TreeError, TreeState, Undo};

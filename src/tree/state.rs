@@ -391,6 +391,114 @@ fn times_and_owner(path: TreePath, e: &Entry) -> Op {
     }
 }
 
+/// Builds a state from records that mostly come in path order, as a
+/// checkpoint's do (each path's records together, paths ascending, the
+/// folders' times at the end): a record that makes or changes the last
+/// path built, its parent already there, is applied to a list, and the
+/// tree is made from the list in one pass; at the first record that does
+/// not fit that form, the rest go through [`TreeState::apply`]. Either way
+/// the result, and any refusal, is `apply`'s.
+#[derive(Debug, Default)]
+pub struct InOrder {
+    seq: u64,
+    built: Vec<(TreePath, Entry)>,
+    rest: Option<TreeState>,
+}
+
+impl InOrder {
+    pub fn push(&mut self, rec: &KmlRecord) -> Result<(), TreeError> {
+        if let Some(state) = &mut self.rest {
+            return state.apply(rec);
+        }
+        if rec.seq > self.seq && self.in_order(rec) {
+            self.seq = rec.seq;
+            return Ok(());
+        }
+        let mut state = TreeState::from_entries(self.seq, std::mem::take(&mut self.built));
+        let applied = state.apply(rec);
+        self.rest = Some(state);
+        applied
+    }
+
+    /// Applies `rec` to the list if it has the in-order form.
+    fn in_order(&mut self, rec: &KmlRecord) -> bool {
+        let path = rec.op.path();
+        let last = self.built.last_mut();
+        if let Some((at, e)) = last
+            && at == path
+        {
+            match &rec.op {
+                Op::Write {
+                    version,
+                    size,
+                    mtime_ns,
+                    ..
+                } if !e.is_dir() => {
+                    e.kind = EntryKind::File {
+                        version: *version,
+                        size: *size,
+                    };
+                    e.mtime_ns = *mtime_ns;
+                }
+                Op::Setattr { attrs, .. } => set_attrs(e, attrs),
+                _ => return false,
+            }
+            return true;
+        }
+        if self.built.last().is_some_and(|(at, _)| at >= path) || !self.has_parent(path) {
+            return false;
+        }
+        let entry = match &rec.op {
+            Op::Create { mode, .. } => new_entry(
+                EntryKind::File {
+                    version: empty_version(),
+                    size: 0,
+                },
+                *mode,
+                rec.time_ns,
+            ),
+            Op::Write {
+                version,
+                size,
+                mtime_ns,
+                ..
+            } => new_entry(
+                EntryKind::File {
+                    version: *version,
+                    size: *size,
+                },
+                0o644,
+                *mtime_ns,
+            ),
+            Op::Mkdir { mode, .. } => new_entry(EntryKind::Dir, *mode, rec.time_ns),
+            Op::Symlink { target, .. } => new_entry(
+                EntryKind::Symlink {
+                    target: target.clone(),
+                },
+                0o777,
+                rec.time_ns,
+            ),
+            _ => return false,
+        };
+        self.built.push((path.clone(), entry));
+        true
+    }
+
+    fn has_parent(&self, path: &TreePath) -> bool {
+        let Some(parent) = path.parent() else {
+            return true;
+        };
+        self.built
+            .binary_search_by(|(p, _)| p.cmp(&parent))
+            .is_ok_and(|i| self.built[i].1.is_dir())
+    }
+
+    pub fn finish(self) -> TreeState {
+        self.rest
+            .unwrap_or_else(|| TreeState::from_entries(self.seq, self.built))
+    }
+}
+
 fn new_entry(kind: EntryKind, mode: u32, mtime_ns: i64) -> Entry {
     Entry {
         kind,
@@ -618,6 +726,44 @@ mod tests {
             }
             s.undo(undo);
             proptest::prop_assert_eq!(s, start);
+        }
+    }
+
+    proptest::proptest! {
+        /// A checkpoint of any state built in order is that state, and any
+        /// records after it (in order or not) give what `apply` gives.
+        #[test]
+        fn building_in_order_is_applying(
+            ops in proptest::collection::vec(any_op(), 0..40),
+            more in proptest::collection::vec(any_op(), 0..10),
+        ) {
+            let mut made = TreeState::default();
+            for op in ops {
+                let rec = KmlRecord { seq: made.seq + 1, time_ns: 3, node: NodeId(1), op };
+                let _ = made.apply(&rec);
+            }
+            let mut records: Vec<KmlRecord> = made
+                .rebuild_ops()
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| KmlRecord { seq: i as u64 + 1, time_ns: 4, node: NodeId(1), op })
+                .collect();
+            let n = records.len() as u64;
+            records.extend(more.into_iter().enumerate().map(|(i, op)| KmlRecord {
+                seq: n + i as u64 + 1,
+                time_ns: 5,
+                node: NodeId(1),
+                op,
+            }));
+            let (mut applied, mut built) = (TreeState::default(), InOrder::default());
+            for rec in &records {
+                let (a, b) = (applied.apply(rec), built.push(rec));
+                proptest::prop_assert_eq!(&a, &b);
+                if a.is_err() {
+                    break;
+                }
+            }
+            proptest::prop_assert_eq!(built.finish(), applied);
         }
     }
 }
