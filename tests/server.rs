@@ -217,14 +217,24 @@ fn head_segments_and_long_poll() {
     );
     assert_eq!(idle.status, 304);
 
-    for bad in ["zzzz.kml", "../index.json", "0000000000000001.KML"] {
+    for bad in ["zzzz.kml", "../index.db", "0000000000000001.KML"] {
         assert_eq!(
             get(&server.url(&format!(".intersync/kml/{bad}")), &[]).status,
             404,
             "{bad}"
         );
     }
-    assert_eq!(get(&server.url(".intersync/index.json"), &[]).status, 404);
+    for kept in ["index.db", "index.db-wal", "node-id"] {
+        assert!(
+            dir.path(&format!(".intersync/{kept}")).exists(),
+            "{kept} is there to be refused"
+        );
+        assert_eq!(
+            get(&server.url(&format!(".intersync/{kept}")), &[]).status,
+            404,
+            "{kept}"
+        );
+    }
 }
 
 #[test]

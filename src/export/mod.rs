@@ -199,17 +199,20 @@ impl Export {
         // Only a crashed write leaves temporaries, and nothing is in flight
         // yet: those of the tree are found by the first scan, below.
         sweep_temporaries(&state_dir);
-        // The journal and the index are read at once, one on each core.
-        let (journal, saved) = std::thread::scope(|s| {
+        // The journal and the index are read, and the folder walked, at
+        // once: the walk needs neither, only its comparison does.
+        let (journal, saved, walk) = std::thread::scope(|s| {
             let saved = s.spawn(|| {
                 let db = IndexDb::open(&state_dir)?;
                 let rows = db.load()?;
                 Ok::<_, rusqlite::Error>((db, rows))
             });
+            let walk = s.spawn(|| scan::walk_tree(&root, hide.as_deref()));
             let journal = Journal::open(&state_dir, options);
             (
                 journal,
                 saved.join().expect("reading the index does not panic"),
+                walk.join().expect("the walk does not panic"),
             )
         });
         let (journal, state, recovery) = journal?;
@@ -258,7 +261,11 @@ impl Export {
             packs: Mutex::new(None),
             hashed_at_open: 0,
         };
-        let report = export.rescan()?;
+        let walk = walk.map_err(io_err(&export.root))?;
+        let report = {
+            let mut inner = export.lock();
+            export.rescan_walked(&mut inner, Some(walk))?
+        };
         export.hashed_at_open = report.hashed_files;
         for path in report.temporaries {
             tracing::info!(path = %path.display(), "removing a temporary left by a crash");
@@ -552,7 +559,21 @@ impl Export {
     }
 
     pub fn rescan_locked(&self, inner: &mut Inner) -> Result<ScanReport, ExportError> {
-        let scanned = scan::scan_hiding(&self.root, &mut inner.index, self.hide.as_deref());
+        self.rescan_walked(inner, None)
+    }
+
+    /// [`Export::rescan_locked`] of what `walk` found, or of a walk made now.
+    fn rescan_walked(
+        &self,
+        inner: &mut Inner,
+        walk: Option<scan::Walk>,
+    ) -> Result<ScanReport, ExportError> {
+        let hide = self.hide.as_deref();
+        let scanned = match walk {
+            Some(walk) => scan::scan_walked(&self.root, &mut inner.index, walk, None),
+            None => scan::walk_tree(&self.root, hide)
+                .and_then(|walk| scan::scan_walked(&self.root, &mut inner.index, walk, None)),
+        };
         let mut outcome = match scanned {
             Ok(outcome) => outcome,
             Err(e) => {

@@ -219,7 +219,21 @@ pub fn scan_with(
     hide: Option<&Hide>,
     keep: Option<&Keep>,
 ) -> io::Result<ScanOutcome> {
-    let mut outcome = ScanOutcome::default();
+    scan_walked(root, index, walk_tree(root, hide)?, keep)
+}
+
+/// The folder as a walk found it, in path order: what a scan compares
+/// with an index. Made without one, so it may be made while the index is
+/// still being read.
+pub struct Walk {
+    found: Sorted,
+    skipped: Vec<Skipped>,
+    temporaries: Vec<PathBuf>,
+}
+
+/// Walks `root` on every core, stat'ing each name, leaving out what
+/// `hide` hides.
+pub fn walk_tree(root: &Path, hide: Option<&Hide>) -> io::Result<Walk> {
     let walked = Walked::default();
     rayon::scope(|s| walk(s, root.to_owned(), None, &walked, hide));
     let Walked {
@@ -231,11 +245,32 @@ pub fn scan_with(
     if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    outcome.skipped = skipped.into_inner().unwrap_or_else(|p| p.into_inner());
-    outcome.temporaries = temporaries.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut found = found.into_inner().unwrap_or_else(|p| p.into_inner());
     found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let found = Sorted(found);
+    Ok(Walk {
+        found: Sorted(found),
+        skipped: skipped.into_inner().unwrap_or_else(|p| p.into_inner()),
+        temporaries: temporaries.into_inner().unwrap_or_else(|p| p.into_inner()),
+    })
+}
+
+/// [`scan_with`] of what `walk` found.
+pub fn scan_walked(
+    root: &Path,
+    index: &mut Index,
+    walk: Walk,
+    keep: Option<&Keep>,
+) -> io::Result<ScanOutcome> {
+    let Walk {
+        found,
+        skipped,
+        temporaries,
+    } = walk;
+    let outcome = ScanOutcome {
+        skipped,
+        temporaries,
+        ..ScanOutcome::default()
+    };
     let start_seq = index.state.seq;
     let mut scan = Scan {
         root,
