@@ -47,10 +47,15 @@ pub async fn sync(
         }
     } else if options.push {
         let pushed_any = push::push(wc, remote, scanned, &mut report).await?;
-        if pushed_any && options.pull {
-            // Our own writes come back as journal records: move past them.
+        // Our own writes come back as journal records: move past them. A
+        // write that waits may wait for nothing: the server may have got
+        // that very file meanwhile (from a sync killed after it sent it,
+        // whose request the server was still carrying out), and a pull
+        // tells.
+        if (pushed_any || !report.deferred.is_empty()) && options.pull {
             let (again, _) = pull_into(wc, remote, options, &mut report).await?;
             disk_full = disk_full.or(again);
+            report.deferred.retain(|c| !settled(wc, &c.path));
         }
     }
     wc.saved.conflicts.extend(report.conflicts.iter().cloned());
@@ -98,4 +103,17 @@ async fn pull_into(
     wc.saved.cursor = cursor;
     wc.saved.server_id = Some(server_id);
     Ok((disk_full, scan))
+}
+
+/// Whether the file at `path` is now the base's, as the last pull found:
+/// the base has it with a stat the pull kept (the pull keeps one only where
+/// the disk was hashed and held the server's content), and the disk still
+/// has that stat.
+fn settled(wc: &WorkingCopy, path: &TreePath) -> bool {
+    let base = &wc.saved.base;
+    base.state.get(path).is_some_and(|e| e.version().is_some())
+        && base.stats.get(path).is_some_and(|s| {
+            std::fs::symlink_metadata(path.under(wc.root()))
+                .is_ok_and(|m| scan::StatKey::of(&m) == s.key)
+        })
 }
