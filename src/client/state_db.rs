@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::working_copy::{Conflict, Cursor, Saved, WorkingCopyError};
+pub use crate::tree::scan::Dirty;
 use crate::tree::scan::{CachedStat, Index, StatKey};
 use crate::tree::{Entry, EntryKind, TreeState};
 
@@ -67,28 +68,6 @@ struct Head {
     static_export: bool,
     http2: bool,
     server_differs: Vec<(TreePath, Option<Entry>)>,
-}
-
-/// What changed since the last save.
-#[derive(Debug)]
-pub enum Dirty {
-    /// Nothing is known to be on disk: write every row.
-    All,
-    Paths(BTreeSet<TreePath>),
-}
-
-impl Default for Dirty {
-    fn default() -> Dirty {
-        Dirty::Paths(BTreeSet::new())
-    }
-}
-
-impl Dirty {
-    pub fn mark(&mut self, path: &TreePath) {
-        if let Dirty::Paths(paths) = self {
-            paths.insert(path.clone());
-        }
-    }
 }
 
 /// The open database of one working copy.

@@ -17,14 +17,13 @@
 //! The index before this one (`index.json`, rewritten whole) is not read:
 //! the first start after it hashes the tree once, and removes it.
 
-use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use intersync_protocol::TreePath;
 use rusqlite::{Connection, params};
 
-use crate::tree::scan::{CachedStat, Index, StatKey};
+use crate::tree::scan::{CachedStat, Dirty, Index, StatKey};
 use crate::tree::{EntryKind, TreeState};
 
 pub const FILE_NAME: &str = "index.db";
@@ -48,14 +47,6 @@ const SCHEMA: &str = "
 const FILE: i64 = 0;
 const DIR: i64 = 1;
 const SYMLINK: i64 = 2;
-
-/// Which paths changed since the last save.
-#[derive(Debug)]
-pub enum Touched {
-    /// Nothing on disk can be trusted: write every row.
-    All,
-    Paths(BTreeSet<TreePath>),
-}
 
 pub struct IndexDb {
     conn: Connection,
@@ -129,7 +120,7 @@ impl IndexDb {
 
     /// Writes the rows of `touched` as `index` now has them (a path with
     /// no stat, or no entry, loses its row), in one transaction.
-    pub fn save(&mut self, index: &Index, touched: &Touched) -> rusqlite::Result<()> {
+    pub fn save(&mut self, index: &Index, touched: &Dirty) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut put = tx.prepare_cached(
@@ -160,13 +151,13 @@ impl IndexDb {
                 }
             };
             match touched {
-                Touched::All => {
+                Dirty::All => {
                     tx.execute("DELETE FROM stat", [])?;
                     for (p, s) in &index.stats {
                         write(p, Some(s))?;
                     }
                 }
-                Touched::Paths(paths) => {
+                Dirty::Paths(paths) => {
                     for p in paths {
                         write(p, index.stats.get(p))?;
                     }

@@ -33,7 +33,7 @@ use crate::kml::{Journal, JournalError, JournalOptions};
 use crate::tree::scan::{self, CachedStat, Index, StatKey};
 use crate::tree::{Entry, EntryKind, TreeState};
 use crate::versions::{Budget, VersionStore};
-use index_db::{IndexDb, Touched};
+use index_db::IndexDb;
 use intersync_protocol::signature::SignatureFormat;
 
 #[derive(Debug, Error)]
@@ -96,9 +96,6 @@ pub struct Inner {
     pub index: Index,
     /// Where the index is saved (none if it could not be opened).
     index_db: Option<IndexDb>,
-    /// The next save writes the whole index (its rows cannot be trusted,
-    /// or there were none); until then no touched paths are listed.
-    rewrite_index: bool,
     /// Which path has each version, as of a journal sequence number:
     /// rebuilt on the first lookup after the journal moved.
     /// In order, so that a version can be found by its first bytes too.
@@ -111,8 +108,7 @@ impl Inner {
     /// hashes everything, and the next save rewrites the index.
     fn forget_stats(&mut self) {
         self.index.stats.clear();
-        self.index.touched = None;
-        self.rewrite_index = true;
+        self.index.touched = Some(scan::Dirty::All);
     }
 
     fn by_version(&mut self) -> &std::collections::BTreeMap<Version, TreePath> {
@@ -232,11 +228,12 @@ impl Export {
         };
         // An index that vouches for nothing is written whole at its first
         // save, rather than path by path.
-        let rewrite_index = stats.is_empty();
+        let touched = match stats.is_empty() {
+            true => scan::Dirty::All,
+            false => scan::Dirty::default(),
+        };
         let mut index = Index::new(state, stats);
-        if !rewrite_index {
-            index.touched = Some(Default::default());
-        }
+        index.touched = Some(touched);
         let _ = fs::remove_file(state_dir.join(index_db::LEGACY_FILE_NAME));
         tracing::debug!(ms = started.elapsed().as_millis(), "loaded the index");
         let seq = latest::Sender::new(journal.last_seq());
@@ -249,7 +246,6 @@ impl Export {
                 journal,
                 index,
                 index_db,
-                rewrite_index,
                 by_version: None,
             }),
             seq,
@@ -264,7 +260,7 @@ impl Export {
         let walk = walk.map_err(io_err(&export.root))?;
         let report = {
             let mut inner = export.lock();
-            export.rescan_walked(&mut inner, Some(walk))?
+            export.rescan_walked(&mut inner, walk)?
         };
         export.hashed_at_open = report.hashed_files;
         for path in report.temporaries {
@@ -559,21 +555,17 @@ impl Export {
     }
 
     pub fn rescan_locked(&self, inner: &mut Inner) -> Result<ScanReport, ExportError> {
-        self.rescan_walked(inner, None)
+        let walk = scan::walk_tree(&self.root, self.hide.as_deref()).map_err(io_err(&self.root))?;
+        self.rescan_walked(inner, walk)
     }
 
-    /// [`Export::rescan_locked`] of what `walk` found, or of a walk made now.
+    /// [`Export::rescan_locked`] of what `walk` found.
     fn rescan_walked(
         &self,
         inner: &mut Inner,
-        walk: Option<scan::Walk>,
+        walk: scan::Walk,
     ) -> Result<ScanReport, ExportError> {
-        let hide = self.hide.as_deref();
-        let scanned = match walk {
-            Some(walk) => scan::scan_walked(&self.root, &mut inner.index, walk, None),
-            None => scan::walk_tree(&self.root, hide)
-                .and_then(|walk| scan::scan_walked(&self.root, &mut inner.index, walk, None)),
-        };
+        let scanned = scan::scan_walked(&self.root, &mut inner.index, walk, None);
         let mut outcome = match scanned {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -634,33 +626,21 @@ impl Export {
         let Inner {
             index,
             index_db: Some(db),
-            rewrite_index,
             ..
         } = &mut *inner
         else {
             return;
         };
-        let touched = if *rewrite_index {
-            Touched::All
-        } else {
-            match index.touched.as_mut().map(std::mem::take) {
-                Some(paths) if !paths.is_empty() => Touched::Paths(paths),
-                _ => return,
-            }
+        let Some(touched) = index.touched.as_mut().filter(|t| !t.is_clean()) else {
+            return;
         };
-        match db.save(index, &touched) {
-            Ok(()) => {
-                *rewrite_index = false;
-                index.touched.get_or_insert_default();
-            }
-            Err(e) => {
-                tracing::warn!(
-                    path = %db.path().display(), error = %e,
-                    "could not save the index; trying again, whole, later"
-                );
-                *rewrite_index = true;
-                index.touched = None;
-            }
+        let touched = std::mem::take(touched);
+        if let Err(e) = db.save(index, &touched) {
+            tracing::warn!(
+                path = %db.path().display(), error = %e,
+                "could not save the index; trying again, whole, later"
+            );
+            index.touched = Some(scan::Dirty::All);
         }
     }
 

@@ -101,10 +101,37 @@ pub struct Index {
     pub state: TreeState,
     /// Stat of each path when last looked at. A path missing here is hashed.
     pub stats: HashMap<TreePath, CachedStat>,
-    /// The paths whose stat a scan changed, when someone saves the index in
-    /// part (the export's): `None` keeps no list.
+    /// What changed since the index was last saved, when someone saves it
+    /// in part (the export's): `None` keeps no account.
     #[serde(skip)]
-    pub touched: Option<BTreeSet<TreePath>>,
+    pub touched: Option<Dirty>,
+}
+
+/// What changed in a saved state since its last save.
+#[derive(Clone, Debug)]
+pub enum Dirty {
+    /// Nothing on disk can be trusted: write every row.
+    All,
+    Paths(BTreeSet<TreePath>),
+}
+
+impl Default for Dirty {
+    fn default() -> Dirty {
+        Dirty::Paths(BTreeSet::new())
+    }
+}
+
+impl Dirty {
+    pub fn mark(&mut self, path: &TreePath) {
+        if let Dirty::Paths(paths) = self {
+            paths.insert(path.clone());
+        }
+    }
+
+    /// Whether a save would write nothing.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Dirty::Paths(paths) if paths.is_empty())
+    }
 }
 
 impl Index {
@@ -117,10 +144,10 @@ impl Index {
         }
     }
 
-    /// Notes that `path`'s stat changed, if a list is kept.
+    /// Notes that `path`'s stat changed, if an account is kept.
     pub fn touch(&mut self, path: &TreePath) {
         if let Some(touched) = &mut self.touched {
-            touched.insert(path.clone());
+            touched.mark(path);
         }
     }
 }
